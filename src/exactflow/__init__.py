@@ -1,0 +1,13 @@
+"""exactflow: normalizing flows on PyTorch with exact, verified log-likelihoods.
+
+Convention: a bijection's ``forward`` maps data -> latent and returns ``(z, log|det dz/dx|)``;
+``Flow.log_prob(x) = log p_z(T(x)) + log|det dT/dx|``.
+"""
+
+from . import flows, transforms
+from .core import Bijection, Compose, Inverse
+from .distributions import DiagNormal, Flow, StandardNormal
+
+__version__ = "0.1.0"
+
+__all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "flows", "transforms", "__version__"]

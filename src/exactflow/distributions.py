@@ -1,0 +1,152 @@
+"""Base densities and :class:`Flow`, the distribution a bijection and a base make together.
+
+``Flow(T, base)`` scores data by the change of variables with ``T`` in the data -> latent direction:
+
+    log p(x) = log p_z(T(x)) + log|det dT/dx|,
+
+and samples by ``x = T^{-1}(z)``, ``z ~ p_z``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .core import Bijection
+from .validation import check_context, check_input
+
+__all__ = ["StandardNormal", "DiagNormal", "Flow"]
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _event_size(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+class StandardNormal(nn.Module):
+    """N(0, I) over ``event_shape``; follows ``.to(device, dtype)`` through a buffer."""
+
+    def __init__(self, event_shape: int | tuple[int, ...]):
+        super().__init__()
+        self.event_shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+        self.register_buffer("_ref", torch.zeros(()))
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        d = len(self.event_shape)
+        return -0.5 * (z.square().flatten(z.dim() - d).sum(-1) + _event_size(self.event_shape) * LOG_2PI)
+
+    def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
+        return torch.randn(n, *self.event_shape, dtype=self._ref.dtype, device=self._ref.device)
+
+    def as_torch(self) -> torch.distributions.Distribution:
+        zero = self._ref.expand(self.event_shape)
+        return torch.distributions.Independent(torch.distributions.Normal(zero, torch.ones_like(zero)), len(self.event_shape))
+
+
+class DiagNormal(StandardNormal):
+    """N(loc, diag(exp(log_scale))^2) with learnable ``loc`` and ``log_scale`` (initialised to N(0, I))."""
+
+    def __init__(self, event_shape: int | tuple[int, ...]):
+        super().__init__(event_shape)
+        self.loc = nn.Parameter(torch.zeros(self.event_shape))
+        self.log_scale = nn.Parameter(torch.zeros(self.event_shape))
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        u = (z - self.loc) * torch.exp(-self.log_scale)
+        d = len(self.event_shape)
+        return super().log_prob(u) - self.log_scale.sum().expand(z.shape[: z.dim() - d])
+
+    def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
+        return self.loc + torch.exp(self.log_scale) * super().rsample(n)
+
+    def as_torch(self) -> torch.distributions.Distribution:
+        normal = torch.distributions.Normal(self.loc, torch.exp(self.log_scale))
+        return torch.distributions.Independent(normal, len(self.event_shape))
+
+
+class Flow(nn.Module):
+    """A normalizing flow: ``transform`` (data -> latent) on top of ``base``.
+
+    ``context`` is the number of context features (0 = unconditional). Inputs are checked
+    (shape, NaN/inf, dtype, device, context) unless ``validate=False`` or ``flow.validate = False``.
+    """
+
+    def __init__(self, transform: Bijection, base: nn.Module, context: int = 0, validate: bool = True):
+        super().__init__()
+        self.transform = transform
+        self.base = base
+        self.context_features = context
+        self.validate = validate
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.base.event_shape
+
+    def _ref(self) -> Tensor | None:
+        """A tensor carrying the flow's dtype and device (the base always owns a buffer)."""
+        return next(itertools.chain(self.parameters(), self.buffers()), None)
+
+    def _check(self, x: Tensor, context: Tensor | None) -> None:
+        if self.validate:
+            ref = self._ref()
+            check_input(x, self.event_shape, ref)
+            check_context(context, self.context_features, x.shape[0], ref)
+
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """log p(x | context), shape ``(batch,)``."""
+        self._check(x, context)
+        z, ladj = self.transform(x, context)
+        return self.base.log_prob(z, context) + ladj
+
+    def to_latent(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """z = T(x), the data mapped to the base space."""
+        self._check(x, context)
+        return self.transform(x, context)[0]
+
+    def _expand(self, n: int, context: Tensor | None) -> tuple[int, Tensor | None, tuple[int, ...]]:
+        """Shape rule: unconditional -> ``(n, *event)``; context ``(b, c)`` -> ``(n, b, *event)``."""
+        if context is None:
+            if self.validate:
+                check_context(None, self.context_features, None, None)
+            return n, None, (n,)
+        if self.validate:
+            check_context(context, self.context_features, None, self._ref())
+        b = context.shape[0]
+        flat = context.unsqueeze(0).expand(n, *context.shape).reshape(n * b, context.shape[1])
+        return n * b, flat, (n, b)
+
+    def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
+        """Reparameterised samples (gradients flow to the parameters); shapes as in :meth:`sample`."""
+        total, ctx, lead = self._expand(n, context)
+        x, _ = self.transform.inverse(self.base.rsample(total, ctx), ctx)
+        return x.reshape(*lead, *self.event_shape)
+
+    @torch.no_grad()
+    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+        """``n`` samples: shape ``(n, *event)``, or ``(n, b, *event)`` for a context of shape ``(b, c)``
+        (every context row gets ``n`` samples, all in one batched pass)."""
+        return self.rsample(n, context)
+
+    def sample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Samples and their log-density in one latent -> data pass: log q(x) = log p_z(z) - log|det dx/dz|."""
+        total, ctx, lead = self._expand(n, context)
+        z = self.base.rsample(total, ctx)
+        x, ladj = self.transform.inverse(z, ctx)
+        log_q = self.base.log_prob(z, ctx) - ladj
+        return x.reshape(*lead, *self.event_shape), log_q.reshape(lead)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.log_prob(x, context)
+
+    def as_torch_distribution(self, context: Tensor | None = None) -> torch.distributions.TransformedDistribution:
+        """A ``torch.distributions.TransformedDistribution`` (usable from Pyro); a conditional flow binds ``context``."""
+        if self.context_features and context is None:
+            raise ValueError("a conditional flow needs the context to bind: as_torch_distribution(context=...)")
+        if not hasattr(self.base, "as_torch"):
+            raise ValueError(f"base {type(self.base).__name__} has no torch.distributions equivalent")
+        t = self.transform.as_torch_transform(event_dim=len(self.event_shape), context=context)
+        return torch.distributions.TransformedDistribution(self.base.as_torch(), [t])

@@ -1,0 +1,116 @@
+"""Coupling layers on vectors (NICE, RealNVP): one part of x passes through unchanged and conditions
+an elementwise map of the other part, so the Jacobian is triangular and log|det| is a sum."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..core import Bijection
+from ..nets import MLP, join_context
+from ..registry import TRANSFORMS
+from ..utils import soft_clamp
+
+__all__ = ["Coupling", "AdditiveCoupling", "AffineCoupling", "coupling_mask"]
+
+
+def coupling_mask(features: int, mask: str | Tensor = "half", flip: bool = False) -> Tensor:
+    """Boolean mask, True where x passes through unchanged (and conditions the rest).
+
+    ``"half"``: the first ceil(D/2) features; ``"alternating"`` (= ``"checkerboard"`` on vectors): even
+    indices; or an explicit boolean tensor. ``flip`` swaps the two parts.
+    """
+    if isinstance(mask, Tensor):
+        m = mask.bool().clone()
+        if m.shape != (features,):
+            raise ValueError(f"mask has shape {tuple(m.shape)}: expected ({features},)")
+    elif mask == "half":
+        m = torch.arange(features) < (features + 1) // 2
+    elif mask in ("alternating", "checkerboard"):
+        m = torch.arange(features) % 2 == 0
+    else:
+        raise ValueError(f"unknown mask {mask!r}: use 'half', 'alternating', 'checkerboard' or a bool tensor")
+    m = ~m if flip else m
+    if m.all() or not m.any():
+        raise ValueError(f"mask must leave some of the {features} features fixed and transform the others")
+    return m
+
+
+class Coupling(Bijection):
+    """Shared mechanics: split by mask, run the conditioner on ``(x_id, context)``, apply an elementwise
+    map with ``params_per_feature`` parameters to ``x_tr``, merge back. Subclasses give ``_map``/``_unmap``."""
+
+    params_per_feature = 1
+
+    def __init__(self, features: int, context: int = 0, mask: str | Tensor = "half", flip: bool = False,
+                 hidden: Sequence[int] = (64, 64), activation: str = "relu"):
+        super().__init__()
+        m = coupling_mask(features, mask, flip)
+        self.register_buffer("idx_id", torch.nonzero(m).flatten())
+        self.register_buffer("idx_tr", torch.nonzero(~m).flatten())
+        self.register_buffer("merge", torch.argsort(torch.cat([self.idx_id, self.idx_tr])))
+        n_tr = int((~m).sum())
+        self.net = MLP(int(m.sum()) + context, self.params_per_feature * n_tr, hidden, activation)
+
+    def _split(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        x_id, x_tr = x[:, self.idx_id], x[:, self.idx_tr]
+        params = self.net(join_context(x_id, context))
+        return x_id, x_tr, params
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x_id, x_tr, params = self._split(x, context)
+        z_tr, ladj = self._map(x_tr, params)
+        return torch.cat([x_id, z_tr], -1)[:, self.merge], ladj
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        z_id, z_tr, params = self._split(z, context)
+        x_tr, ladj = self._unmap(z_tr, params)
+        return torch.cat([z_id, x_tr], -1)[:, self.merge], ladj
+
+    def _map(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _unmap(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+@TRANSFORMS.register("AdditiveCoupling")
+class AdditiveCoupling(Coupling):
+    """NICE: ``z_tr = x_tr + t(x_id, context)``, ``z_id = x_id``; volume preserving, log|det| = 0."""
+
+    def _map(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return x + params, x.new_zeros(x.shape[0])
+
+    def _unmap(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return z - params, z.new_zeros(z.shape[0])
+
+
+@TRANSFORMS.register("AffineCoupling")
+class AffineCoupling(Coupling):
+    """RealNVP: ``z_tr = (x_tr - t) * exp(-s)``, ``z_id = x_id``, with ``(t, s_raw) = net(x_id, context)``;
+    log|det dz/dx| = -sum(s). The latent -> data map is ``x_tr = z_tr * exp(s) + t`` (log|det| = +sum(s)).
+
+    The log-scale is bounded smoothly, ``s = B tanh(s_raw / B)`` with ``B = scale_bound`` (default 3),
+    which keeps exp(s) in (e^-B, e^B) and avoids the overflow of an unbounded exp; ``None`` removes it.
+    """
+
+    params_per_feature = 2
+
+    def __init__(self, features: int, context: int = 0, mask: str | Tensor = "half", flip: bool = False,
+                 hidden: Sequence[int] = (64, 64), activation: str = "relu", scale_bound: float | None = 3.0):
+        super().__init__(features, context, mask, flip, hidden, activation)
+        self.scale_bound = scale_bound
+
+    def _shift_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        shift, raw = params.chunk(2, dim=-1)
+        return shift, soft_clamp(raw, self.scale_bound)
+
+    def _map(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        shift, s = self._shift_scale(params)
+        return (x - shift) * torch.exp(-s), -s.sum(-1)
+
+    def _unmap(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        shift, s = self._shift_scale(params)
+        return z * torch.exp(s) + shift, s.sum(-1)

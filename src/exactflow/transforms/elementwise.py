@@ -1,0 +1,47 @@
+"""Elementwise transforms: each output coordinate depends on its own input coordinate only."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..core import Bijection
+from ..nets import MLP
+from ..registry import TRANSFORMS
+
+__all__ = ["ElementwiseAffine"]
+
+
+@TRANSFORMS.register("ElementwiseAffine")
+class ElementwiseAffine(Bijection):
+    """``z = (x - loc) * exp(-log_scale)``, ``log|det dz/dx| = -sum(log_scale)``.
+
+    Unconditional: ``loc`` and ``log_scale`` are parameters (zero: identity). With ``context=c``
+    they are predicted from the context by an MLP, giving a conditional diagonal affine map.
+    As a one-layer flow on N(0, 1), x = exp(log_scale) z + loc has the N(loc, exp(2 log_scale)) density.
+    """
+
+    def __init__(self, features: int, context: int = 0, hidden: Sequence[int] = (32,)):
+        super().__init__()
+        self.features = features
+        if context:
+            self.net = MLP(context, 2 * features, hidden)
+        else:
+            self.loc = nn.Parameter(torch.zeros(features))
+            self.log_scale = nn.Parameter(torch.zeros(features))
+
+    def _params(self, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if hasattr(self, "net"):
+            loc, log_scale = self.net(context).chunk(2, dim=-1)
+            return loc, log_scale
+        return self.loc, self.log_scale
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        loc, log_scale = self._params(context)
+        return (x - loc) * torch.exp(-log_scale), (-log_scale).sum(-1).expand(x.shape[0])
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        loc, log_scale = self._params(context)
+        return z * torch.exp(log_scale) + loc, log_scale.sum(-1).expand(z.shape[0])

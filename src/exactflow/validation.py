@@ -1,0 +1,46 @@
+"""Input checks that fail with one clear ``ValueError`` instead of a NaN or a deep torch trace."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_input", "check_context"]
+
+
+def check_input(x: Tensor, event_shape: torch.Size | tuple, ref: Tensor | None, what: str = "x") -> None:
+    """``x`` must be a floating tensor ``(batch, *event_shape)`` without NaN/inf, matching ``ref``'s dtype/device."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{what} must be a floating-point tensor, got dtype {x.dtype}")
+    event_shape = tuple(event_shape)
+    if x.dim() != len(event_shape) + 1 or tuple(x.shape[1:]) != event_shape:
+        raise ValueError(
+            f"{what} has shape {tuple(x.shape)}: expected (batch, {', '.join(map(str, event_shape))}), "
+            f"i.e. event shape {event_shape}, got event shape {tuple(x.shape[1:])}"
+        )
+    if ref is not None:
+        if x.dtype != ref.dtype:
+            raise ValueError(f"dtype mismatch: {what} is {x.dtype} but the flow is {ref.dtype}; use .to({ref.dtype})")
+        if x.device != ref.device:
+            raise ValueError(f"device mismatch: {what} is on {x.device} but the flow is on {ref.device}")
+    if not torch.isfinite(x).all():
+        bad = "NaN" if torch.isnan(x).any() else "inf"
+        raise ValueError(f"{what} contains {bad} values ({int((~torch.isfinite(x)).sum())} non-finite entries)")
+
+
+def check_context(context: Tensor | None, features: int, batch: int | None, ref: Tensor | None) -> None:
+    """A conditional flow needs ``context`` of shape ``(batch, features)``; an unconditional one takes none."""
+    if features == 0:
+        if context is not None:
+            raise ValueError("this flow is unconditional (context=0) but a context was given")
+        return
+    if context is None:
+        raise ValueError(f"this flow is conditional and needs context of shape (batch, {features}); got None")
+    if not isinstance(context, Tensor) or context.dim() != 2 or context.shape[1] != features:
+        shape = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+        raise ValueError(f"context has shape {shape}: expected (batch, {features})")
+    if batch is not None and context.shape[0] != batch:
+        raise ValueError(f"context has {context.shape[0]} rows but x has {batch}: expected one context row per x row")
+    check_input(context, (features,), ref, what="context")

@@ -1,0 +1,60 @@
+"""The generic contract, parametrised over every registry entry: plain, inverted, conditional."""
+
+import pytest
+import torch
+
+from exactflow import Inverse
+from exactflow.flows import registry as flows
+from exactflow.testing import check_bijection, check_flow, randomize_, warm_up
+from exactflow.transforms import registry as transforms
+
+CONTEXT = 3
+DEFAULT_SIZE = {"vector": {"features": 5}, "image": {"shape": (4, 4, 4)}}
+
+
+def _cases(registry, invert: bool):
+    for name, entry in sorted(registry.items()):
+        marks = [pytest.mark.slow] if entry.slow else []
+        for ctx in (0, CONTEXT) if entry.conditional else (0,):
+            for inv in (False, True) if invert else (False,):
+                tag = f"{name}[{'ctx' if ctx else 'plain'}]{'/inv' if inv else ''}"
+                yield pytest.param(name, ctx, inv, id=tag, marks=marks)
+
+
+def _build(registry, name: str, ctx: int, device):
+    entry = registry[name]
+    kwargs = {**DEFAULT_SIZE[entry.input], **entry.test_kwargs, "context": ctx}
+    obj = entry(**kwargs).to(device=device, dtype=torch.float64)
+    shape = (kwargs["features"],) if entry.input == "vector" else tuple(kwargs["shape"])
+    x = 0.8 * torch.randn(16, *shape, dtype=torch.float64, device=device) + 0.3
+    context = torch.randn(16, ctx, dtype=torch.float64, device=device) if ctx else None
+    return entry, obj, x, context
+
+
+@pytest.mark.parametrize("name,ctx,inv", list(_cases(transforms, invert=True)))
+def test_transform_contract(name, ctx, inv, device):
+    entry, b, x, context = _build(transforms, name, ctx, device)
+    warm_up(b, x, context)
+    randomize_(b)
+    if inv:
+        z, _ = b(x, context)  # points in the inverse's domain
+        b, x = Inverse(b), z.detach()
+    check_bijection(b, x, context, atol=entry.tolerance, name=f"{name}{'/inv' if inv else ''}")
+
+
+@pytest.mark.parametrize("name,ctx,inv", list(_cases(flows, invert=False)))
+def test_flow_contract(name, ctx, inv, device):
+    entry, flow, x, context = _build(flows, name, ctx, device)
+    warm_up(flow, x, context)
+    randomize_(flow, 0.2)
+    check_flow(flow, x, context, atol=entry.tolerance, name=name)
+
+
+def test_every_factory_builds_unconditional_and_rejects_bad_context():
+    for name, entry in transforms.items():
+        kwargs = DEFAULT_SIZE[entry.input]
+        assert entry(**kwargs, context=0) is not None
+    for name, entry in flows.items():
+        if not entry.conditional:
+            with pytest.raises(ValueError):
+                entry(**DEFAULT_SIZE[entry.input], context=2)
