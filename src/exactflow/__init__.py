@@ -4,7 +4,7 @@ Convention: a bijection's ``forward`` maps data -> latent and returns ``(z, log|
 ``Flow.log_prob(x) = log p_z(T(x)) + log|det dT/dx|``.
 """
 
-from . import flows, transforms
+from . import data, flows, transforms
 from .core import Bijection, Compose, Inverse
 from .distributions import DiagNormal, Flow, StandardNormal
 

@@ -9,11 +9,12 @@ import torch
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .datasets import two_moons
+    from .data import registry as data
     from .flows import registry
 
     torch.manual_seed(args.seed)
-    train, test = two_moons(20000, seed=args.seed), two_moons(5000, seed=args.seed + 1)
+    ds = data.build("moons", seed=args.seed)
+    train, test = ds.train, ds.test
     flow = registry.build(args.flow, features=2)
     opt = torch.optim.Adam(flow.parameters(), lr=1e-3)
     for step in range(args.steps):

@@ -59,3 +59,4 @@ class Registry(dict):
 
 TRANSFORMS = Registry("transform")
 FLOWS = Registry("flow")
+DATASETS = Registry("data set")
