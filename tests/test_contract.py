@@ -26,7 +26,10 @@ def _build(registry, name: str, ctx: int, device):
     kwargs = {**DEFAULT_SIZE[entry.input], **entry.test_kwargs, "context": ctx}
     obj = entry(**kwargs).to(device=device, dtype=torch.float64)
     shape = (kwargs["features"],) if entry.input == "vector" else tuple(kwargs["shape"])
-    x = 0.8 * torch.randn(16, *shape, dtype=torch.float64, device=device) + 0.3
+    if entry.domain == "unit":
+        x = 0.05 + 0.9 * torch.rand(16, *shape, dtype=torch.float64, device=device)
+    else:
+        x = 0.8 * torch.randn(16, *shape, dtype=torch.float64, device=device) + 0.3
     context = torch.randn(16, ctx, dtype=torch.float64, device=device) if ctx else None
     return entry, obj, x, context
 

@@ -1,0 +1,30 @@
+"""Discrete images as continuous data: uniform dequantisation and bits per dimension.
+
+Pixels take ``levels`` integer values ``k in {0..levels-1}``. Dequantisation maps them into
+(0, 1): ``y = (k + u) / levels`` with ``u ~ U[0, 1)^D``. A density ``p`` on ``y`` gives a bound on
+the discrete likelihood, ``log P(k) >= E_u[log p((k + u) / levels)] - D log(levels)``, so
+
+    bits/dim = -(log p(y) - D log(levels)) / (D log 2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["dequantize", "bits_per_dim"]
+
+
+def dequantize(k: Tensor, levels: int, generator: torch.Generator | None = None) -> Tensor:
+    """``(k + u) / levels`` with uniform noise ``u``: integer-valued pixels -> points in (0, 1)."""
+    u = torch.rand(k.shape, generator=generator, dtype=k.dtype).to(k.device)
+    return (k + u) / levels
+
+
+def bits_per_dim(log_prob: Tensor, shape: tuple[int, ...], levels: int) -> Tensor:
+    """Bits per dimension of the discrete data from ``log_prob``, the log-density of the dequantised
+    ``y`` in (0, 1)^D (including any preprocessing log-det): ``-(log p(y) - D log levels) / (D log 2)``."""
+    d = math.prod(shape)
+    return -(log_prob - d * math.log(levels)) / (d * math.log(2))
