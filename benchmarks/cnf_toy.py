@@ -44,6 +44,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the discrete flows")
     p.add_argument("--lr-cnf", type=float, default=2e-3, help="Adam learning rate of the CNF")
     p.add_argument("--steps", type=int, default=64, help="RK4 steps when scoring the CNF")
+    p.add_argument("--baselines", nargs="*", default=list(BASELINES), help="discrete flows to compare")
+    p.add_argument("--hidden", type=int, nargs="+", default=[128, 128, 128], help="velocity MLP widths")
     p.add_argument("--data", nargs="+", default=["moons", "checkerboard"])
     args = p.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.seconds:.0f} s per model, "
@@ -53,9 +55,9 @@ def main() -> None:
     for name in args.data:
         torch.manual_seed(0)
         ds = data_registry[name]()
-        models = {"CNF (flow matching)": flows["CNF"](features=2, hidden=(128, 128, 128), steps=args.steps)}
+        models = {"CNF (flow matching)": flows["CNF"](features=2, hidden=tuple(args.hidden), steps=args.steps)}
         for base, kw in BASELINES.items():
-            if base in flows:
+            if base in flows and base in args.baselines:
                 models[base] = flows[base](features=2, **kw)
         lrs = {k: args.lr_cnf if k.startswith("CNF") else args.lr for k in models}
         opts = {k: torch.optim.Adam(m.parameters(), lr=lrs[k]) for k, m in models.items()}
