@@ -63,7 +63,9 @@ def standardize(flow: Flow, x: Tensor) -> Flow:
     so the flow models standardised data while ``log_prob`` stays in ``x``'s original units."""
     from .transforms.standardize import Standardize
 
-    b = Standardize.fit(x).to(_device(flow))
+    ref = next(iter(flow.parameters()), None)
+    ref = ref if ref is not None else next(iter(flow.buffers()))
+    b = Standardize.fit(x).to(device=ref.device, dtype=ref.dtype)
     return ckpt.prepend(flow, "Standardize", bijection=b, features=x.shape[1])
 
 
@@ -256,8 +258,14 @@ def fit(
         bad_evals, start = state["bad_evals"], state["step"]
         if any(k.startswith("best.") for k in tensors):
             best_state = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
-        if history.status not in ("running",):
+        if start > steps:
+            raise ValueError(f"{checkpoint} is at step {start}, beyond steps={steps}")
+        if history.status == "early stopped" or start == steps:  # nothing left: hand back the final (best) weights
+            if best_state is not None:
+                flow.load_state_dict(best_state)
+            flow.eval()
             return history
+        history.status = "running"
     else:
         flow.train()
         with torch.no_grad():  # data-dependent initialisation (ActNorm) on one global batch, the same on every rank

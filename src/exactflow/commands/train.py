@@ -147,9 +147,12 @@ def train(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     world, rank, dev = _distributed(args.device)
     try:
-        if rank == 0 and args.overwrite and not args.resume:
-            for old in (ckpt_path, model_path):
-                old.unlink(missing_ok=True)
+        if rank == 0:
+            for stale in out.glob(".*.safetensors.*.tmp"):  # left by a run killed while writing
+                stale.unlink(missing_ok=True)
+            if args.overwrite and not args.resume:
+                for old in (ckpt_path, model_path):
+                    old.unlink(missing_ok=True)
         record = data_record(args.data, assignments(args.data_args, "--data-arg"))
         ds = build_data(record)
         extra = assignments(args.flow_args, "--flow-arg")

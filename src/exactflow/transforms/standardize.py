@@ -22,12 +22,18 @@ from ..registry import TRANSFORMS
 __all__ = ["Standardize"]
 
 
+def _floating(v: Sequence[float] | Tensor) -> Tensor:
+    t = torch.as_tensor(v)
+    return t if t.is_floating_point() else t.to(torch.get_default_dtype())
+
+
 @TRANSFORMS.register("Standardize", conditional=False,
                      test_kwargs={"features": 3, "loc": [0.5, -1.0, 2.0], "scale": [2.0, 0.5, 3.0]})
 class Standardize(Bijection):
     """``z = (x - loc) / scale`` with fixed per-feature ``loc`` and ``scale > 0``; log|det dz/dx| = -sum(log scale).
 
-    ``Standardize.fit(x)`` takes ``loc``/``scale`` from the mean and standard deviation of data ``x``.
+    ``Standardize.fit(x)`` takes ``loc``/``scale`` from the mean and standard deviation of data ``x``
+    (computed in float64, stored in ``x``'s dtype).
     """
 
     def __init__(self, features: int, context: int = 0, loc: Sequence[float] | Tensor | None = None,
@@ -35,8 +41,8 @@ class Standardize(Bijection):
         super().__init__()
         if context:
             raise ValueError(f"Standardize is unconditional; got context={context}")
-        loc = torch.zeros(features) if loc is None else torch.as_tensor(loc, dtype=torch.get_default_dtype())
-        scale = torch.ones(features) if scale is None else torch.as_tensor(scale, dtype=torch.get_default_dtype())
+        loc = torch.zeros(features) if loc is None else _floating(loc)
+        scale = torch.ones(features) if scale is None else _floating(scale)
         if loc.shape != (features,) or scale.shape != (features,):
             raise ValueError(f"Standardize: loc and scale must have shape ({features},), "
                              f"got {tuple(loc.shape)} and {tuple(scale.shape)}")
@@ -50,8 +56,8 @@ class Standardize(Bijection):
         """Standardisation of the data ``x`` of shape ``(n, features)``: its mean and std (floored at ``eps``)."""
         if x.dim() != 2 or x.shape[0] < 2:
             raise ValueError(f"Standardize.fit needs data of shape (n >= 2, features), got {tuple(x.shape)}")
-        x = x.detach().double()
-        return cls(x.shape[1], loc=x.mean(0).float(), scale=x.std(0).clamp_min(eps).float())
+        x64 = x.detach().double()
+        return cls(x.shape[1], loc=x64.mean(0).to(x.dtype), scale=x64.std(0).clamp_min(eps).to(x.dtype))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return (x - self.loc) / self.scale, (-torch.log(self.scale).sum()).expand(x.shape[0])
