@@ -341,6 +341,12 @@ def fit(
                 if valid is not None:
                     result = evaluate(flow, valid, levels=levels, seed=seed)
                     score = result.get("bits_per_dim", result["nll"])
+                    if world > 1:  # every rank takes rank 0's number, so all make the same early-stopping call
+                        import torch.distributed as dist
+
+                        shared = torch.tensor([score], dtype=torch.float64, device=device)
+                        dist.broadcast(shared, 0)
+                        score = float(shared)
                     history.valid_step.append(step)
                     history.valid.append(score)
                     if history.best_valid is None or score < history.best_valid:
