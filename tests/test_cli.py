@@ -89,13 +89,13 @@ def test_csv_with_toml_and_yaml_config_standardised_inside_the_model(tmp_path, c
     x = rng.normal(size=(400, 3)) * [100.0, 0.01, 5.0] + [1000.0, 0.0, -3.0]
     np.savetxt(tmp_path / "t.csv", x, delimiter=",", header="a,b,c", comments="")
     (tmp_path / "run.toml").write_text(f'data = "{tmp_path / "t.csv"}"\nsteps = 30\neval-every = 15\n'
-                                       'hidden = [8]\nflow_args = {{ transforms = 2 }}\nplots = false\nquiet = true\n'
+                                       'hidden = [8]\nflow_args = {{ transforms = 2, batch_norm = true }}\nplots = false\nquiet = true\n'
                                        .replace("{{", "{").replace("}}", "}"))
     assert main(["train", "--config", str(tmp_path / "run.toml"), "--out", str(tmp_path / "a"), "--steps", "20"]) == 0
     options = json.loads((tmp_path / "a" / "config.json").read_text())["options"]
     assert options["steps"] == 20 and options["hidden"] == [8]  # the command line wins over the file
     flow = exactflow.load(tmp_path / "a")
-    assert flow.spec["preprocess"][0]["transform"] == "Standardize"
+    assert flow.spec["preprocess"][0]["transform"] == "Standardize" and flow.spec["kwargs"]["batch_norm"] is True
     # the reported NLL is in the table's own units: the same as scoring the raw test rows
     ds = datasets.build("tabular", path=str(tmp_path / "t.csv"))
     capsys.readouterr()

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from .core import Compose
 from .distributions import Flow
 
-__all__ = ["build", "prepend", "rebuild", "save", "read", "load", "info", "resolve", "load_state", "write_json", "FORMAT"]
+__all__ = ["FORMAT", "build", "info", "load", "load_state", "prepend", "read", "rebuild", "resolve", "save", "write_json"]
 
 FORMAT = 1
 MODEL = "model."

@@ -6,6 +6,7 @@ Subcommands live in :mod:`exactflow.commands`, one module each, found automatica
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -84,7 +85,7 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str] | None, args:
         action = known[key]
         if action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction):
             if isinstance(value, dict):
-                value = [f"{k}={v}" for k, v in value.items()]
+                value = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in value.items()]
             elif not isinstance(value, list):
                 value = [value]
             value = [v if action.type is None or not isinstance(v, str) else action.type(v) for v in value]

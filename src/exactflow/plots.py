@@ -16,7 +16,7 @@ from torch import Tensor
 from .core import Compose
 from .distributions import Flow
 
-__all__ = ["density", "samples", "scatter", "curves", "morph", "image_grid", "plot_2d"]
+__all__ = ["curves", "density", "image_grid", "morph", "plot_2d", "samples", "scatter"]
 
 
 def _figure(width: float, height: float):
@@ -69,7 +69,7 @@ def density(flow: Flow, data: Tensor, path: str | Path, resolution: int = 200) -
     gx = torch.linspace(box[0], box[1], resolution)
     gy = torch.linspace(box[2], box[3], resolution)
     xx, yy = torch.meshgrid(gx, gy, indexing="xy")
-    ref = next(iter(flow.parameters()))
+    ref = flow._ref()
     pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1).to(ref)
     logp = torch.cat([flow.eval().log_prob(chunk) for chunk in pts.split(20000)]).cpu()
     fig = _figure(8, 4)
@@ -136,7 +136,7 @@ def curves(history, path: str | Path) -> Path:
 def _trajectory(flow: Flow, n: int, seed: int) -> tuple[list[Tensor], Tensor]:
     if not isinstance(flow.transform, Compose):
         raise ValueError(f"morph pictures need a flow whose transform is a Compose, got {type(flow.transform).__name__}")
-    ref = next(iter(flow.parameters()))
+    ref = flow._ref()
     z = torch.randn(n, *flow.event_shape, generator=torch.Generator().manual_seed(seed)).to(ref)
     points = [p.cpu() for p in flow.eval().transform.trajectory(z)]
     colour = torch.atan2(z[:, 1], z[:, 0]).cpu()

@@ -16,9 +16,9 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -28,7 +28,7 @@ from .data import Dataset
 from .distributions import Flow
 from .images import bits_per_dim, dequantize
 
-__all__ = ["History", "fit", "evaluate", "standardize"]
+__all__ = ["History", "evaluate", "fit", "standardize"]
 
 SCHEDULES = ("constant", "cosine")
 
@@ -54,7 +54,7 @@ class History:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "History":
+    def from_dict(cls, d: dict) -> History:
         return cls(**d)
 
 
@@ -63,17 +63,25 @@ def standardize(flow: Flow, x: Tensor) -> Flow:
     so the flow models standardised data while ``log_prob`` stays in ``x``'s original units."""
     from .transforms.standardize import Standardize
 
-    ref = next(iter(flow.parameters()), None)
-    ref = ref if ref is not None else next(iter(flow.buffers()))
+    ref = _ref(flow)
     b = Standardize.fit(x).to(device=ref.device, dtype=ref.dtype)
     return ckpt.prepend(flow, "Standardize", bijection=b, features=x.shape[1])
 
 
+def _ref(flow: torch.nn.Module) -> Tensor:
+    """A floating parameter or buffer: the flow's device and dtype (a Flow's base always owns a buffer)."""
+    for t in (*flow.parameters(), *flow.buffers()):
+        if t.is_floating_point():
+            return t
+    raise ValueError(f"{type(flow).__name__} has no floating parameter or buffer to take a device and dtype from")
+
+
 def _device(flow: torch.nn.Module) -> torch.device:
-    ref = next(iter(flow.parameters()), None)
-    if ref is None:
-        ref = next(iter(flow.buffers()))
-    return ref.device
+    return _ref(flow).device
+
+
+def _dtype(flow: torch.nn.Module) -> torch.dtype:
+    return _ref(flow).dtype
 
 
 def _to_unit(nll: Tensor | float, shape: tuple[int, ...], levels: int | None) -> float:
@@ -91,13 +99,13 @@ def evaluate(flow: Flow, x: Tensor, batch_size: int = 4096, levels: int | None =
         raise ValueError("cannot evaluate on an empty data set")
     was_training = flow.training
     flow.eval()
-    device = _device(flow)
+    device, dtype = _device(flow), _dtype(flow)
     gen = torch.Generator().manual_seed(seed)
     total = 0.0
     for chunk in torch.split(x, batch_size):
         if levels is not None:
             chunk = dequantize(chunk, levels, generator=gen)
-        total += float(flow.log_prob(chunk.to(device)).double().sum())
+        total += float(flow.log_prob(chunk.to(device=device, dtype=dtype)).double().sum())
     flow.train(was_training)
     out = {"nll": -total / x.shape[0], "n": int(x.shape[0])}
     if levels is not None:
@@ -230,7 +238,9 @@ def fit(
         raise ValueError("fit(checkpoint=...) needs a flow built with exactflow.build(name, ...) so the checkpoint "
                          "can rebuild it without pickle")
     world, rank = _world()
-    device = _device(flow)
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} must be divisible by the number of processes ({world})")
+    device, dtype = _device(flow), _dtype(flow)
     shape = tuple(train.shape[1:])
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(flow.parameters(), lr=lr, weight_decay=weight_decay)
@@ -243,7 +253,7 @@ def fit(
         x = train[idx]
         if levels is not None:
             x = dequantize(x, levels, generator=gen)
-        return x[rank::world].to(device)
+        return x[rank::world].to(device=device, dtype=dtype)
 
     if resume and checkpoint is not None and checkpoint.is_file():
         header, tensors = ckpt.read(checkpoint)
@@ -271,7 +281,7 @@ def fit(
         with torch.no_grad():  # data-dependent initialisation (ActNorm) on one global batch, the same on every rank
             idx = torch.randint(train.shape[0], (batch_size,), generator=torch.Generator().manual_seed(seed + 1))
             x0 = train[idx] if levels is None else dequantize(train[idx], levels, generator=gen)
-            flow.log_prob(x0.to(device))
+            flow.log_prob(x0.to(device=device, dtype=dtype))
 
     model: torch.nn.Module = flow
     if world > 1:

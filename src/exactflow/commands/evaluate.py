@@ -32,7 +32,7 @@ def register(subparsers) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..training import evaluate
 
-    flow, header, record = load_run(args.model, args.device)
+    flow, _, record = load_run(args.model, args.device)
     ds = run_data(record, args.data, args.data_args)
     x = getattr(ds, args.split)
     levels = ds.levels if ds.kind == "image" else None

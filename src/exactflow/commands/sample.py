@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"output {str(out)!r}: expected one of {', '.join(FORMATS)}")
     if args.num < 1:
         raise ValueError(f"-n must be positive, got {args.num}")
-    flow, header, record = load_run(args.model, args.device)
+    flow, _, _ = load_run(args.model, args.device)
     if flow.context_features:
         raise ValueError("this flow is conditional; sampling it from the command line is not supported")
     torch.manual_seed(args.seed)

@@ -66,7 +66,7 @@ def tabular(path: str, valid: float = 0.1, test: float = 0.1, seed: int = 0):
         raise ValueError(f"split fractions valid={valid}, test={test} must be in [0, 1) with valid + test < 1")
     x = read_table(path)
     n = x.shape[0]
-    n_valid, n_test = int(round(valid * n)), max(1, int(round(test * n)))
+    n_valid, n_test = round(valid * n), max(1, round(test * n))
     n_train = n - n_valid - n_test
     if n_train < 2:
         raise ValueError(f"{path}: {n} rows are too few for a split with valid={valid}, test={test}")

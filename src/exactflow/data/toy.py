@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..registry import DATASETS
 
-__all__ = ["two_moons", "eight_gaussians", "checkerboard", "circles", "two_spirals", "pinwheel", "rings", "swiss_roll"]
+__all__ = ["checkerboard", "circles", "eight_gaussians", "pinwheel", "rings", "swiss_roll", "two_moons", "two_spirals"]
 
 
 def two_moons(n: int, noise: float = 0.05, seed: int = 0) -> Tensor:

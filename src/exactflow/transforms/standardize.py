@@ -11,7 +11,7 @@ the density of the original data, not of its standardised copy.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -52,7 +52,7 @@ class Standardize(Bijection):
         self.register_buffer("scale", scale.clone())
 
     @classmethod
-    def fit(cls, x: Tensor, eps: float = 1e-8) -> "Standardize":
+    def fit(cls, x: Tensor, eps: float = 1e-8) -> Standardize:
         """Standardisation of the data ``x`` of shape ``(n, features)``: its mean and std (floored at ``eps``)."""
         if x.dim() != 2 or x.shape[0] < 2:
             raise ValueError(f"Standardize.fit needs data of shape (n >= 2, features), got {tuple(x.shape)}")
