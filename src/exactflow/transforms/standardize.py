@@ -22,27 +22,30 @@ from ..registry import TRANSFORMS
 __all__ = ["Standardize"]
 
 
-def _floating(v: Sequence[float] | Tensor) -> Tensor:
+def _floating(v: float | Sequence[float] | Tensor, features: int) -> Tensor:
     t = torch.as_tensor(v)
-    return t if t.is_floating_point() else t.to(torch.get_default_dtype())
+    t = t if t.is_floating_point() else t.to(torch.get_default_dtype())
+    return t.expand(features) if t.dim() == 0 else t
 
 
 @TRANSFORMS.register("Standardize", conditional=False,
-                     test_kwargs={"features": 3, "loc": [0.5, -1.0, 2.0], "scale": [2.0, 0.5, 3.0]})
+                     test_kwargs={"loc": 0.5, "scale": 2.5})
 class Standardize(Bijection):
     """``z = (x - loc) / scale`` with fixed per-feature ``loc`` and ``scale > 0``; log|det dz/dx| = -sum(log scale).
+
+    ``loc`` and ``scale`` are numbers (the same for every feature) or sequences of length ``features``.
 
     ``Standardize.fit(x)`` takes ``loc``/``scale`` from the mean and standard deviation of data ``x``
     (computed in float64, stored in ``x``'s dtype).
     """
 
-    def __init__(self, features: int, context: int = 0, loc: Sequence[float] | Tensor | None = None,
-                 scale: Sequence[float] | Tensor | None = None):
+    def __init__(self, features: int, context: int = 0, loc: float | Sequence[float] | Tensor | None = None,
+                 scale: float | Sequence[float] | Tensor | None = None):
         super().__init__()
         if context:
             raise ValueError(f"Standardize is unconditional; got context={context}")
-        loc = torch.zeros(features) if loc is None else _floating(loc)
-        scale = torch.ones(features) if scale is None else _floating(scale)
+        loc = torch.zeros(features) if loc is None else _floating(loc, features)
+        scale = torch.ones(features) if scale is None else _floating(scale, features)
         if loc.shape != (features,) or scale.shape != (features,):
             raise ValueError(f"Standardize: loc and scale must have shape ({features},), "
                              f"got {tuple(loc.shape)} and {tuple(scale.shape)}")
