@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ._shared import assignments, build_data, data_record, describe, device, flow_kwargs
+from ._shared import FILE_SUFFIXES, assignments, build_data, data_record, describe, device, flow_kwargs
 
 EPILOG = """\
 examples:
@@ -106,7 +106,11 @@ def _distributed(device_name: str) -> tuple[int, int, torch.device]:
 
 
 def _options(args: argparse.Namespace) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in KEEP_ON_RESUME}
+    """The options to record (a data file by its absolute path, so --resume works from any folder)."""
+    options = {k: v for k, v in vars(args).items() if k not in KEEP_ON_RESUME}
+    if Path(options["data"]).suffix.lower() in FILE_SUFFIXES:
+        options["data"] = str(Path(options["data"]).resolve())
+    return options
 
 
 def _restore_options(args: argparse.Namespace, ckpt_path: Path) -> None:
