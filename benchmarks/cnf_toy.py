@@ -42,10 +42,10 @@ def main() -> None:
     p.add_argument("--chunk", type=float, default=2.0)
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the discrete flows")
-    p.add_argument("--lr-cnf", type=float, default=2e-3, help="Adam learning rate of the CNF")
+    p.add_argument("--lr-cnf", type=float, default=5e-3, help="Adam learning rate of the CNF")
     p.add_argument("--steps", type=int, default=64, help="RK4 steps when scoring the CNF")
     p.add_argument("--baselines", nargs="*", default=list(BASELINES), help="discrete flows to compare")
-    p.add_argument("--hidden", type=int, nargs="+", default=[128, 128, 128], help="velocity MLP widths")
+    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256, 256], help="velocity MLP widths")
     p.add_argument("--data", nargs="+", default=["moons", "checkerboard"])
     args = p.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.seconds:.0f} s per model, "
