@@ -59,8 +59,9 @@ class VelocityNet(nn.Module):
 
 @TRANSFORMS.register("CNF", tolerance=1e-4, test_kwargs={"hidden": (8,), "steps": 8})
 class CNF(Bijection):
-    """Continuous normalizing flow on vectors: forward = ODE solve of ``dx/dt = v(x, t, context)`` from
-    t = 1 (data) to t = 0 (latent) with ``log|det dz/dx| = -int_0^1 div v dt`` (module doc). ``velocity``
+    """Continuous normalizing flow on vectors: the time-1 map of ``dx/dt = v(x, t, context)``, solved by RK4.
+
+    Forward solves from t = 1 (data) to t = 0 (latent) with ``log|det dz/dx| = -int_0^1 div v dt`` (module doc). ``velocity``
     replaces the default :class:`VelocityNet`; ``trace`` is ``"exact"`` or ``"hutchinson"`` (an estimate)."""
 
     exact_inverse = False
