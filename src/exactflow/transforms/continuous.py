@@ -61,8 +61,9 @@ class VelocityNet(nn.Module):
 class CNF(Bijection):
     """Continuous normalizing flow on vectors: the time-1 map of ``dx/dt = v(x, t, context)``, solved by RK4.
 
-    Forward solves from t = 1 (data) to t = 0 (latent) with ``log|det dz/dx| = -int_0^1 div v dt`` (module doc). ``velocity``
-    replaces the default :class:`VelocityNet`; ``trace`` is ``"exact"`` or ``"hutchinson"`` (an estimate)."""
+    Forward solves from t = 1 (data) to t = 0 (latent) with ``log|det dz/dx| = -int_0^1 div v dt``
+    (module doc). ``velocity`` replaces the default :class:`VelocityNet`; ``trace`` is ``"exact"`` or
+    ``"hutchinson"`` (an estimate)."""
 
     exact_inverse = False
     analytic_forward = False

@@ -107,7 +107,8 @@ class _Layer(nn.Module):
 class TarFlowBlock(Bijection):
     """One TarFlow block: an affine autoregressive map over patches, conditioned by a causal transformer.
 
-    On images ``shape=(C, H, W)`` or vectors ``features=D`` (see the module doc): ``z_i = (x_i - mu_i) * exp(-s_i)`` with ``(mu_i, s_i)`` from a causal transformer over ``x_{<i}``;
+    On images ``shape=(C, H, W)`` or vectors ``features=D`` (see the module doc):
+    ``z_i = (x_i - mu_i) * exp(-s_i)`` with ``(mu_i, s_i)`` from a causal transformer over ``x_{<i}``;
     log|det dz/dx| = -sum s. ``channels`` is the transformer width, ``layers`` its depth; the log-scale
     is bounded smoothly by ``scale_bound`` (``None``: unbounded, as in the paper)."""
 
