@@ -81,7 +81,8 @@ def main() -> None:
                 used[k] += time.perf_counter() - t0
         for k, m in models.items():
             n_params = sum(q.numel() for q in m.parameters())
-            print(f"| {name} | {k} | {n_params} | {steps[k]} | {used[k]:.0f} | {test_nll(m, ds.test):.3f} |", flush=True)
+            nll = test_nll(m, ds.test)
+            print(f"| {name} | {k} | {n_params} | {steps[k]} | {used[k]:.0f} | {nll:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

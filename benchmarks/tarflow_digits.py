@@ -71,7 +71,8 @@ def main() -> None:
           f"batch={args.batch}, Adam lr={args.lr}, threads={torch.get_num_threads()}")
     print("| flow | config | params | ms/step (median) | test bits/dim |")
     print("|---|---|---|---|---|")
-    configs = {"TarFlow": f"patch {args.patch}, {args.blocks} blocks x {args.layers} layers, width {args.channels}, 4 heads",
+    configs = {"TarFlow": f"patch {args.patch}, {args.blocks} blocks x {args.layers} layers, "
+                          f"width {args.channels}, 4 heads",
                "Glow": "2 levels x 4 steps, hidden 64"}
     for k, m in models.items():
         n = sum(q.numel() for q in m.parameters())

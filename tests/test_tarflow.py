@@ -34,7 +34,8 @@ def test_kv_cache_inverse_equals_recomputation(dtype, flip):
 
 
 def test_flow_samples_with_cache_equal_samples_without():
-    flow = randomize_(flows["TarFlow"](shape=(1, 8, 8), patch=2, channels=16, blocks=2, layers_per_block=1, heads=2), 0.2)
+    flow = flows["TarFlow"](shape=(1, 8, 8), patch=2, channels=16, blocks=2, layers_per_block=1, heads=2)
+    randomize_(flow, 0.2)
     blocks = [b for b in flow.transform.bijections if isinstance(b, TarFlowBlock)]
     z = torch.randn(4, 1, 8, 8)
     with torch.no_grad():

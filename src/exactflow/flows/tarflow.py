@@ -58,7 +58,8 @@ def TarFlow(shape: tuple[int, int, int] | None = None, patch: int = 2, channels:
     """TarFlow (Zhai et al. 2025): causal-transformer autoregressive blocks over patches, on N(0, I).
 
     ``blocks`` :class:`~exactflow.transforms.tarflow.TarFlowBlock` s (transformer width ``channels``,
-    ``layers_per_block`` layers, ``heads`` heads) with the patch order reversed between blocks. Images ``shape=(C, H, W)`` in (0, 1) are first mapped to R by a logit, ``logit(0.05 + 0.9 x)``
+    ``layers_per_block`` layers, ``heads`` heads) with the patch order reversed between blocks.
+    Images ``shape=(C, H, W)`` in (0, 1) are first mapped to R by a logit, ``logit(0.05 + 0.9 x)``
     (``logit=False`` to skip it); vectors ``features=D`` (``patch`` features per patch) are used as they are."""
     if (shape is None) == (features is None):
         raise ValueError("give exactly one of shape=(C, H, W) for images or features=D for vectors")

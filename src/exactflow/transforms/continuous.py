@@ -91,7 +91,7 @@ class CNF(Bijection):
                 rows = torch.autograd.grad(v, xg, basis, create_graph=create_graph, is_grads_batched=True)[0]
                 div = torch.diagonal(rows, dim1=0, dim2=2).sum(-1)  # rows[i, b, j] = dv_i/dx_j at row b
             else:
-                vjp = torch.autograd.grad((v * noise).sum(), xg, create_graph=create_graph, retain_graph=create_graph)[0]
+                vjp = torch.autograd.grad((v * noise).sum(), xg, create_graph=create_graph)[0]
                 div = (vjp * noise).sum(-1)
         if not create_graph:
             v, div = v.detach(), div.detach()
