@@ -115,9 +115,10 @@ class MADE(nn.Module):
     output ``[:, i, :]`` depends only on the inputs that precede feature ``i`` in the order (and on the context).
 
     Degrees: input ``i`` has degree ``d_i`` (:func:`made_degrees`); hidden unit ``k`` of every layer has
-    degree ``m_k = 1 + (k mod (D - 1))`` (0 when D = 1) and sees the units of the layer below with
-    degree ``<= m_k``; the outputs of feature ``i`` see hidden units with degree ``< d_i``. Context
-    inputs have degree 0 and feed every unit of the first hidden layer. ``residual=True`` makes each
+    degree ``m_k = 1 + (k mod (D - 1))`` (0 when D = 1), or ``m_k = k mod D`` with a context, and sees the
+    units of the layer below with degree ``<= m_k``; the outputs of feature ``i`` see hidden units with
+    degree ``< d_i``. Context inputs have degree 0 and feed every unit of the first hidden layer, so
+    every output, the first feature's included, depends on the context. ``residual=True`` makes each
     entry of ``hidden`` a residual block ``h + L2(act(L1(act(h))))`` on equal-degree units (all widths
     equal). ``zero_last=True`` starts the outputs at zero.
     """
@@ -167,6 +168,8 @@ class MADE(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     def _hidden_degrees(self, width: int) -> Tensor:
+        if self.context_features:  # degree-0 units see the context only and feed the first feature
+            return torch.arange(width) % self.features
         if self.features == 1:
             return torch.zeros(width, dtype=torch.long)
         return torch.arange(width) % (self.features - 1) + 1
