@@ -10,8 +10,9 @@ so the derivative is continuous at the tails). In bin ``k``, with ``w = x_{k+1} 
 
 Outside ``[-B, B]``, ``y = x`` and ``dy/dx = 1``. The inputs are clamped into ``[-B, B]`` before the
 spline maths and the tails are selected afterwards, so inputs of any size (and all-out-of-range
-batches) give finite values and finite gradients. The inverse solves ``a xi^2 + b xi + c = 0`` in the
-cancellation-free form ``xi = 2c / (-b - sqrt(b^2 - 4ac))`` with the discriminant clamped at zero.
+batches) give finite values and finite gradients. The inverse solves ``a xi^2 + b xi + c = 0`` with the
+discriminant clamped at zero, as ``xi = 2c / (-b - sqrt(b^2 - 4ac))`` where ``b >= 0`` and as the equal
+``(-b + sqrt(b^2 - 4ac)) / 2a`` where ``b < 0``, so that neither form subtracts nearly equal numbers.
 """
 
 from __future__ import annotations
@@ -123,8 +124,12 @@ class RQSpline(Univariate):
     def inverse(self, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         (a, b, c), (x0, w, s, d0, d1) = self._quadratic(z, p)
         inside = (z >= -self.bound) & (z <= self.bound)
-        disc = (b.square() - 4 * a * c).clamp_min(torch.finfo(z.dtype).tiny)
-        xi = (2 * c / (-b - torch.sqrt(disc))).clamp(0, 1)
+        root = torch.sqrt((b.square() - 4 * a * c).clamp_min(torch.finfo(z.dtype).tiny))
+        # the root in [0, 1] is 2c / (-b - root) = (-b + root) / 2a: take the form without cancellation for
+        # the sign of b (each denominator is made safe where its branch is not taken, for NaN-free grads)
+        positive = b >= 0
+        xi = torch.where(positive, 2 * c / torch.where(positive, -b - root, -1.0), (root - b) / torch.where(positive, 1.0, 2 * a))
+        xi = xi.clamp(0, 1)
         logd = -self._log_derivative(xi, s, d0, d1)
         return torch.where(inside, x0 + xi * w, z), torch.where(inside, logd, torch.zeros_like(logd))
 
