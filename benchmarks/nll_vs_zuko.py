@@ -53,7 +53,8 @@ def zuko_models() -> dict[str, Callable[[], torch.nn.Module]]:
     }
 
 
-def train_and_test(make: Callable[[], torch.nn.Module], data, steps: int, batch: int, lr: float, seed: int) -> tuple[float, float]:
+def train_and_test(make: Callable[[], torch.nn.Module], data, steps: int, batch: int, lr: float,
+                   seed: int) -> tuple[float, float]:
     """Train from ``seed`` on ``data.train``; return (test NLL in nats, seconds)."""
     torch.manual_seed(seed)
     model = make()

@@ -37,7 +37,8 @@ def _build(name, ctx):
     return b, x, c
 
 
-ORDERED = sorted(n for n, e in transforms.items() if e.input == "vector" and declared_order(_build(n, 0)[0]) is not None)
+ORDERED = sorted(n for n, e in transforms.items()
+                 if e.input == "vector" and declared_order(_build(n, 0)[0]) is not None)
 
 
 def test_autoregressive_entries_declare_their_order():
@@ -60,8 +61,8 @@ def test_jacobian_is_triangular_in_declared_order(name, ctx):
     z, _ = b(x, c)
     for i in range(2):
         ci = None if c is None else c[i : i + 1]
-        fwd = torch.autograd.functional.jacobian(lambda v: b(v[None], ci)[0][0], x[i])
-        inv = torch.autograd.functional.jacobian(lambda v: b.inverse(v[None], ci)[0][0], z[i].detach())
+        fwd = torch.autograd.functional.jacobian(lambda v, ci=ci: b(v[None], ci)[0][0], x[i])
+        inv = torch.autograd.functional.jacobian(lambda v, ci=ci: b.inverse(v[None], ci)[0][0], z[i].detach())
         assert_triangular(fwd, order, f"{name} forward")
         assert_triangular(inv, order, f"{name} inverse")
 

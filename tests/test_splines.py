@@ -12,7 +12,8 @@ BOUND = 3.0
 
 def random_params(shape, spline, scale=3.0, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (scale * torch.randn(*shape, spline.n_params, generator=g, dtype=torch.float64)).to(dtype).requires_grad_(True)
+    p = scale * torch.randn(*shape, spline.n_params, generator=g, dtype=torch.float64)
+    return p.to(dtype).requires_grad_(True)
 
 
 def finite_grads(*tensors):

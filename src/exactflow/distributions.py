@@ -174,7 +174,7 @@ class ConditionalDiagNormal(StandardNormal):
 
     def _params(self, context: Tensor | None, rows: int) -> tuple[Tensor, Tensor]:
         if context is None:
-            raise ValueError(f"ConditionalDiagNormal needs a context of shape ({rows}, {self.context_features}); got None")
+            raise ValueError(f"ConditionalDiagNormal needs a context of shape ({rows}, {self.context_features}), got None")
         if context.dim() != 2 or context.shape != (rows, self.context_features):
             raise ValueError(f"context has shape {tuple(context.shape)}: expected ({rows}, {self.context_features})")
         loc, log_scale = self.net(context).chunk(2, dim=-1)

@@ -63,7 +63,8 @@ def MAF(features: int, context: int = 0, transforms: int = 5, hidden: Sequence[i
     """MAF (Papamakarios et al. 2017): ``transforms`` masked affine autoregressive layers with a ``permutation``
     (``"reverse"``, ``"random"`` or ``"lu"``) and optionally batch norm between them. ``log_prob`` is one MADE
     pass per layer; ``sample`` takes D passes per layer."""
-    layers = _stack(lambda i: MaskedAffineAutoregressive(features, context, hidden, residual=residual, scale_bound=scale_bound),
+    layers = _stack(lambda i: MaskedAffineAutoregressive(features, context, hidden, residual=residual,
+                                                         scale_bound=scale_bound),
                     features, transforms, permutation, batch_norm)
     return _flow(layers, features, context, conditional_base)
 
@@ -101,7 +102,8 @@ def NSFAutoregressive(features: int, context: int = 0, transforms: int = 3, hidd
     """Neural spline flow, autoregressive form (Durkan et al. 2019): ``transforms`` rational-quadratic spline
     layers conditioned by MADEs, with a ``permutation`` between them. ``log_prob``: one pass per layer;
     ``sample``: D passes per layer."""
-    layers = _stack(lambda i: RQSplineAutoregressive(features, context, hidden, bins=bins, bound=bound, residual=residual),
+    layers = _stack(lambda i: RQSplineAutoregressive(features, context, hidden, bins=bins, bound=bound,
+                                                     residual=residual),
                     features, transforms, permutation)
     return _flow(layers, features, context, conditional_base)
 

@@ -112,20 +112,21 @@ class BNAF(Bijection):
         shifts = None if self.context_net is None else self.context_net(context.to(dtype)).split(self._splits, -1)
         return weights, shifts
 
-    def _network(self, x: Tensor, params: tuple[list, list | None], logdet: bool = True) -> tuple[Tensor, Tensor | None]:
+    def _network(self, x: Tensor, params: tuple[list, list | None],
+                 logdet: bool = True) -> tuple[Tensor, Tensor | None]:
         """``(z, log dz_i/dx_i)``, both ``(batch, D)``; ``logdet=False`` skips the second (``None``)."""
         weights, shifts = params
         h, log_j = x, x.new_zeros(x.shape[0], self.features, 1)  # log_j: (batch, D, units) = log dh/dx_i
         last = len(weights) - 1
-        for l, (w, log_diag, bias) in enumerate(weights):
+        for k, (w, log_diag, bias) in enumerate(weights):
             u = F.linear(h, w, bias)
             if shifts is not None:
-                u = u + shifts[l]
+                u = u + shifts[k]
             if logdet:
                 log_j = torch.logsumexp(log_diag.unsqueeze(0) + log_j.unsqueeze(2), dim=-1)  # (batch, D, a_out)
-                if l < last:
+                if k < last:
                     log_j = log_j + _log_slope(u, self.alpha).reshape(log_j.shape)
-            h = torch.tanh(u) + self.alpha * u if l < last else u
+            h = torch.tanh(u) + self.alpha * u if k < last else u
         return h, log_j.squeeze(-1) if logdet else None
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

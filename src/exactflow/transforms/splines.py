@@ -128,8 +128,9 @@ class RQSpline(Univariate):
         # the root in [0, 1] is 2c / (-b - root) = (-b + root) / 2a: take the form without cancellation for
         # the sign of b (each denominator is made safe where its branch is not taken, for NaN-free grads)
         positive = b >= 0
-        xi = torch.where(positive, 2 * c / torch.where(positive, -b - root, -1.0), (root - b) / torch.where(positive, 1.0, 2 * a))
-        xi = xi.clamp(0, 1)
+        xi_plus = 2 * c / torch.where(positive, -b - root, -1.0)
+        xi_minus = (root - b) / torch.where(positive, 1.0, 2 * a)
+        xi = torch.where(positive, xi_plus, xi_minus).clamp(0, 1)
         logd = -self._log_derivative(xi, s, d0, d1)
         return torch.where(inside, x0 + xi * w, z), torch.where(inside, logd, torch.zeros_like(logd))
 
@@ -142,7 +143,8 @@ class ElementwiseRQSpline(Bijection):
     context by an MLP. Inputs outside ``[-bound, bound]`` pass through unchanged.
     """
 
-    def __init__(self, features: int, context: int = 0, bins: int = 8, bound: float = 5.0, hidden: Sequence[int] = (32,)):
+    def __init__(self, features: int, context: int = 0, bins: int = 8, bound: float = 5.0,
+                 hidden: Sequence[int] = (32,)):
         super().__init__()
         self.spline = RQSpline(bins, bound)
         self.features = features
