@@ -60,9 +60,11 @@ def _stack(make, features: int, transforms: int, permutation: str, batch_norm: b
 def MAF(features: int, context: int = 0, transforms: int = 5, hidden: Sequence[int] = (64, 64),
         residual: bool = False, permutation: str = "reverse", batch_norm: bool = False,
         scale_bound: float | None = 3.0, conditional_base: bool = False) -> Flow:
-    """MAF (Papamakarios et al. 2017): ``transforms`` masked affine autoregressive layers with a ``permutation``
-    (``"reverse"``, ``"random"`` or ``"lu"``) and optionally batch norm between them. ``log_prob`` is one MADE
-    pass per layer; ``sample`` takes D passes per layer."""
+    """MAF (Papamakarios et al. 2017): affine autoregressive layers; one-pass density, D-pass sampling.
+
+    ``transforms`` masked affine autoregressive layers with a ``permutation`` (``"reverse"``, ``"random"`` or
+    ``"lu"``) and optionally batch norm between them. ``log_prob`` is one MADE pass per layer; ``sample`` takes
+    D passes per layer."""
     layers = _stack(lambda i: MaskedAffineAutoregressive(features, context, hidden, residual=residual,
                                                          scale_bound=scale_bound),
                     features, transforms, permutation, batch_norm)
@@ -73,9 +75,11 @@ def MAF(features: int, context: int = 0, transforms: int = 5, hidden: Sequence[i
 def IAF(features: int, context: int = 0, transforms: int = 5, hidden: Sequence[int] = (64, 64),
         residual: bool = False, permutation: str = "reverse", scale_bound: float | None = 3.0,
         conditional_base: bool = False) -> Flow:
-    """IAF (Kingma et al. 2016): MAF layers inverted, so ``sample``/``rsample`` and ``sample_and_log_prob`` take
-    one MADE pass per layer: the flow for fast sampling and for variational posteriors (train by reverse KL
-    with ``sample_and_log_prob``). ``log_prob`` of given data takes D passes per layer."""
+    """IAF (Kingma et al. 2016): inverted MAF layers; the flow for fast sampling and variational posteriors.
+
+    ``sample``/``rsample`` and ``sample_and_log_prob`` take one MADE pass per layer, so a variational
+    posterior q(x | context) trains by reverse KL on ``sample_and_log_prob``. ``log_prob`` of given data takes
+    D passes per layer."""
     layers = _stack(lambda i: Inverse(MaskedAffineAutoregressive(features, context, hidden, residual=residual,
                                                                  scale_bound=scale_bound)),
                     features, transforms, permutation)
@@ -85,10 +89,11 @@ def IAF(features: int, context: int = 0, transforms: int = 5, hidden: Sequence[i
 @FLOWS.register("NSF", test_kwargs={"transforms": 2, "hidden": (16,), "bins": 4})
 def NSF(features: int, context: int = 0, transforms: int = 3, hidden: Sequence[int] = (64, 64), bins: int = 8,
         bound: float = 5.0, mask: str = "half", permutation: str = "lu", conditional_base: bool = False) -> Flow:
-    """Neural spline flow, coupling form (Durkan et al. 2019): ``transforms`` rational-quadratic spline couplings
-    (``bins`` bins on ``[-bound, bound]``, identity tails), the fixed half flipping every layer, with a
-    ``permutation`` (default an LU-parametrised linear map, as in the paper) between them. Both directions
-    take one pass per layer."""
+    """Neural spline flow, coupling form (Durkan et al. 2019): one pass both ways.
+
+    ``transforms`` rational-quadratic spline couplings (``bins`` bins on ``[-bound, bound]``, identity tails),
+    the fixed half flipping every layer, with a ``permutation`` (default an LU-parametrised linear map, as in
+    the paper) between them."""
     layers = _stack(lambda i: RQSplineCoupling(features, context, mask=mask, flip=i % 2 == 1, hidden=hidden, bins=bins,
                                                bound=bound),
                     features, transforms, permutation)
@@ -99,9 +104,9 @@ def NSF(features: int, context: int = 0, transforms: int = 3, hidden: Sequence[i
 def NSFAutoregressive(features: int, context: int = 0, transforms: int = 3, hidden: Sequence[int] = (64, 64),
                       bins: int = 8, bound: float = 5.0, residual: bool = False, permutation: str = "reverse",
                       conditional_base: bool = False) -> Flow:
-    """Neural spline flow, autoregressive form (Durkan et al. 2019): ``transforms`` rational-quadratic spline
-    layers conditioned by MADEs, with a ``permutation`` between them. ``log_prob``: one pass per layer;
-    ``sample``: D passes per layer."""
+    """Neural spline flow, autoregressive form (Durkan et al. 2019): one-pass density, D-pass sampling.
+
+    ``transforms`` rational-quadratic spline layers conditioned by MADEs, with a ``permutation`` between them."""
     layers = _stack(lambda i: RQSplineAutoregressive(features, context, hidden, bins=bins, bound=bound,
                                                      residual=residual),
                     features, transforms, permutation)
@@ -111,8 +116,10 @@ def NSFAutoregressive(features: int, context: int = 0, transforms: int = 3, hidd
 @FLOWS.register("BNAF", tolerance=1e-6, test_kwargs={"features": 3, "transforms": 2, "hidden": (3,)})
 def BNAF(features: int, context: int = 0, transforms: int = 2, hidden: Sequence[int] = (16, 16),
          permutation: str = "reverse", conditional_base: bool = False) -> Flow:
-    """BNAF (De Cao et al. 2020): ``transforms`` block neural autoregressive layers (``hidden`` units per
-    feature in each hidden layer) with a ``permutation`` between them. ``log_prob`` is exact and one pass
-    per layer; ``sample`` inverts every layer by bisection and is slow (about D * 60 passes per layer)."""
+    """BNAF (De Cao et al. 2020): block neural autoregressive layers; exact density, slow sampling (bisection).
+
+    ``transforms`` layers (``hidden`` units per feature in each hidden layer) with a ``permutation`` between
+    them. ``log_prob`` is one pass per layer; ``sample`` inverts every layer by bisection, about D * 60
+    passes per layer."""
     layers = _stack(lambda i: BNAFLayer(features, context, hidden), features, transforms, permutation)
     return _flow(layers, features, context, conditional_base)

@@ -112,8 +112,10 @@ class MaskedAutoregressive(Bijection):
 
 @TRANSFORMS.register("MaskedAffineAutoregressive", test_kwargs={"hidden": (16, 16)})
 class MaskedAffineAutoregressive(MaskedAutoregressive):
-    """MAF layer (Papamakarios et al. 2017): ``z_i = (x_i - mu_i) * exp(-s_i)``, ``(mu_i, s_i)`` from a MADE on
-    ``x_<i`` and the context; log|det dz/dx| = -sum_i s_i. ``s = B tanh(s_raw / B)``, ``B = scale_bound``."""
+    """MAF layer (Papamakarios et al. 2017): affine autoregressive; one-pass forward, D-pass inverse.
+
+    ``z_i = (x_i - mu_i) * exp(-s_i)``, ``(mu_i, s_i)`` from a MADE on ``x_<i`` and the context;
+    log|det dz/dx| = -sum_i s_i, with ``s = B tanh(s_raw / B)``, ``B = scale_bound``."""
 
     def __init__(
         self,
@@ -131,6 +133,8 @@ class MaskedAffineAutoregressive(MaskedAutoregressive):
 
 @TRANSFORMS.register("IAF", test_kwargs={"hidden": (16, 16)})
 def IAF(features: int, context: int = 0, **kwargs) -> Inverse:
-    """IAF layer (Kingma et al. 2016) = ``Inverse(MaskedAffineAutoregressive)``: latent -> data (sampling, and
-    ``sample_and_log_prob`` for variational posteriors) in one MADE pass; data -> latent takes D passes."""
+    """IAF layer (Kingma et al. 2016) = ``Inverse(MaskedAffineAutoregressive)``: one-pass sampling, D-pass density.
+
+    Latent -> data (sampling, and ``sample_and_log_prob`` for variational posteriors) is one MADE pass;
+    data -> latent takes D passes."""
     return Inverse(MaskedAffineAutoregressive(features, context, **kwargs))

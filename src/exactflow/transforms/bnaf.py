@@ -78,7 +78,9 @@ def _log_slope(u: Tensor, alpha: float) -> Tensor:
 
 @TRANSFORMS.register("BNAF", tolerance=1e-6, test_kwargs={"features": 3, "hidden": (3,)})
 class BNAF(Bijection):
-    """``z = L_n(sigma(... sigma(L_1(x) + c_1(context)) ...)) + c_n(context)`` with block lower triangular
+    """Block neural autoregressive layer: exact log-det; inverse by bisection (slow).
+
+    ``z = L_n(sigma(... sigma(L_1(x) + c_1(context)) ...)) + c_n(context)`` with block lower triangular
     ``L_l`` (:class:`BlockLinear`), ``hidden`` units per feature in each hidden layer and
     ``sigma(u) = tanh(u) + alpha u``; log|det dz/dx| = sum_i log dz_i/dx_i, exact (see the module doc).
 

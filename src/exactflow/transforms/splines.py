@@ -137,7 +137,7 @@ class RQSpline(Univariate):
 
 @TRANSFORMS.register("ElementwiseRQSpline", test_kwargs={"bins": 4, "bound": 2.0})
 class ElementwiseRQSpline(Bijection):
-    """``z_i = f(x_i; p_i)``, one rational-quadratic spline per feature; log|det dz/dx| = sum_i log f'(x_i; p_i).
+    """One rational-quadratic spline per feature: ``z_i = f(x_i; p_i)``, log|det dz/dx| = sum_i log f'(x_i; p_i).
 
     Unconditional: ``p`` is a parameter (zero: identity). With ``context=c`` it is predicted from the
     context by an MLP. Inputs outside ``[-bound, bound]`` pass through unchanged.
@@ -172,8 +172,10 @@ class ElementwiseRQSpline(Bijection):
 
 @TRANSFORMS.register("RQSplineCoupling", test_kwargs={"bins": 4, "bound": 2.0, "hidden": (16,)})
 class RQSplineCoupling(Coupling):
-    """NSF coupling layer: ``z_tr = f(x_tr; p)``, ``z_id = x_id`` with ``p = net(x_id, context)`` and ``f`` a
-    rational-quadratic spline per transformed feature; log|det dz/dx| = sum log f'(x_tr; p)."""
+    """NSF coupling layer: rational-quadratic splines on one part, conditioned on the other.
+
+    ``z_tr = f(x_tr; p)``, ``z_id = x_id`` with ``p = net(x_id, context)`` and ``f`` a rational-quadratic spline
+    per transformed feature; log|det dz/dx| = sum log f'(x_tr; p)."""
 
     def __init__(self, features: int, context: int = 0, mask: str | Tensor = "half", flip: bool = False,
                  hidden: Sequence[int] = (64, 64), activation: str = "relu", bins: int = 8, bound: float = 5.0):
@@ -203,8 +205,10 @@ class RQSplineCoupling(Coupling):
 
 @TRANSFORMS.register("RQSplineAutoregressive", test_kwargs={"bins": 4, "bound": 2.0, "hidden": (16, 16)})
 class RQSplineAutoregressive(MaskedAutoregressive):
-    """Autoregressive NSF layer: ``z_i = f(x_i; theta_i(x_<i, context))`` with ``f`` a rational-quadratic spline
-    and ``theta`` from a MADE; log|det dz/dx| = sum_i log f'(x_i; theta_i). Inverse: D MADE passes."""
+    """Autoregressive NSF layer: rational-quadratic splines conditioned by a MADE; D-pass inverse.
+
+    ``z_i = f(x_i; theta_i(x_<i, context))`` with ``theta`` from a MADE; log|det dz/dx| = sum_i log f'(x_i; theta_i).
+    """
 
     def __init__(
         self,
