@@ -232,3 +232,24 @@ def test_bad_arguments_are_named():
         flows["MAF"](features=3, permutation="shuffle")
     with pytest.raises(ValueError, match="alpha"):
         BNAF(3, alpha=0.0)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("MAF", {"batch_norm": True, "permutation": "random"}),
+        ("MAF", {"residual": True, "permutation": "lu", "hidden": (8, 8)}),
+        ("IAF", {"residual": True, "scale_bound": None}),
+        ("NSFAutoregressive", {"residual": True, "hidden": (8, 8), "permutation": "random"}),
+        ("NSF", {"mask": "alternating", "permutation": "reverse"}),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={x}" for k, x in v.items()),
+)
+def test_preset_options_keep_the_contract(name, kwargs):
+    entry = flows[name]
+    flow = entry(**{"features": 4, **entry.test_kwargs, "context": CONTEXT, **kwargs}).double()
+    x = torch.randn(16, 4, dtype=torch.float64)
+    c = torch.randn(16, CONTEXT, dtype=torch.float64)
+    warm_up(flow, x, c)
+    randomize_(flow, 0.2)
+    check_flow(flow, x, c, atol=entry.tolerance, name=f"{name}{kwargs}")
