@@ -2,9 +2,11 @@
 
 Every model sees the same data (exactflow.data registry: 20k train / 5k test), the same seed, the same
 mini-batches (Adam, lr 1e-3, batch 512) and the same sizes (3 transforms, hidden (64, 64), 8 bins on
-[-5, 5]); the table reports the mean test NLL in nats of the final model (lower is better).
+[-5, 5]); the table reports the test NLL in nats of the final model (lower is better), as the mean and
+standard deviation over ``--seeds`` when several are given.
 
-    python benchmarks/nll_vs_zuko.py                        # the table in docs/benchmarks.md
+    python benchmarks/nll_vs_zuko.py --models MAF --seeds 0 1 2     # tables in docs/benchmarks.md
+    python benchmarks/nll_vs_zuko.py --models NSF
     python benchmarks/nll_vs_zuko.py --steps 5 --libs exactflow --datasets moons   # smoke run
 """
 
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--models", nargs="+", default=[], help="keep only models whose name contains one of these")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest for 2-D)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -92,15 +95,21 @@ def main(argv: list[str] | None = None) -> str:
         models.update(exactflow_models())
     if "zuko" in args.libs:
         models.update(zuko_models())
-    data = {name: datasets[name](train=20000, valid=2000, test=5000, seed=args.seed) for name in args.datasets}
+    if args.models:
+        models = {k: v for k, v in models.items() if any(m in k for m in args.models)}
+    data = {name: datasets[name](train=20000, valid=2000, test=5000, seed=0) for name in args.datasets}
 
     rows = []
     for model_name, make in models.items():
         cells = []
         for name in args.datasets:
-            nll, seconds = train_and_test(make, data[name], args.steps, args.batch, args.lr, args.seed)
-            print(f"{model_name:30s} {name:14s} test NLL {nll:.4f}  ({seconds:.0f} s)", flush=True)
-            cells.append(f"{nll:.3f}")
+            nlls = []
+            for seed in args.seeds:
+                nll, seconds = train_and_test(make, data[name], args.steps, args.batch, args.lr, seed)
+                print(f"{model_name:30s} {name:14s} seed {seed}  test NLL {nll:.4f}  ({seconds:.0f} s)", flush=True)
+                nlls.append(nll)
+            t = torch.tensor(nlls)
+            cells.append(f"{t.mean():.3f} ± {t.std():.3f}" if len(nlls) > 1 else f"{nlls[0]:.3f}")
         rows.append(f"| {model_name} | " + " | ".join(cells) + " |")
     header = "| model | " + " | ".join(args.datasets) + " |\n|---|" + "---|" * len(args.datasets)
     table = header + "\n" + "\n".join(rows)

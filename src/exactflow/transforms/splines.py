@@ -221,5 +221,7 @@ class RQSplineAutoregressive(MaskedAutoregressive):
         residual: bool = False,
         activation: str = "relu",
         seed: int | None = None,
+        identity_init: bool = True,
     ):
-        super().__init__(features, context, RQSpline(bins, bound), hidden, order, residual, activation, seed)
+        super().__init__(features, context, RQSpline(bins, bound), hidden, order, residual, activation, seed,
+                         identity_init)
