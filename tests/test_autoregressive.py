@@ -253,3 +253,4 @@ def test_preset_options_keep_the_contract(name, kwargs):
     warm_up(flow, x, c)
     randomize_(flow, 0.2)
     check_flow(flow, x, c, atol=entry.tolerance, name=f"{name}{kwargs}")
+
