@@ -27,7 +27,8 @@ import torch
 
 from exactflow.data import registry as datasets
 from exactflow.flows.glow import Glow
-from exactflow.images import bits_per_dim, dequantize, quantize, save_image_grid
+from exactflow.images import bits_per_dim, dequantize, quantize
+from exactflow.plots import image_grid
 
 
 def normflows_glow(shape: tuple[int, int, int], levels: int, steps: int, hidden: int, alpha: float):
@@ -124,10 +125,10 @@ def main(argv: list[str] | None = None) -> dict:
             samples = model.sample(64, temperature=args.temperature)
         else:
             samples = model.sample(64, temperature=args.temperature)[0].detach()
-        grid = save_image_grid(quantize(samples, levels) / (levels - 1), out / f"{name}_samples.png", nrow=8)
+        grid = image_grid(quantize(samples, levels), out / f"{name}_samples.png", nrow=8, levels=levels)
         results[name] = {"test_bits_per_dim": bpd, "parameters": count(model),
                          "median_ms_per_step": 1000 * statistics.median(times[name]), "samples": str(grid)}
-    save_image_grid(data.test[:64] / (levels - 1), out / "test_data.png", nrow=8)
+    image_grid(data.test[:64], out / "test_data.png", nrow=8, levels=levels)
 
     ref = results["normflows"]["median_ms_per_step"]
     print(f"\nGlow on digits (1x8x8, 17 levels): levels={args.levels}, K={args.flow_steps}, hidden={args.hidden}, "

@@ -11,9 +11,16 @@ import torch
 from exactflow import Flow, StandardNormal
 from exactflow.data import registry as datasets
 from exactflow.flows.glow import Glow, RealNVPImage
-from exactflow.images import bits_per_dim, dequantize, image_grid, quantize, save_image_grid
-from exactflow.transforms.image import (ImageAffineCoupling, InvConv1x1, InvConv1x1LU, Logit, Squeeze, Unsqueeze,
-                                        checkerboard_mask)
+from exactflow.images import bits_per_dim, dequantize, quantize
+from exactflow.transforms.image import (
+    ImageAffineCoupling,
+    InvConv1x1,
+    InvConv1x1LU,
+    Logit,
+    Squeeze,
+    Unsqueeze,
+    checkerboard_mask,
+)
 from exactflow.transforms.multiscale import Split
 
 
@@ -185,22 +192,6 @@ def test_npy_loader(tmp_path):
         datasets.build("npy_images", path=str(tmp_path / "missing.npy"))
 
 
-def test_png_grid(tmp_path):
-    from PIL import Image
-
-    images = torch.rand(10, 1, 8, 8)
-    grid = image_grid(images, nrow=4, padding=1, scale=2)
-    assert grid.shape == (3 * 17 + 1, 4 * 17 + 1, 1) and grid.dtype == torch.uint8
-    path = save_image_grid(images, tmp_path / "sub" / "grid.png", nrow=4, scale=2)
-    with Image.open(path) as im:
-        assert im.size == (4 * 17 + 1, 3 * 17 + 1) and im.mode == "L"
-    rgb = save_image_grid(torch.rand(3, 3, 4, 4), tmp_path / "rgb.png")
-    with Image.open(rgb) as im:
-        assert im.mode == "RGB"
-    with pytest.raises(ValueError, match="images must have shape"):
-        image_grid(torch.rand(2, 2, 4, 4))
-
-
 def test_split_prior_scores_x2_under_its_conditional_gaussian():
     split = Split((4, 2, 2), prior=True, scale_bound=None).double()
     torch.nn.init.normal_(split.prior.weight, std=0.3)
@@ -214,12 +205,14 @@ def test_split_prior_scores_x2_under_its_conditional_gaussian():
     assert torch.equal(u[:, :2], x[:, :2])
 
 
+@pytest.mark.filterwarnings("ignore:torch.lu is deprecated")  # inside normflows
 def test_glow_digits_benchmark_runs_on_tiny_settings(tmp_path):
     pytest.importorskip("normflows")  # the `bench` extra
     import runpy
 
     script = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "glow_digits.py"))
-    results = script["main"](["--steps", "4", "--flow-steps", "1", "--hidden", "8", "--draws", "1", "--out", str(tmp_path)])
+    argv = ["--steps", "4", "--flow-steps", "1", "--hidden", "8", "--draws", "1", "--out", str(tmp_path)]
+    results = script["main"](argv)
     assert set(results) == {"exactflow", "normflows"}
     assert all(math.isfinite(r["test_bits_per_dim"]) for r in results.values())
     assert (tmp_path / "exactflow_samples.png").is_file() and (tmp_path / "results.json").is_file()

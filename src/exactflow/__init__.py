@@ -6,8 +6,11 @@ Convention: a bijection's ``forward`` maps data -> latent and returns ``(z, log|
 
 from . import data, flows, transforms
 from .core import Bijection, Compose, Inverse
+from .checkpoint import build, load, save
 from .distributions import DiagNormal, Flow, StandardNormal
+from .training import History, evaluate, fit, standardize
 
 __version__ = "0.1.0"
 
-__all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "flows", "transforms", "__version__"]
+__all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "flows", "transforms",
+           "build", "save", "load", "fit", "evaluate", "standardize", "History", "__version__"]

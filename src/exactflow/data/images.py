@@ -117,7 +117,8 @@ def _from_files(read, path: str, test_path: str | None, valid: float, test: floa
         test_array = read(test_path)
         x_test = _as_images(test_array, str(test_path), channels_last)
         if x_test.shape[1:] != x.shape[1:]:
-            raise ValueError(f"test images have shape {tuple(x_test.shape[1:])} but training images {tuple(x.shape[1:])}")
+            raise ValueError(f"test images have shape {tuple(x_test.shape[1:])} but training images "
+                             f"{tuple(x.shape[1:])}")
         _levels(x_test, levels, test_array.dtype, str(test_path))
     info = {"source": str(path), "test_source": None if test_path is None else str(test_path)}
     return _split(name, x, x_test, valid, test, seed, levels, info)

@@ -12,6 +12,8 @@ shape, so the latent is one ``(C, H, W)`` tensor under N(0, I).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -22,7 +24,7 @@ from ..transforms.image import ImageAffineCoupling, InvConv1x1LU, Logit, Squeeze
 from ..transforms.multiscale import Split
 from ..transforms.normalization import ActNorm
 
-__all__ = ["ImageFlow", "Glow", "RealNVPImage", "glow_step"]
+__all__ = ["Glow", "ImageFlow", "RealNVPImage", "glow_step"]
 
 Shape = tuple[int, int, int]
 # The generic check randomises every parameter (N(0, 0.2^2) noise), perturbs latents by 0.1 before
@@ -50,26 +52,31 @@ class ImageFlow(Flow):
         return self.rsample(n, context, temperature)
 
 
-def glow_step(shape: Shape, context: int = 0, hidden: int = 64, scale_bound: float | None = 3.0) -> list[Bijection]:
+def glow_step(shape: Shape, context: int = 0, hidden: int | Sequence[int] = 64,
+              scale_bound: float | None = 3.0) -> list[Bijection]:
     """One Glow step: ActNorm -> invertible 1x1 convolution (LU) -> affine coupling (channel mask)."""
     coupling = ImageAffineCoupling(shape, context, mask="channel", hidden=hidden, scale_bound=scale_bound)
     return [ActNorm(shape[0]), InvConv1x1LU(shape), coupling]
 
 
 @FLOWS.register("Glow", input="image", domain="unit", test_kwargs=_SMALL)
-def Glow(shape: Shape, context: int = 0, levels: int = 3, steps: int = 8, hidden: int = 128,
+def Glow(shape: Shape, context: int = 0, levels: int = 3, steps: int = 8, hidden: int | Sequence[int] = 128,
          alpha: float = 0.05, scale_bound: float | None = 3.0) -> ImageFlow:
     """Glow (Kingma & Dhariwal 2018) on dequantised images in (0, 1): logit, then ``levels`` levels of
-    squeeze and ``steps`` steps (ActNorm, 1x1 conv LU, affine coupling with a ``hidden``-channel CNN), with
-    the split prior after every level but the last; N(0, I) latent; sampling takes a temperature.
-    ``scale_bound`` bounds every log-scale (couplings and split prior) smoothly; ``alpha`` is the logit's."""
+    squeeze and ``steps`` steps (ActNorm, 1x1 conv LU, affine coupling whose CNN has ``hidden`` channels,
+    see :class:`~exactflow.transforms.image.ConvNet`), with the split prior after every level but the last;
+    N(0, I) latent; sampling takes a temperature. H and W must be divisible by 2^levels (28x28 MNIST:
+    levels <= 2). ``scale_bound`` bounds every log-scale (couplings and split prior) smoothly; ``alpha``
+    is the logit's."""
     if levels < 1 or steps < 1:
         raise ValueError(f"levels and steps must be >= 1, got levels={levels}, steps={steps}")
     shape = image_shape(shape, 2**levels)
 
     def level(s: Shape, remaining: int) -> Bijection:
         squeezed: Shape = (4 * s[0], s[1] // 2, s[2] // 2)
-        layers = [Squeeze(2), *(layer for _ in range(steps) for layer in glow_step(squeezed, context, hidden, scale_bound))]
+        layers: list[Bijection] = [Squeeze(2)]
+        for _ in range(steps):
+            layers += glow_step(squeezed, context, hidden, scale_bound)
         if remaining > 1:
             rest: Shape = (squeezed[0] - squeezed[0] // 2, squeezed[1], squeezed[2])
             layers.append(Split(squeezed, context, level(rest, remaining - 1), scale_bound=scale_bound))
@@ -79,7 +86,7 @@ def Glow(shape: Shape, context: int = 0, levels: int = 3, steps: int = 8, hidden
 
 
 @FLOWS.register("RealNVPImage", input="image", domain="unit", test_kwargs=_SMALL)
-def RealNVPImage(shape: Shape, context: int = 0, levels: int = 2, steps: int = 3, hidden: int = 64,
+def RealNVPImage(shape: Shape, context: int = 0, levels: int = 2, steps: int = 3, hidden: int | Sequence[int] = 64,
                  alpha: float = 0.05, scale_bound: float | None = 3.0) -> ImageFlow:
     """Multi-scale RealNVP (Dinh et al. 2017) on dequantised images in (0, 1): logit, then per level
     ``steps`` checkerboard affine couplings, squeeze, ``steps`` channel-wise affine couplings (masks

@@ -7,8 +7,10 @@ A ``context`` of shape ``(batch, c)`` is broadcast over the pixels and enters th
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,18 +24,18 @@ from .linear import lu_solve, lu_weight
 from .normalization import ActNorm
 
 __all__ = [
-    "image_shape",
-    "checkerboard_mask",
-    "append_context",
     "ConvNet",
-    "Squeeze",
-    "Unsqueeze",
+    "ImageAdditiveCoupling",
+    "ImageAffineCoupling",
+    "ImageCoupling",
     "InvConv1x1",
     "InvConv1x1LU",
-    "ImageCoupling",
-    "ImageAffineCoupling",
-    "ImageAdditiveCoupling",
     "Logit",
+    "Squeeze",
+    "Unsqueeze",
+    "append_context",
+    "checkerboard_mask",
+    "image_shape",
 ]
 
 
@@ -51,7 +53,7 @@ def image_shape(shape: tuple[int, ...] | list[int], factor: int = 1) -> tuple[in
 
 
 def checkerboard_mask(height: int, width: int, flip: bool = False) -> Tensor:
-    """``(1, 1, H, W)`` float mask, 1 where ``(i + j)`` is even (0 there if ``flip``): the pixels that pass unchanged."""
+    """``(1, 1, H, W)`` float mask, 1 where ``(i + j)`` is even (odd with ``flip``): the pixels that pass unchanged."""
     i, j = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     m = (i + j) % 2 == (1 if flip else 0)
     return m.to(torch.get_default_dtype()).view(1, 1, height, width)
@@ -72,20 +74,23 @@ def append_context(h: Tensor, context: Tensor | None) -> Tensor:
 
 
 class ConvNet(nn.Sequential):
-    """Glow's conditioner: conv 3x3 -> act -> conv 1x1 -> act -> conv 3x3 ('same' padding), ``hidden``
-    channels; the last conv is zero-initialised (``zero_last``) so the layer built on it starts as the identity."""
+    """Glow's conditioner: conv 3x3 -> act -> conv 1x1 -> act -> conv 3x3 ('same' padding). ``hidden`` is the
+    width of both hidden layers (an int) or the widths ``(h1, ..., hk)`` (conv 3x3 to h1, 1x1 convs between
+    the others). The last conv is zero-initialised (``zero_last``) so the layer built on it starts as the identity."""
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, activation: str = "relu",
+    def __init__(self, in_channels: int, out_channels: int, hidden: int | Sequence[int] = 64, activation: str = "relu",
                  zero_last: bool = True):
-        last = nn.Conv2d(hidden, out_channels, 3, padding=1)
+        widths = (hidden, hidden) if isinstance(hidden, int) else tuple(hidden)
+        if not widths or not all(isinstance(h, int) and h > 0 for h in widths):
+            raise ValueError(f"hidden must be a positive int or a sequence of them, got {hidden!r}")
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, padding=1), ACTIVATIONS[activation]()]
+        for a, b in itertools.pairwise(widths):
+            layers += [nn.Conv2d(a, b, 1), ACTIVATIONS[activation]()]
+        last = nn.Conv2d(widths[-1], out_channels, 3, padding=1)
         if zero_last:
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
-        super().__init__(
-            nn.Conv2d(in_channels, hidden, 3, padding=1), ACTIVATIONS[activation](),
-            nn.Conv2d(hidden, hidden, 1), ACTIVATIONS[activation](),
-            last,
-        )
+        super().__init__(*layers, last)
 
 
 class Squeeze(Bijection):
@@ -224,7 +229,7 @@ class ImageCoupling(Bijection):
     params_per_channel = 1
 
     def __init__(self, shape: tuple[int, int, int], context: int = 0, mask: str = "channel", flip: bool = False,
-                 hidden: int = 64, activation: str = "relu"):
+                 hidden: int | Sequence[int] = 64, activation: str = "relu"):
         super().__init__()
         channels, height, width = image_shape(shape)
         self.mask_kind, self.flip = mask, flip
@@ -278,7 +283,7 @@ class ImageAffineCoupling(ImageCoupling):
     params_per_channel = 2
 
     def __init__(self, shape: tuple[int, int, int], context: int = 0, mask: str = "channel", flip: bool = False,
-                 hidden: int = 64, activation: str = "relu", scale_bound: float | None = 3.0):
+                 hidden: int | Sequence[int] = 64, activation: str = "relu", scale_bound: float | None = 3.0):
         super().__init__(shape, context, mask, flip, hidden, activation)
         self.scale_bound = scale_bound
 
@@ -362,7 +367,8 @@ class Logit(Bijection):
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = (torch.sigmoid(z) - self.alpha) / (1 - 2 * self.alpha)
-        ladj = sum_except_batch(F.logsigmoid(z) + F.logsigmoid(-z)) - math.prod(z.shape[1:]) * math.log1p(-2 * self.alpha)
+        ladj = sum_except_batch(F.logsigmoid(z) + F.logsigmoid(-z))
+        ladj = ladj - math.prod(z.shape[1:]) * math.log1p(-2 * self.alpha)
         return x, ladj
 
 

@@ -29,8 +29,9 @@ class Split(Bijection):
     log|det| = log|det d inner/dx1| - sum(logs(x1)).
 
     ``inner`` (a bijection on x1's shape ``(C - C//2, H, W)``; None: identity) holds the remaining levels.
-    ``scale_bound`` bounds logs (None: unbounded). ``prior=False`` leaves x2 as it is (RealNVP's factor-out onto N(0, I)). The output keeps the
-    input's shape, so the latent of a whole multi-scale flow is one tensor shaped like the data.
+    ``scale_bound`` bounds logs (None: unbounded). ``prior=False`` leaves x2 as it is (RealNVP's
+    factor-out onto N(0, I)). The output keeps the input's shape, so the latent of a whole multi-scale
+    flow is one tensor shaped like the data.
     """
 
     def __init__(self, shape: tuple[int, int, int], context: int = 0, inner: Bijection | None = None,
