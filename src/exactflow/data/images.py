@@ -91,8 +91,9 @@ def _split(name: str, x: Tensor, test: Tensor | None, valid: float, test_fractio
 
 @DATASETS.register("digits")
 def digits(valid: float = 0.1, test: float = 0.2, seed: int = 0):
-    """scikit-learn's 8x8 handwritten digits (1797 images, 17 levels 0..16), shape (N, 1, 8, 8); fixed split
-    (1258 / 180 / 359 by default)."""
+    """scikit-learn's 8x8 digits: (N, 1, 8, 8), 17 levels, fixed 1258 / 180 / 359 split by default.
+
+    1797 images in all, pixel values 0..16; ``valid`` and ``test`` are fractions, ``seed`` fixes the shuffle."""
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:
@@ -127,14 +128,17 @@ def _from_files(read, path: str, test_path: str | None, valid: float, test: floa
 @DATASETS.register("idx_images")
 def idx_images(path: str, test_path: str | None = None, valid: float = 0.1, test: float = 0.1,
                levels: int | None = None, seed: int = 0, channels_last: bool = False):
-    """Images from an MNIST-format IDX file (``.gz`` allowed); ``test_path`` gives a separate test file
-    (e.g. MNIST's t10k), otherwise ``test`` of ``path`` is held out."""
+    """Images from an MNIST-format IDX file you point to (path=..., ``.gz`` allowed).
+
+    ``test_path`` gives a separate test file (e.g. MNIST's t10k), otherwise ``test`` of ``path`` is held out."""
     return _from_files(read_idx, path, test_path, valid, test, levels, seed, channels_last, Path(path).name)
 
 
 @DATASETS.register("npy_images")
 def npy_images(path: str, test_path: str | None = None, valid: float = 0.1, test: float = 0.1,
                levels: int | None = None, seed: int = 0, channels_last: bool = False):
-    """Images from a ``.npy`` array of integer levels, shape (N, H, W) or (N, C, H, W) (or (N, H, W, C) with
-    ``channels_last``); ``test_path`` gives a separate test array, otherwise ``test`` of ``path`` is held out."""
+    """Images from a .npy array of integer levels you point to (path=...).
+
+    Shape (N, H, W) or (N, C, H, W) (or (N, H, W, C) with ``channels_last``); ``test_path`` gives a
+    separate test array, otherwise ``test`` of ``path`` is held out."""
     return _from_files(_read_npy, path, test_path, valid, test, levels, seed, channels_last, Path(path).stem)

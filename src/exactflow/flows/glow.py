@@ -62,12 +62,13 @@ def glow_step(shape: Shape, context: int = 0, hidden: int | Sequence[int] = 64,
 @FLOWS.register("Glow", input="image", domain="unit", test_kwargs=_SMALL)
 def Glow(shape: Shape, context: int = 0, levels: int = 3, steps: int = 8, hidden: int | Sequence[int] = 128,
          alpha: float = 0.05, scale_bound: float | None = 3.0) -> ImageFlow:
-    """Glow (Kingma & Dhariwal 2018) on dequantised images in (0, 1): logit, then ``levels`` levels of
-    squeeze and ``steps`` steps (ActNorm, 1x1 conv LU, affine coupling whose CNN has ``hidden`` channels,
-    see :class:`~exactflow.transforms.image.ConvNet`), with the split prior after every level but the last;
-    N(0, I) latent; sampling takes a temperature. H and W must be divisible by 2^levels (28x28 MNIST:
-    levels <= 2). ``scale_bound`` bounds every log-scale (couplings and split prior) smoothly; ``alpha``
-    is the logit's."""
+    """Glow (Kingma & Dhariwal 2018) on dequantised images in (0, 1), multi-scale with the split prior.
+
+    Logit, then ``levels`` levels of squeeze and ``steps`` steps (ActNorm, 1x1 conv LU, affine coupling
+    whose CNN has ``hidden`` channels, see :class:`~exactflow.transforms.image.ConvNet`), with the split
+    prior after every level but the last; N(0, I) latent; sampling takes a temperature. H and W must be
+    divisible by 2^levels (28x28 MNIST: levels <= 2). ``scale_bound`` bounds every log-scale (couplings and
+    split prior) smoothly; ``alpha`` is the logit's."""
     if levels < 1 or steps < 1:
         raise ValueError(f"levels and steps must be >= 1, got levels={levels}, steps={steps}")
     shape = image_shape(shape, 2**levels)
@@ -88,10 +89,11 @@ def Glow(shape: Shape, context: int = 0, levels: int = 3, steps: int = 8, hidden
 @FLOWS.register("RealNVPImage", input="image", domain="unit", test_kwargs=_SMALL)
 def RealNVPImage(shape: Shape, context: int = 0, levels: int = 2, steps: int = 3, hidden: int | Sequence[int] = 64,
                  alpha: float = 0.05, scale_bound: float | None = 3.0) -> ImageFlow:
-    """Multi-scale RealNVP (Dinh et al. 2017) on dequantised images in (0, 1): logit, then per level
-    ``steps`` checkerboard affine couplings, squeeze, ``steps`` channel-wise affine couplings (masks
-    alternating, ActNorm after each coupling), and half the channels factored out onto N(0, I); the last
-    level has ``steps + 1`` checkerboard couplings only. Sampling takes a temperature."""
+    """Multi-scale RealNVP (Dinh et al. 2017) on dequantised images in (0, 1).
+
+    Logit, then per level ``steps`` checkerboard affine couplings, squeeze, ``steps`` channel-wise affine
+    couplings (masks alternating, ActNorm after each coupling), and half the channels factored out onto
+    N(0, I); the last level has ``steps + 1`` checkerboard couplings only. Sampling takes a temperature."""
     if levels < 1 or steps < 1:
         raise ValueError(f"levels and steps must be >= 1, got levels={levels}, steps={steps}")
     shape = image_shape(shape, 2 ** (levels - 1))

@@ -156,8 +156,9 @@ def _random_rotation(channels: int, seed: int | None) -> Tensor:
 
 @TRANSFORMS.register("InvConv1x1", input="image", conditional=False)
 class InvConv1x1(Bijection):
-    """Invertible 1x1 convolution (Kingma & Dhariwal 2018): ``z[:, :, i, j] = W x[:, :, i, j]`` at every pixel;
-    log|det dz/dx| = H W log|det W| (``slogdet``, O(C^3)). ``W`` starts as a random rotation."""
+    """Invertible 1x1 convolution z = W x at every pixel (Kingma & Dhariwal 2018); log|det| = H W log|det W|.
+
+    The log-det uses ``slogdet`` (O(C^3)); ``W`` starts as a random rotation."""
 
     def __init__(self, shape: tuple[int, int, int], context: int = 0, seed: int | None = None):
         super().__init__()
@@ -176,9 +177,10 @@ class InvConv1x1(Bijection):
 
 @TRANSFORMS.register("InvConv1x1LU", input="image", conditional=False)
 class InvConv1x1LU(Bijection):
-    """Invertible 1x1 convolution in LU form: ``W = P L U S`` with ``P`` a fixed permutation, ``L`` unit
-    lower-triangular, ``U`` upper-triangular with diagonal ``exp(log_diag)``, ``S`` a fixed diagonal of signs;
-    log|det dz/dx| = H W sum(log_diag), in O(C). Starts as a random rotation (its LU factors)."""
+    """Invertible 1x1 convolution in LU form, W = P L U S; log|det| = H W sum(log_diag), in O(C).
+
+    ``P`` is a fixed permutation, ``L`` unit lower-triangular, ``U`` upper-triangular with diagonal
+    ``exp(log_diag)``, ``S`` a fixed diagonal of signs. Starts as a random rotation (its LU factors)."""
 
     def __init__(self, shape: tuple[int, int, int], context: int = 0, seed: int | None = None):
         super().__init__()

@@ -25,7 +25,8 @@ __all__ = ["Split"]
 
 @TRANSFORMS.register("Split", input="image")
 class Split(Bijection):
-    """Factor out the last ``C // 2`` channels: ``(x1, x2) -> (inner(x1), (x2 - mu(x1)) exp(-logs(x1)))``;
+    """Glow's split prior: factor out the last C // 2 channels, (x1, x2) -> (inner(x1), (x2 - mu(x1)) exp(-logs(x1))).
+
     log|det| = log|det d inner/dx1| - sum(logs(x1)).
 
     ``inner`` (a bijection on x1's shape ``(C - C//2, H, W)``; None: identity) holds the remaining levels.
