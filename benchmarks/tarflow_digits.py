@@ -20,7 +20,8 @@ import torch
 
 from exactflow.data import registry as datasets
 from exactflow.flows import registry as flows
-from exactflow.images import bits_per_dim, dequantize, save_image_grid
+from exactflow.images import bits_per_dim, dequantize
+from exactflow.plots import image_grid
 
 
 @torch.no_grad()
@@ -81,7 +82,7 @@ def main() -> None:
     out = Path(args.out)
     with torch.no_grad():
         models["TarFlow"].eval()
-        path = save_image_grid(models["TarFlow"].sample(64).clamp(0, 1), out / "tarflow_samples.png")
+        path = image_grid(models["TarFlow"].sample(64), out / "tarflow_samples.png", nrow=8)
     print(f"samples: {path}")
 
 
