@@ -11,7 +11,7 @@ from ..transforms.continuous import CNF as CNFTransform
 __all__ = ["CNF"]
 
 
-@FLOWS.register("CNF", tolerance=1e-4, test_kwargs={"hidden": (8,), "steps": 8})
+@FLOWS.register("CNF", tolerance=1e-4, test_kwargs={"hidden": (8,), "steps": 16})
 def CNF(features: int, context: int = 0, hidden: Sequence[int] = (64, 64), steps: int = 32,
         trace: str = "exact", activation: str = "silu") -> Flow:
     """Continuous normalizing flow (Chen et al. 2018) on N(0, I), trained by flow matching or likelihood.

@@ -57,7 +57,7 @@ class VelocityNet(nn.Module):
         return self.net(join_context(torch.cat([x, t, angles.sin(), angles.cos()], -1), context))
 
 
-@TRANSFORMS.register("CNF", tolerance=1e-4, test_kwargs={"hidden": (8,), "steps": 8})
+@TRANSFORMS.register("CNF", tolerance=1e-4, test_kwargs={"hidden": (8,), "steps": 16})
 class CNF(Bijection):
     """Continuous normalizing flow on vectors: the time-1 map of ``dx/dt = v(x, t, context)``, solved by RK4.
 
