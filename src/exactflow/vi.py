@@ -117,7 +117,7 @@ def fit_reverse_kl(
         if clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(params, clip_grad)
         opt.step()
-        history.append(float((log_p - log_q).mean()))
+        history.append(float((log_p - log_q).detach().mean()))
     flow.eval()
     elbo, log_z, ess = importance_estimate(flow, log_target, samples)
     return VIResult(elbo, log_z, ess, samples, history)

@@ -58,9 +58,9 @@ class Planar(Bijection):
     Invertibility needs ``w.u' >= -1``: the effective ``u' = u + (m(w.u) - w.u) w / |w|^2`` with
     ``m(a) = -1 + softplus(a)`` guarantees it. The data -> latent direction is not closed form: with
     ``a = w.z``, ``w.x = a + (w.u') tanh(a + b)`` is strictly increasing in ``a``; ``a`` is bracketed
-    in ``[w.x - |w.u'|, w.x + |w.u'|]``, found by bisection in float64 and polished by one Newton
-    step that carries gradients (implicit function theorem). With ``context > 0``,
-    ``(u, w, b) = (u_0, w_0, b_0) + A c``.
+    in ``[w.x - |w.u'|, w.x + |w.u'|]``, narrowed by 40 bisection steps in float64 (to 2^-39 |w.u'|)
+    and polished by one Newton step that carries gradients (implicit function theorem).
+    With ``context > 0``, ``(u, w, b) = (u_0, w_0, b_0) + A c``.
     """
 
     analytic_forward = False
@@ -96,7 +96,7 @@ class Planar(Bijection):
 
         with torch.no_grad():
             c64, wx64, b64 = c.double(), wx.double(), b.double()
-            a = bisect(lambda a: a + c64 * torch.tanh(a + b64), wx64, wx64 - c64.abs(), wx64 + c64.abs())
+            a = bisect(lambda a: a + c64 * torch.tanh(a + b64), wx64, wx64 - c64.abs(), wx64 + c64.abs(), iters=40)
             a = a.to(x.dtype)
         h = torch.tanh(a + b)
         a = a - (g(a) - wx) / (1 + c * (1 - h.square()))  # Newton step: exact value, implicit gradient
