@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from .core import Bijection, Compose
 from .data import Dataset
 from .distributions import Flow, StandardNormal
-from .flows import registry as FLOWS
 from .nets import MLP
+from .vi import build_flow
 
 __all__ = ["ConditionalDiagNormal", "VAE", "fit_vae", "evaluate_vae", "load_data", "binarize", "posterior_layers"]
 
@@ -61,22 +61,11 @@ class ConditionalDiagNormal(nn.Module):
         return loc + torch.exp(log_scale) * torch.randn_like(loc)
 
 
-def _flow_entry(name: str):
-    """The flows registry entry called ``name`` (case-insensitive)."""
-    matches = [key for key in FLOWS if key.lower() == name.lower()]
-    if not matches:
-        raise ValueError(f"unknown flow {name!r}; available: {', '.join(sorted(FLOWS))}")
-    return FLOWS[matches[0]]
-
-
 def posterior_layers(name: str, latent: int, context: int, layers: int) -> Bijection:
     """The ``layers`` conditional flow layers of posterior ``name`` (``"diag"``: none, the identity)."""
     if name == "diag":
         return Compose()
-    entry = _flow_entry(name)
-    if not entry.conditional:
-        raise ValueError(f"flow {entry.name!r} does not accept a context, so it cannot be an amortised posterior")
-    return entry(features=latent, context=context, layers=layers).transform
+    return build_flow(name, latent, context=context, depth=layers).transform
 
 
 def binarize(x: Tensor, threshold: float = 0.5) -> Tensor:
@@ -115,7 +104,7 @@ class VAE(nn.Module):
         h = hidden[-1]
         self.encoder = nn.Sequential(MLP(features, h, hidden[:-1], activation="elu", zero_last=False), nn.ELU())
         self.posterior = Flow(posterior_layers(posterior, latent, h, layers), ConditionalDiagNormal(latent, h), context=h)
-        self.prior = StandardNormal(latent) if prior == "normal" else _flow_entry(prior)(features=latent)
+        self.prior = StandardNormal(latent) if prior == "normal" else build_flow(prior, latent)
         outputs = features if likelihood == "bernoulli" else 2 * features
         self.decoder = MLP(latent, outputs, tuple(reversed(hidden)), activation="elu", zero_last=False)
 

@@ -15,6 +15,7 @@ with effective sample size ``ESS = 1 / sum_i w_i^2`` for the normalised weights 
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from .distributions import Flow
 
-__all__ = ["VIResult", "fit_reverse_kl", "importance_estimate"]
+__all__ = ["VIResult", "build_flow", "fit_reverse_kl", "importance_estimate"]
 
 
 @dataclass
@@ -49,6 +50,26 @@ class VIResult:
     def as_dict(self) -> dict:
         return {"elbo": self.elbo, "log_z": self.log_z, "ess": self.ess, "ess_fraction": self.ess_fraction,
                 "samples": self.samples, "steps": len(self.history)}
+
+
+def build_flow(name: str, features: int, context: int = 0, depth: int | None = None, **kwargs) -> Flow:
+    """The registered flow ``name`` (case-insensitive); ``depth`` is passed as whichever of ``layers=`` or
+    ``transforms=`` its factory takes (None: the factory's default)."""
+    from .flows import registry
+
+    matches = [key for key in registry if key.lower() == name.lower()]
+    if not matches:
+        raise ValueError(f"unknown flow {name!r}; available: {', '.join(sorted(registry))}")
+    entry = registry[matches[0]]
+    if depth is not None:
+        params = inspect.signature(entry.factory).parameters
+        key = next((k for k in ("layers", "transforms") if k in params), None)
+        if key is None:
+            raise ValueError(f"flow {entry.name!r} has no layers= or transforms= argument to set the depth")
+        kwargs[key] = depth
+    if context and not entry.conditional:
+        raise ValueError(f"flow {entry.name!r} does not accept a context")
+    return entry(features=features, context=context, **kwargs)
 
 
 def _log_weights(flow: Flow, log_target: Callable[[Tensor], Tensor], n: int) -> tuple[Tensor, Tensor]:

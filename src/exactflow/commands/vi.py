@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--target", default="u1", help=f"one of: {', '.join(sorted(targets))} (default u1)")
     p.add_argument("--dim", type=int, default=None, help="dimension, for targets that take one (funnel)")
     p.add_argument("--flow", default="Planar", help="a flow from `exactflow list` (case-insensitive; default Planar)")
-    p.add_argument("--layers", type=int, default=None, help="number of layers, for flows that take layers=")
+    p.add_argument("--layers", type=int, default=None, help="depth: the flow's layers= or transforms= (default: its own)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-2)
@@ -36,19 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="folder for result.json and density.png (default runs/vi-<target>)")
     p.add_argument("--no-plot", action="store_true", help="skip the picture")
     p.set_defaults(run=run)
-
-
-def _build_flow(name: str, dim: int, layers: int | None):
-    from ..flows import registry as flows
-
-    matches = [key for key in flows if key.lower() == name.lower()]
-    if not matches:
-        raise ValueError(f"unknown flow {name!r}; available: {', '.join(sorted(flows))}")
-    kwargs = {} if layers is None else {"layers": layers}
-    try:
-        return flows[matches[0]](features=dim, **kwargs)
-    except TypeError as err:
-        raise ValueError(f"flow {matches[0]!r} cannot be built with {kwargs}: {err}") from None
 
 
 @torch.no_grad()
@@ -77,14 +64,14 @@ def plot_density(target, flow, path: Path, points: int = 200) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..targets import registry as targets
-    from ..vi import fit_reverse_kl
+    from ..vi import build_flow, fit_reverse_kl
 
     torch.manual_seed(args.seed)
     try:
         target = targets.build(args.target, **({} if args.dim is None else {"dim": args.dim}))
     except TypeError:
         raise ValueError(f"target {args.target!r} has a fixed dimension; drop --dim") from None
-    flow = _build_flow(args.flow, target.dim, args.layers)
+    flow = build_flow(args.flow, target.dim, depth=args.layers)
     result = fit_reverse_kl(flow, target, steps=args.steps, batch=args.batch, lr=args.lr, anneal=args.anneal,
                             samples=args.samples)
     out = Path(args.out or f"runs/vi-{args.target}")
