@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 @torch.no_grad()
-def plot_density(target, flow, path: Path, points: int = 200) -> None:
+def plot_density(target, flow, path: Path, title: str = "", points: int = 200) -> None:
     """Target density and fitted density on the target's box, side by side (first two coordinates)."""
     import matplotlib
 
@@ -57,6 +57,8 @@ def plot_density(target, flow, path: Path, points: int = 200) -> None:
         ax.set_title(title)
         ax.set_xticks([])
         ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         elif not math.isfinite(result.elbo):
             print("no picture: the fit is not finite")
         else:
-            plot_density(target, flow, out / "density.png")
+            depth = "" if args.layers is None else f" x {args.layers}"
+            plot_density(target, flow, out / "density.png", f"{target.name}: {args.flow}{depth}, ELBO {result.elbo:.3f}")
             print(f"wrote {out / 'density.png'}")
     return 0
