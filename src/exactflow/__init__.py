@@ -6,10 +6,12 @@ Convention: a bijection's ``forward`` maps data -> latent and returns ``(z, log|
 
 from . import data, flows, targets, transforms
 from .core import Bijection, Compose, Inverse
+from .checkpoint import build, load, save
 from .distributions import DiagNormal, Flow, StandardNormal
+from .training import History, evaluate, fit, standardize
 from .vi import fit_reverse_kl
 
 __version__ = "0.1.0"
 
 __all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "flows", "transforms", "targets",
-           "fit_reverse_kl", "__version__"]
+           "build", "save", "load", "fit", "evaluate", "standardize", "History", "fit_reverse_kl", "__version__"]
