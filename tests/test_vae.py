@@ -105,7 +105,7 @@ def test_bad_input_raises_value_error(tmp_path):
         evaluate_vae(vae, torch.full((3, 4), 0.3))
     with pytest.raises(ValueError, match="shape"):
         fit_vae(vae, torch.zeros(3, 5))
-    with pytest.raises(ValueError, match="unknown flow"):
+    with pytest.raises(ValueError, match="posterior .nope.: unknown flow"):
         VAE(4, posterior="nope")
     with pytest.raises(ValueError, match="grid"):
         VAE(4, likelihood="logistic", levels=3).check_data(torch.full((2, 4), 0.3))

@@ -65,7 +65,10 @@ def posterior_layers(name: str, latent: int, context: int, layers: int) -> Bijec
     """The ``layers`` conditional flow layers of posterior ``name`` (``"diag"``: none, the identity)."""
     if name == "diag":
         return Compose()
-    return build_flow(name, latent, context=context, depth=layers).transform
+    try:
+        return build_flow(name, latent, context=context, depth=layers).transform
+    except ValueError as err:
+        raise ValueError(f"posterior {name!r}: {err} (or 'diag': the encoder's Gaussian alone)") from None
 
 
 def binarize(x: Tensor, threshold: float = 0.5) -> Tensor:
