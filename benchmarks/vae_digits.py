@@ -22,7 +22,8 @@ from exactflow.vae import VAE, binarize, evaluate_vae, fit_vae, load_data
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--posteriors", nargs="+", default=["diag", "planar", "radial", "iaf"])
+    p.add_argument("--posteriors", nargs="+", default=["diag", "planar:8", "radial:8", "iaf:2", "iaf:4"],
+                   help="NAME or NAME:LAYERS (default layers: --layers)")
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--latent", type=int, default=8)
     p.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
@@ -43,11 +44,13 @@ def main(argv: list[str] | None = None) -> None:
     print("| posterior | parameters | test ELBO | test IWAE (k) | IWAE - ELBO | s/run |")
     print("|---|---|---|---|---|---|")
     rows = []
-    for posterior in args.posteriors:
+    for spec in args.posteriors:
+        posterior, _, depth = spec.partition(":")
+        layers = int(depth) if depth else args.layers
         runs = []
         for seed in args.seeds:
             torch.manual_seed(seed)
-            vae = VAE(64, latent=args.latent, hidden=args.hidden, posterior=posterior, layers=args.layers)
+            vae = VAE(64, latent=args.latent, hidden=args.hidden, posterior=posterior, layers=layers)
             start = time.perf_counter()
             fit_vae(vae, train, steps=args.steps, batch=args.batch, lr=args.lr)
             torch.manual_seed(10_000 + seed)
@@ -58,8 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         iwae = [r["iwae"] for r in runs]
         spread = (lambda v: f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else "")
         seconds = statistics.mean(r["seconds"] for r in runs)
-        rows.append({"posterior": posterior, "parameters": params, "runs": runs})
-        print(f"| {posterior}{'' if posterior == 'diag' else f' (K={args.layers})'} | {params} | "
+        rows.append({"posterior": posterior, "layers": layers, "parameters": params, "runs": runs})
+        print(f"| {posterior}{'' if posterior == 'diag' else f' (K={layers})'} | {params} | "
               f"{statistics.mean(elbo):.2f}{spread(elbo)} | {statistics.mean(iwae):.2f}{spread(iwae)} | "
               f"{statistics.mean(iwae) - statistics.mean(elbo):.2f} | {seconds:.0f} |", flush=True)
     if args.json:
