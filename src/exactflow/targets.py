@@ -143,7 +143,8 @@ def funnel(dim: int = 2, scale: float = 3.0) -> Target:
 
     def log_prob(x: Tensor) -> Tensor:
         v = x[:, 0]
-        return _normal(v, 0.0, scale) + _normal(x[:, 1:], 0.0, torch.exp(0.5 * v).unsqueeze(-1)).sum(-1)
+        rest = -0.5 * x[:, 1:].square().sum(-1) * torch.exp(-v) - 0.5 * (dim - 1) * (v + LOG_2PI)
+        return _normal(v, 0.0, scale) + rest
 
     return Target("funnel", dim, log_prob, log_z=0.0, bounds=(-7.0, 7.0, -8.0, 8.0))
 
