@@ -161,7 +161,8 @@ def gaussian_mixture(
     s = torch.as_tensor(scales, dtype=torch.float64)
     w = torch.as_tensor(weights, dtype=torch.float64)
     if mu.dim() != 2 or s.shape != (mu.shape[0],) or w.shape != (mu.shape[0],):
-        raise ValueError(f"means must be (k, dim) with k scales and k weights; got {tuple(mu.shape)}, {tuple(s.shape)}, {tuple(w.shape)}")
+        raise ValueError(f"means must be (k, dim) with k scales and k weights; "
+                         f"got {tuple(mu.shape)}, {tuple(s.shape)}, {tuple(w.shape)}")
     if (s <= 0).any() or (w <= 0).any():
         raise ValueError("mixture scales and weights must be positive")
     log_w = torch.log(w / w.sum())
@@ -178,7 +179,8 @@ def gaussian_mixture(
 
 
 @torch.no_grad()
-def quadrature_log_z(target: Target, bounds: tuple[float, float, float, float] | None = None, points: int = 1000) -> float:
+def quadrature_log_z(target: Target, bounds: tuple[float, float, float, float] | None = None,
+                     points: int = 1000) -> float:
     """log Z of a 2-D target by the midpoint rule on a ``points x points`` grid over ``bounds`` (float64)."""
     if target.dim != 2:
         raise ValueError(f"quadrature_log_z needs a 2-D target, {target.name!r} has dim {target.dim}")

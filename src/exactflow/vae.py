@@ -106,7 +106,8 @@ class VAE(nn.Module):
         self.features, self.latent, self.likelihood, self.levels = features, latent, likelihood, levels
         h = hidden[-1]
         self.encoder = nn.Sequential(MLP(features, h, hidden[:-1], activation="elu", zero_last=False), nn.ELU())
-        self.posterior = Flow(posterior_layers(posterior, latent, h, layers), ConditionalDiagNormal(latent, h), context=h)
+        flow_layers = posterior_layers(posterior, latent, h, layers)
+        self.posterior = Flow(flow_layers, ConditionalDiagNormal(latent, h), context=h)
         self.prior = StandardNormal(latent) if prior == "normal" else build_flow(prior, latent)
         outputs = features if likelihood == "bernoulli" else 2 * features
         self.decoder = MLP(latent, outputs, tuple(reversed(hidden)), activation="elu", zero_last=False)
@@ -219,7 +220,8 @@ def load_data(source: str = "digits", levels: int | None = None, seed: int = 0) 
 
         x = torch.as_tensor(load_digits().data, dtype=torch.float32) / 16
         train, valid, test = _split(x, seed, (0.1, 0.2))
-        return Dataset("digits", train, valid, test, levels=17, info={"source": "sklearn.datasets.load_digits", "seed": seed})
+        info = {"source": "sklearn.datasets.load_digits", "seed": seed}
+        return Dataset("digits", train, valid, test, levels=17, info=info)
     if not source.endswith(".npy"):
         raise ValueError(f"data must be 'digits' or a path to a .npy file, got {source!r}")
     arr = np.load(source, allow_pickle=False)

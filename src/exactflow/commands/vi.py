@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--target", default="u1", help=f"one of: {', '.join(sorted(targets))} (default u1)")
     p.add_argument("--dim", type=int, default=None, help="dimension, for targets that take one (funnel)")
     p.add_argument("--flow", default="Planar", help="a flow from `exactflow list` (case-insensitive; default Planar)")
-    p.add_argument("--layers", type=int, default=None, help="depth: the flow's layers= or transforms= (default: its own)")
+    p.add_argument("--layers", type=int, default=None,
+                   help="depth: the flow's layers= or transforms= (default: its own)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-2)
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             print("no picture: the fit is not finite")
         else:
             depth = "" if args.layers is None else f" x {args.layers}"
-            plot_density(target, flow, out / "density.png", f"{target.name}: {args.flow}{depth}, ELBO {result.elbo:.3f}")
+            title = f"{target.name}: {args.flow}{depth}, ELBO {result.elbo:.3f}"
+            plot_density(target, flow, out / "density.png", title)
             print(f"wrote {out / 'density.png'}")
     return 0

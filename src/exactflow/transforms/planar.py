@@ -112,7 +112,8 @@ class Radial(Bijection):
     log|det df/dz| = (D - 1) log(1 + beta/(alpha + r)) + log(1 + alpha beta/(alpha + r)^2).
 
     The data -> latent direction is exact: with ``y = x - z0``, ``r`` solves
-    ``r^2 + (alpha + beta - |y|) r - alpha |y| = 0`` (the positive root), and ``z - z0 = y (alpha + r)/(alpha + r + beta)``.
+    ``r^2 + (alpha + beta - |y|) r - alpha |y| = 0`` (the positive root), and
+    ``z - z0 = y (alpha + r)/(alpha + r + beta)``.
     With ``context > 0``, the raw ``(z0, alpha, beta)`` are ``(z0_0, alpha_0, beta_0) + A c``.
     """
 
