@@ -26,39 +26,13 @@ from torch import Tensor, nn
 
 from .core import Bijection, Compose
 from .data import Dataset
-from .distributions import Flow, StandardNormal
+from .distributions import ConditionalDiagNormal, Flow, StandardNormal
 from .nets import MLP
 from .vi import build_flow
 
-__all__ = ["ConditionalDiagNormal", "VAE", "fit_vae", "evaluate_vae", "load_data", "binarize", "posterior_layers"]
+__all__ = ["VAE", "fit_vae", "evaluate_vae", "load_data", "binarize", "posterior_layers"]
 
 LIKELIHOODS = ("bernoulli", "logistic")
-
-
-class ConditionalDiagNormal(nn.Module):
-    """``N(mu(c), diag exp(2 s(c)))`` with ``(mu, s)`` a linear map of the context ``c``: the encoder's
-    Gaussian, used as the base of a conditional :class:`Flow` (one context row per sample)."""
-
-    def __init__(self, features: int, context: int):
-        super().__init__()
-        self.event_shape = (features,)
-        self.net = nn.Linear(context, 2 * features)
-
-    def _stats(self, n: int, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        if context is None or context.shape[0] != n:
-            got = None if context is None else tuple(context.shape)
-            raise ValueError(f"ConditionalDiagNormal needs one context row per sample ({n}), got {got}")
-        loc, log_scale = self.net(context).chunk(2, dim=-1)
-        return loc, log_scale
-
-    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        loc, log_scale = self._stats(z.shape[0], context)
-        u = (z - loc) * torch.exp(-log_scale)
-        return -0.5 * (u.square() + math.log(2 * math.pi)).sum(-1) - log_scale.sum(-1)
-
-    def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
-        loc, log_scale = self._stats(n, context)
-        return loc + torch.exp(log_scale) * torch.randn_like(loc)
 
 
 def posterior_layers(name: str, latent: int, context: int, layers: int) -> Bijection:
@@ -107,7 +81,7 @@ class VAE(nn.Module):
         h = hidden[-1]
         self.encoder = nn.Sequential(MLP(features, h, hidden[:-1], activation="elu", zero_last=False), nn.ELU())
         flow_layers = posterior_layers(posterior, latent, h, layers)
-        self.posterior = Flow(flow_layers, ConditionalDiagNormal(latent, h), context=h)
+        self.posterior = Flow(flow_layers, ConditionalDiagNormal(latent, h, hidden=()), context=h)
         self.prior = StandardNormal(latent) if prior == "normal" else build_flow(prior, latent)
         outputs = features if likelihood == "bernoulli" else 2 * features
         self.decoder = MLP(latent, outputs, tuple(reversed(hidden)), activation="elu", zero_last=False)
@@ -201,9 +175,10 @@ def evaluate_vae(vae: VAE, x: Tensor, k: int = 100, chunk: int = 64) -> dict[str
     return {"elbo": float(torch.cat(elbo).mean()), "iwae": float(torch.cat(iwae).mean()), "k": k}
 
 
-def _split(x: Tensor, seed: int, fractions: tuple[float, float]) -> tuple[Tensor, Tensor, Tensor]:
+def _split(x: Tensor, seed: int, valid: float, test: float) -> tuple[Tensor, Tensor, Tensor]:
+    """A fixed shuffle (``seed``); ``test`` then ``valid`` of the rows held out (fractions)."""
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_test, n_valid = int(round(fractions[1] * len(x))), int(round(fractions[0] * len(x)))
+    n_test, n_valid = round(test * len(x)), round(valid * len(x))
     x = x[perm]
     return x[n_test + n_valid :], x[n_test : n_test + n_valid], x[:n_test]
 
@@ -211,17 +186,17 @@ def _split(x: Tensor, seed: int, fractions: tuple[float, float]) -> tuple[Tensor
 def load_data(source: str = "digits", levels: int | None = None, seed: int = 0) -> Dataset:
     """Flat data in ``[0, 1]`` with fixed train/valid/test splits (70/10/20 % for digits, 80/10/10 % for files).
 
-    ``"digits"``: scikit-learn's 8x8 digits (17 levels, scaled by 1/16). A ``.npy`` path: an array
+    ``"digits"``: the data registry's 8x8 digits (17 levels, scaled by 1/16). A ``.npy`` path: an array
     ``(n, ...)`` flattened per row; integer arrays are divided by ``levels - 1`` (``levels`` defaults
     to max + 1), float arrays must lie in ``[0, 1]`` already.
     """
     if source == "digits":
-        from sklearn.datasets import load_digits
+        from .data import registry as datasets
 
-        x = torch.as_tensor(load_digits().data, dtype=torch.float32) / 16
-        train, valid, test = _split(x, seed, (0.1, 0.2))
-        info = {"source": "sklearn.datasets.load_digits", "seed": seed}
-        return Dataset("digits", train, valid, test, levels=17, info=info)
+        images = datasets.build("digits", seed=seed)
+        splits = (images.train, images.valid, images.test)
+        flat = [x.reshape(len(x), -1) / (images.levels - 1) for x in splits]
+        return Dataset("digits", *flat, levels=images.levels, info=images.info)
     if not source.endswith(".npy"):
         raise ValueError(f"data must be 'digits' or a path to a .npy file, got {source!r}")
     arr = np.load(source, allow_pickle=False)
@@ -241,5 +216,5 @@ def load_data(source: str = "digits", levels: int | None = None, seed: int = 0) 
         x = torch.as_tensor(arr, dtype=torch.float32)
     else:
         raise ValueError(f"{source}: unsupported dtype {arr.dtype}")
-    train, valid, test = _split(x, seed, (0.1, 0.1))
+    train, valid, test = _split(x, seed, 0.1, 0.1)
     return Dataset(source, train, valid, test, levels=levels, info={"source": source, "seed": seed})
