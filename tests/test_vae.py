@@ -31,7 +31,7 @@ def test_diag_posterior_is_the_encoders_gaussian():
     torch.testing.assert_close(log_q, expected)
 
 
-@pytest.mark.parametrize("posterior", ["planar", "radial"])
+@pytest.mark.parametrize("posterior", ["planar", "radial", "iaf"])
 def test_posterior_log_q_is_exact(posterior):
     # the posterior flow (conditional layers on the encoder's Gaussian) passes the generic flow checks
     vae = VAE(6, latent=3, hidden=(5,), posterior=posterior, layers=3).double()
