@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layers", type=int, nargs="+", default=[2, 8, 32])
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--samples", type=int, default=20000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 suits these tiny flows)")
