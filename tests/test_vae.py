@@ -143,4 +143,4 @@ def test_vae_command_on_a_user_array(tmp_path, capsys):
     record = json.loads((out / "result.json").read_text())
     assert record["posterior"] == "radial" and record["test"] == 6
     assert record["test_elbo"] <= record["test_iwae"] + 1e-6 and math.isfinite(record["test_elbo"])
-    assert (out / "model.pt").exists() and "IWAE" in capsys.readouterr().out
+    assert (out / "model.safetensors").exists() and "IWAE" in capsys.readouterr().out

@@ -121,6 +121,13 @@ def write_json(path: str | Path, obj: dict) -> None:
     _write_atomic(Path(path), (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
 
 
+def write_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` (e.g. a ``state_dict``) as safetensors, atomically."""
+    from safetensors.torch import save as to_bytes
+
+    _write_atomic(Path(path), to_bytes({k: v.detach().contiguous() for k, v in tensors.items()}, metadata=metadata))
+
+
 def save(path: str | Path, flow: Flow, info: dict | None = None, extra: dict[str, Tensor] | None = None) -> Path:
     """Write ``flow`` (which must carry a ``spec``, see :func:`build`) atomically to ``path``.
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
+
+from ..checkpoint import write_json, write_tensors
 
 EXAMPLES = """examples:
   exactflow vae --posterior planar --layers 8 --steps 3000 --out runs/vae-planar
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; "
                    "1 is fastest for these small networks on a busy machine)")
-    p.add_argument("--out", default=None, help="folder for result.json and model.pt (default runs/vae-<posterior>)")
+    p.add_argument("--out", default=None, help="folder for result.json and model.safetensors (default runs/vae-<posterior>)")
     p.set_defaults(run=run)
 
 
@@ -64,10 +65,10 @@ def run(args: argparse.Namespace) -> int:
     record = {**{key: value for key, value in vars(args).items() if key != "run"}, "test_elbo": scores["elbo"],
               "test_iwae": scores["iwae"], "train_elbo_last100": sum(history[-100:]) / len(history[-100:]),
               "train": len(train), "test": len(test)}
-    (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
-    torch.save(vae.state_dict(), out / "model.pt")
+    write_json(out / "result.json", record)
+    write_tensors(out / "model.safetensors", vae.state_dict())
     print(f"{data.name}: {len(train)} train / {len(test)} test, {args.likelihood} likelihood, "
           f"posterior {args.posterior} ({args.layers} layers), {args.steps} steps")
     print(f"test ELBO {scores['elbo']:.3f} nats   test IWAE bound (k={args.k}) {scores['iwae']:.3f} nats")
-    print(f"wrote {out / 'result.json'} and {out / 'model.pt'}")
+    print(f"wrote {out / 'result.json'} and {out / 'model.safetensors'}")
     return 0
