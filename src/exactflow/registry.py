@@ -45,8 +45,8 @@ class Registry(dict):
             key = name or factory.__name__
             if key in self:
                 raise ValueError(f"{self.kind} registry already has an entry named {key!r}")
-            doc = (factory.__doc__ or "").strip().splitlines()
-            self[key] = Entry(key, factory, doc=doc[0] if doc else "", **meta)
+            summary = (factory.__doc__ or "").strip().split("\n\n")[0]
+            self[key] = Entry(key, factory, doc=" ".join(summary.split()), **meta)
             return factory
 
         return wrap
