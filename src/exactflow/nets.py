@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["MLP"]
@@ -35,6 +36,17 @@ class MLP(nn.Sequential):
             nn.init.zeros_(last.bias)
         layers.append(last)
         super().__init__(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # the layers called directly (no per-module __call__); ReLU in place on the fresh linear output
+        for m in self._modules.values():
+            if type(m) is nn.Linear:
+                x = F.linear(x, m.weight, m.bias)
+            elif type(m) is nn.ReLU:
+                x = torch.relu_(x)
+            else:
+                x = m(x)
+        return x
 
 
 def join_context(x: Tensor, context: Tensor | None) -> Tensor:

@@ -11,7 +11,6 @@ from torch import Tensor
 from ..core import Bijection
 from ..nets import MLP, join_context
 from ..registry import TRANSFORMS
-from ..utils import soft_clamp
 
 __all__ = ["Coupling", "AdditiveCoupling", "AffineCoupling", "coupling_mask"]
 
@@ -51,23 +50,39 @@ class Coupling(Bijection):
         self.register_buffer("idx_id", torch.nonzero(m).flatten())
         self.register_buffer("idx_tr", torch.nonzero(~m).flatten())
         self.register_buffer("merge", torch.argsort(torch.cat([self.idx_id, self.idx_tr])))
-        n_tr = int((~m).sum())
-        self.net = MLP(int(m.sum()) + context, self.params_per_feature * n_tr, hidden, activation)
+        n_id, n_tr = int(m.sum()), int((~m).sum())
+        # a fixed part that is one contiguous block (the "half" masks) is split by slicing, not gathering
+        self._head = n_id if bool(m[:n_id].all()) else -n_tr if bool(m[n_tr:].all()) else 0
+        self.net = MLP(n_id + context, self.params_per_feature * n_tr, hidden, activation)
 
     def _split(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        x_id, x_tr = x[:, self.idx_id], x[:, self.idx_tr]
-        params = self.net(join_context(x_id, context))
+        k = self._head
+        if k > 0:
+            x_id, x_tr = x[:, :k], x[:, k:]
+        elif k < 0:
+            x_id, x_tr = x[:, -k:], x[:, :-k]
+        else:
+            x_id, x_tr = x[:, self.idx_id], x[:, self.idx_tr]
+        params = self.net(x_id if context is None else join_context(x_id, context))
         return x_id, x_tr, params
+
+    def _merge(self, x_id: Tensor, y_tr: Tensor) -> Tensor:
+        k = self._head
+        if k > 0:
+            return torch.cat([x_id, y_tr], -1)
+        if k < 0:
+            return torch.cat([y_tr, x_id], -1)
+        return torch.cat([x_id, y_tr], -1)[:, self.merge]
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x_id, x_tr, params = self._split(x, context)
         z_tr, ladj = self._map(x_tr, params)
-        return torch.cat([x_id, z_tr], -1)[:, self.merge], ladj
+        return self._merge(x_id, z_tr), ladj
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z_id, z_tr, params = self._split(z, context)
         x_tr, ladj = self._unmap(z_tr, params)
-        return torch.cat([z_id, x_tr], -1)[:, self.merge], ladj
+        return self._merge(z_id, x_tr), ladj
 
     def _map(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -103,14 +118,18 @@ class AffineCoupling(Coupling):
         super().__init__(features, context, mask, flip, hidden, activation)
         self.scale_bound = scale_bound
 
-    def _shift_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        shift, raw = params.chunk(2, dim=-1)
-        return shift, soft_clamp(raw, self.scale_bound)
-
     def _map(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        shift, s = self._shift_scale(params)
-        return (x - shift) * torch.exp(-s), -s.sum(-1)
+        shift, raw = params.chunk(2, dim=-1)
+        bound = self.scale_bound
+        if bound is None:
+            return (x - shift) * torch.exp(-raw), -raw.sum(-1)
+        u = torch.tanh(raw / bound)  # s = bound * u
+        return (x - shift) * torch.exp(u * -bound), u.sum(-1) * -bound
 
     def _unmap(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        shift, s = self._shift_scale(params)
-        return z * torch.exp(s) + shift, s.sum(-1)
+        shift, raw = params.chunk(2, dim=-1)
+        bound = self.scale_bound
+        if bound is None:
+            return torch.addcmul(shift, z, torch.exp(raw)), raw.sum(-1)
+        u = torch.tanh(raw / bound)
+        return torch.addcmul(shift, z, torch.exp(u * bound)), u.sum(-1) * bound
