@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Bijection", "Compose", "Inverse"]
+__all__ = ["Bijection", "Compose", "Inverse", "total_ladj"]
 
 
 class Bijection(nn.Module):
@@ -67,14 +67,14 @@ class Compose(Bijection):
         for b in self.bijections:
             x, ladj = b(x, context)
             ladjs.append(ladj)
-        return x, _total(ladjs, x)
+        return x, total_ladj(ladjs, x)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         ladjs = []
         for b in reversed(self.bijections):
             z, ladj = b.inverse(z, context)
             ladjs.append(ladj)
-        return z, _total(ladjs, z)
+        return z, total_ladj(ladjs, z)
 
     def trajectory(self, z: Tensor, context: Tensor | None = None) -> list[Tensor]:
         """Latent -> data, returning the point after every layer (``[z, ..., x]``), for morph plots."""
@@ -85,7 +85,7 @@ class Compose(Bijection):
         return points
 
 
-def _total(ladjs: list[Tensor], x: Tensor) -> Tensor:
+def total_ladj(ladjs: list[Tensor], x: Tensor) -> Tensor:
     """Sum of the layers' log-dets in one reduction (not one addition per layer)."""
     if not ladjs:
         return x.new_zeros(x.shape[0])

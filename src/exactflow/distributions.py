@@ -37,7 +37,8 @@ class StandardNormal(nn.Module):
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         d = len(self.event_shape)
-        return -0.5 * (z.square().flatten(z.dim() - d).sum(-1) + _event_size(self.event_shape) * LOG_2PI)
+        sq = z.square().sum(-1) if d == 1 else z.square().flatten(z.dim() - d).sum(-1)
+        return sq.mul(-0.5).sub_(0.5 * _event_size(self.event_shape) * LOG_2PI)
 
     def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
         return torch.randn(n, *self.event_shape, dtype=self._ref.dtype, device=self._ref.device)
@@ -88,7 +89,8 @@ class Flow(nn.Module):
 
     def _ref(self) -> Tensor | None:
         """A tensor carrying the flow's dtype and device (the base always owns a buffer)."""
-        return next(itertools.chain(self.parameters(), self.buffers()), None)
+        ref = self.base._buffers.get("_ref")  # StandardNormal's buffer: found without walking the module tree
+        return ref if ref is not None else next(itertools.chain(self.parameters(), self.buffers()), None)
 
     def _check(self, x: Tensor, context: Tensor | None) -> None:
         if self.validate:
