@@ -167,7 +167,8 @@ class AffineCoupling(Coupling):
         bound = self.scale_bound
         if bound is None:
             return (x - shift) * torch.exp(-raw), -raw.sum(-1)
-        neg_s = torch.tanh(raw / bound) * -bound  # -s, with s = bound * tanh(raw / bound)
+        # -s = -B tanh(raw / B) = B - 2B sigmoid(2 raw / B): torch's sigmoid is several times faster than tanh
+        neg_s = torch.rsub(torch.sigmoid(raw * (2 / bound)), bound, alpha=2 * bound)
         return (x - shift) * torch.exp(neg_s), neg_s.sum(-1)
 
     def _unmap(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
@@ -175,5 +176,5 @@ class AffineCoupling(Coupling):
         bound = self.scale_bound
         if bound is None:
             return torch.addcmul(shift, z, torch.exp(raw)), raw.sum(-1)
-        s = torch.tanh(raw / bound) * bound
+        s = torch.sigmoid(raw * (2 / bound)).sub(0.5).mul_(2 * bound)  # B tanh(raw / B)
         return torch.addcmul(shift, z, torch.exp(s)), s.sum(-1)
