@@ -49,19 +49,23 @@ def network_layers(flow: str, features: int) -> list[tuple[int, int]]:
     return layers
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
+
+
 def _median_time(fn: Callable[[], object], min_time: float = 0.02, repeats: int = 5) -> float:
     """Median seconds per call of ``fn``, each measurement looping long enough to last ``min_time``."""
     fn()
-    t0 = time.perf_counter()
+    t0 = clock()
     fn()
-    once = max(time.perf_counter() - t0, 1e-7)
+    once = max(clock() - t0, 1e-7)
     inner = max(1, int(min_time / once))
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(inner):
             fn()
-        times.append((time.perf_counter() - t0) / inner)
+        times.append((clock() - t0) / inner)
     return statistics.median(times)
 
 
@@ -156,9 +160,9 @@ def time_row(flow: str, op: str, dim: int, batch: int, libraries: list[str], rep
     inner, once = {}, {}
     for lib, fn in calls.items():  # warm-up, and the loop length that makes one measurement last ~20 ms
         fn()
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        once[lib] = time.perf_counter() - t0
+        once[lib] = clock() - t0
         inner[lib] = max(1, int(0.02 / max(once[lib], 1e-7)))
     round_s = sum(max(once[lib] * inner[lib], 0.02) for lib in calls)
     reps = repeats if round_s * repeats <= budget else max(3, int(budget / max(round_s, 1e-9)))
@@ -170,10 +174,10 @@ def time_row(flow: str, op: str, dim: int, batch: int, libraries: list[str], rep
     for r in range(reps):
         for lib in order[r % len(order):] + order[: r % len(order)]:
             fn, k = calls[lib], inner[lib]
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(k):
                 fn()
-            samples[lib].append((time.perf_counter() - t0) / k)
+            samples[lib].append((clock() - t0) / k)
     ms = {lib: 1e3 * statistics.median(s) for lib, s in samples.items()}
     row = Row(flow, op, dim, batch, reps, ms, {lib: parameter_count(m) for lib, m in models.items()}, skipped=skipped)
     if limit and ms:
@@ -290,6 +294,9 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--repeats", type=int, default=7, help="round-robin repeats per row (median taken)")
     p.add_argument("--budget", type=float, default=3.0, help="seconds per row that bound the repeats")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for every library")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall: elapsed time; cpu: this process's CPU time (steadier on a shared machine, "
+                        "meaningful with --threads 1)")
     p.add_argument("--json", default="runs/bench/speed.json", help="where the rows go ('' = nowhere)")
     p.add_argument("--figure", default="runs/bench/scaling.png", help="scaling figure ('' = skip it)")
     p.add_argument("--quick", action="store_true",
@@ -308,8 +315,10 @@ def parse_args(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
+    global clock
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    clock = CLOCKS[args.clock]
     warnings.filterwarnings("ignore")
     libraries = [lib for lib in args.libs if available(lib)]
     missing = [lib for lib in args.libs if lib not in libraries]

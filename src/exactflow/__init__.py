@@ -7,7 +7,8 @@ Convention: a bijection's ``forward`` maps data -> latent and returns ``(z, log|
 from . import data, flows, transforms
 from .core import Bijection, Compose, Inverse
 from .distributions import DiagNormal, Flow, StandardNormal
+from .distributions import compile_flow as compile
 
 __version__ = "0.1.0"
 
-__all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "flows", "transforms", "__version__"]
+__all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "compile", "flows", "transforms", "__version__"]
