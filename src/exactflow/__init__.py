@@ -6,9 +6,12 @@ Convention: a bijection's ``forward`` maps data -> latent and returns ``(z, log|
 
 from . import data, flows, transforms
 from .core import Bijection, Compose, Inverse
+from .checkpoint import build, load, save
 from .distributions import DiagNormal, Flow, StandardNormal
 from .distributions import compile_flow as compile
+from .training import History, evaluate, fit, standardize
 
 __version__ = "0.1.0"
 
-__all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "compile", "flows", "transforms", "__version__"]
+__all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "compile", "flows", "transforms",
+           "build", "save", "load", "fit", "evaluate", "standardize", "History", "__version__"]

@@ -1,58 +1,120 @@
-"""The ``exactflow`` command line."""
+"""The ``exactflow`` command line: ``exactflow COMMAND ...`` or ``python -m exactflow COMMAND ...``.
+
+Subcommands live in :mod:`exactflow.commands`, one module each, found automatically.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
 
-import torch
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from .data import registry as data
-    from .flows import registry
-
-    torch.manual_seed(args.seed)
-    ds = data.build("moons", seed=args.seed)
-    train, test = ds.train, ds.test
-    flow = registry.build(args.flow, features=2)
-    opt = torch.optim.Adam(flow.parameters(), lr=1e-3)
-    for step in range(args.steps):
-        batch = train[torch.randint(len(train), (512,))]
-        loss = -flow.log_prob(batch).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 200 == 0:
-            print(f"step {step:5d}  train NLL {loss.item():.3f}")
-    with torch.no_grad():
-        print(f"test NLL {-flow.log_prob(test).mean().item():.3f} nats")
-    return 0
+EXAMPLES = """\
+examples:
+  exactflow demo                                   # two moons, checkpoint and pictures in runs/demo
+  exactflow list                                   # flows, transforms and data sets
+  exactflow train moons --flow RealNVP --steps 2000 --out runs/moons
+  exactflow train data.csv --flow NICE --hidden 128,128 --steps 5000   # standardised inside the model
+  exactflow train --config run.toml                # every option can be set in TOML or YAML
+  exactflow train moons --out runs/moons --resume  # continue an interrupted run
+  exactflow eval runs/moons                        # test NLL in nats (bits/dim for images)
+  exactflow sample runs/moons -n 1000 -o samples.npy
+  exactflow plot runs/moons                        # density, samples, curves, layer-by-layer morph
+  exactflow check runs/moons                       # numerical verification of the saved model
+  torchrun --nproc_per_node=2 -m exactflow train moons --out runs/ddp   # DistributedDataParallel
+"""
 
 
-def _list(args: argparse.Namespace) -> int:
-    from .flows import registry as flows
-    from .transforms import registry as transforms
+def build_parser() -> argparse.ArgumentParser:
+    from .commands import discover
 
-    for title, reg in (("flows", flows), ("transforms", transforms)):
-        print(f"{title}:")
-        for name, entry in sorted(reg.items()):
-            print(f"  {name:<20} {entry.doc}")
-    return 0
+    parser = argparse.ArgumentParser(
+        prog="exactflow", description="Normalizing flows with exact, verified log-likelihoods.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in discover():
+        module.register(sub)
+    return parser
+
+
+def load_config(path: str | Path) -> dict:
+    """Options from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file: a flat table of option names."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path}: invalid TOML ({err})") from None
+    elif suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ImportError("YAML config files need pyyaml: pip install 'exactflow[cli]'") from None
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
+    else:
+        raise ValueError(f"config file {str(path)!r}: expected .toml, .yaml or .yml")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a table of options, got {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: list[str] | None, args: argparse.Namespace):
+    """Re-parse with the config file's values as defaults, so command-line flags still win."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+    config = load_config(args.config)
+    known = {a.dest: a for a in sub._actions if a.dest not in ("help", "config")}
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise ValueError(f"{args.config}: unknown option(s) {', '.join(unknown)} for '{args.command}'; "
+                         f"known: {', '.join(sorted(known))}")
+    for key, value in config.items():
+        action = known[key]
+        if action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction):
+            if isinstance(value, dict):
+                value = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in value.items()]
+            elif not isinstance(value, list):
+                value = [value]
+            value = [v if action.type is None or not isinstance(v, str) else action.type(v) for v in value]
+        elif isinstance(value, str) and action.type is not None:
+            value = action.type(value)
+        sub.set_defaults(**{key: value})
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="exactflow", description="Normalizing flows with exact likelihoods.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="fit a flow to two moons and report the test NLL")
-    demo.add_argument("--flow", default="RealNVP")
-    demo.add_argument("--steps", type=int, default=1500)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(run=_demo)
-    sub.add_parser("list", help="list registered flows and transforms").set_defaults(run=_list)
+    """Run the command line; returns the exit status (errors: one line on stderr, status 2)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
-    except ValueError as err:
-        print(f"exactflow: error: {err}", file=sys.stderr)
+        if getattr(args, "config", None):
+            args = _apply_config(parser, argv, args)
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("exactflow: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, ImportError, OSError, RuntimeError) as err:
+        if os.environ.get("EXACTFLOW_TRACEBACK"):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"exactflow: error: {message}", file=sys.stderr)
         return 2
+    except Exception as err:  # a bug, not bad input: still one line, with a way to see the traceback
+        if os.environ.get("EXACTFLOW_TRACEBACK"):
+            raise
+        print(f"exactflow: internal error: {type(err).__name__}: {err} (EXACTFLOW_TRACEBACK=1 shows the traceback)",
+              file=sys.stderr)
+        return 3

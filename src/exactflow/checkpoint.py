@@ -1,0 +1,224 @@
+"""Checkpoints without pickle: one ``.safetensors`` file holding the tensors and, in its JSON header,
+everything needed to rebuild the flow.
+
+A flow built by :func:`build` carries ``flow.spec = {"flow": name, "kwargs": {...}, "preprocess": [...]}``
+(registry names and keyword arguments only). :func:`save` writes
+
+- tensors: ``model.<key>`` (the state dict), plus any extra tensors of the caller
+  (optimizer moments, RNG states, best weights when training);
+- header metadata ``"exactflow"``: JSON with the format number, the exactflow version, the spec,
+  free-form ``info`` (training configuration, data set and splits, history, optimizer scalars) and
+  the SHA-256 of all tensor bytes.
+
+Writing is atomic: a temporary file in the same folder, flushed and ``fsync``-ed, then
+``os.replace``; a crash leaves either the old checkpoint or the new one, never a mix.
+:func:`load` rebuilds the flow from the registries and refuses, with a ``ValueError`` naming the
+problem, files that are corrupted, truncated, from another format, or whose keys or shapes do not
+match the flow their spec builds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .core import Compose
+from .distributions import Flow
+
+__all__ = ["FORMAT", "build", "info", "load", "load_state", "prepend", "read", "rebuild", "resolve", "save", "write_json"]
+
+FORMAT = 1
+MODEL = "model."
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(f"cannot record {value!r} ({type(value).__name__}) in a checkpoint: only numbers, strings, "
+                     "booleans, lists and dicts can be rebuilt without pickle")
+
+
+def build(name: str, **kwargs: Any) -> Flow:
+    """``flows.registry[name](**kwargs)``, remembering ``name`` and ``kwargs`` in ``flow.spec`` for :func:`save`."""
+    from .flows import registry
+
+    spec = {"flow": name, "kwargs": _jsonable(kwargs), "preprocess": []}
+    flow = registry.build(name, **kwargs)
+    flow.spec = spec
+    return flow
+
+
+def prepend(flow: Flow, name: str, bijection: nn.Module | None = None, **kwargs: Any) -> Flow:
+    """Put the registered transform ``name`` (or the given ``bijection``, built as ``name(**kwargs)``)
+    first in the data -> latent direction, ``T' = T o B``, and record it in ``flow.spec``."""
+    from .transforms import registry
+
+    b = bijection if bijection is not None else registry.build(name, **kwargs)
+    t = flow.transform
+    flow.transform = Compose(b, *t.bijections) if type(t) is Compose else Compose(b, t)
+    spec = getattr(flow, "spec", None)
+    if spec is not None:
+        spec["preprocess"].append({"transform": name, "kwargs": _jsonable(kwargs)})
+    return flow
+
+
+def rebuild(spec: dict) -> Flow:
+    """The flow a spec describes, with freshly initialised parameters."""
+    try:
+        flow = build(spec["flow"], **spec["kwargs"])
+        for step in spec["preprocess"]:
+            prepend(flow, step["transform"], **step["kwargs"])
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"invalid flow spec {spec!r}: {err}") from None
+    return flow
+
+
+def _digest(tensors: dict[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key]
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_json(path: str | Path, obj: dict) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    _write_atomic(Path(path), (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
+
+
+def save(path: str | Path, flow: Flow, info: dict | None = None, extra: dict[str, Tensor] | None = None) -> Path:
+    """Write ``flow`` (which must carry a ``spec``, see :func:`build`) atomically to ``path``.
+
+    ``info`` (JSON-able) and ``extra`` tensors (keys must not start with ``model.``) are stored beside it.
+    """
+    from safetensors.torch import save as to_bytes
+
+    from . import __version__
+
+    spec = getattr(flow, "spec", None)
+    if spec is None:
+        raise ValueError("this flow has no spec: build it with exactflow.build(name, ...) so that it can be "
+                         "saved and rebuilt without pickle")
+    tensors = {MODEL + k: v for k, v in flow.state_dict().items()}
+    for key, value in (extra or {}).items():
+        if key.startswith(MODEL):
+            raise ValueError(f"extra tensor {key!r} clashes with the model's keys (prefix {MODEL!r})")
+        tensors[key] = value
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    header = {"format": FORMAT, "version": __version__, "spec": spec, "info": _jsonable(info or {}),
+              "sha256": _digest(tensors)}
+    path = Path(path)
+    _write_atomic(path, to_bytes(tensors, metadata={"exactflow": json.dumps(header)}))
+    return path
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint file from a file or a run folder (``model.safetensors``, else ``checkpoint.safetensors``)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("model.safetensors", "checkpoint.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"no model.safetensors or checkpoint.safetensors in folder {str(path)!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    return path
+
+
+def read(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
+    """The header and all tensors of a checkpoint, after checking format and checksum."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as from_bytes
+
+    path = resolve(path)
+    try:
+        data = path.read_bytes()
+        tensors = from_bytes(data)
+        n = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8 : 8 + n]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, UnicodeDecodeError, RuntimeError) as err:
+        raise ValueError(f"{path}: corrupted or truncated checkpoint ({err})") from None
+    if "exactflow" not in meta:
+        raise ValueError(f"{path}: a safetensors file, but not an exactflow checkpoint (no 'exactflow' header)")
+    try:
+        header = json.loads(meta["exactflow"])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: corrupted checkpoint header ({err})") from None
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{path}: checkpoint format {header.get('format')!r} (exactflow {header.get('version')}); "
+                         f"this exactflow reads format {FORMAT}")
+    if _digest(tensors) != header.get("sha256"):
+        raise ValueError(f"{path}: checksum mismatch, the tensor data are corrupted")
+    return header, tensors
+
+
+def load_state(flow: nn.Module, tensors: dict[str, Tensor], prefix: str = MODEL, where: str = "checkpoint") -> None:
+    """Load ``prefix``-ed ``tensors`` into ``flow``, with a ``ValueError`` listing missing/unexpected keys and shapes."""
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    expected = flow.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k}: saved {tuple(state[k].shape)}, flow has {tuple(expected[k].shape)}"
+              for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        if shapes:
+            parts.append("shape mismatch " + "; ".join(shapes[:5]))
+        raise ValueError(f"{where} does not match the flow: " + ", ".join(parts))
+    flow.load_state_dict(state)
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Flow:
+    """Rebuild the saved flow from the registries and load its weights (no pickle); returns it in eval mode."""
+    header, tensors = read(path)
+    try:
+        flow = rebuild(header["spec"])
+    except ValueError as err:
+        raise ValueError(f"{resolve(path)}: cannot rebuild the saved flow (saved by exactflow "
+                         f"{header.get('version')}): {err}") from None
+    load_state(flow, tensors, where=f"{resolve(path)} (saved by exactflow {header.get('version')})")
+    return flow.to(device).eval()
+
+
+def info(path: str | Path) -> dict:
+    """The header of a checkpoint (format, version, spec, info), checked like :func:`read`."""
+    return read(path)[0]

@@ -1,0 +1,106 @@
+"""Helpers shared by the subcommands: data sets from names or files, ``KEY=VALUE`` options, saved runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import Dataset
+from ..data import registry as datasets
+
+FILE_SUFFIXES = (".csv", ".npy")
+
+
+def assignments(items: list[str] | None, what: str) -> dict[str, Any]:
+    """``["k=v", ...]`` -> ``{k: v}``; values are read as JSON when they parse (numbers, lists, true), else strings."""
+    out = {}
+    for item in items or []:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what} {item!r} must look like KEY=VALUE")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
+def data_record(data: str, kwargs: dict[str, Any]) -> dict:
+    """How to rebuild a data set: a registry name, or a .csv/.npy path (loaded by the ``tabular`` loader)."""
+    if Path(data).suffix.lower() in FILE_SUFFIXES:
+        return {"name": "tabular", "kwargs": {**kwargs, "path": str(Path(data).resolve())}}
+    if data not in datasets:
+        raise ValueError(f"unknown data set {data!r}: give a .csv/.npy file or one of {', '.join(sorted(datasets))}")
+    return {"name": data, "kwargs": kwargs}
+
+
+def build_data(record: dict) -> Dataset:
+    """The data set a :func:`data_record` describes; a tabular file must still have the recorded SHA-256."""
+    try:
+        ds = datasets.build(record["name"], **record["kwargs"])
+    except TypeError as err:
+        raise ValueError(f"data set {record['name']!r}: {err}") from None
+    saved = record.get("info", {}).get("sha256")
+    if saved is not None and ds.info.get("sha256") != saved:
+        raise ValueError(f"data file {record['kwargs'].get('path')} changed since the model was trained "
+                         "(SHA-256 differs)")
+    return ds
+
+
+def describe(ds: Dataset, record: dict) -> dict:
+    """The record plus what the data set says about itself (kind, shape, levels, splits)."""
+    return {**record, "kind": ds.kind, "shape": list(ds.shape), "levels": ds.levels, "info": ds.info}
+
+
+def flow_kwargs(entry, ds: Dataset, extra: dict[str, Any]) -> dict[str, Any]:
+    """Sizes for the registry ``entry``: ``features=`` or ``shape=`` from the data, plus ``extra`` options
+    checked against the factory's signature."""
+    import inspect
+
+    if entry.input == "image" and ds.kind != "image":
+        raise ValueError(f"flow {entry.name!r} is for images but data set {ds.name!r} holds vectors of shape {ds.shape}")
+    if entry.input != "image" and ds.kind == "image":
+        raise ValueError(f"flow {entry.name!r} is for vectors but data set {ds.name!r} holds images {ds.shape}; "
+                         "pick an image flow (exactflow list)")
+    size = {"shape": list(ds.shape)} if entry.input == "image" else {"features": ds.shape[0]}
+    params = inspect.signature(entry.factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        allowed = [n for n in params if n not in ("features", "shape", "context")]
+        unknown = [k for k in extra if k not in params or k in ("features", "shape")]
+        if unknown:
+            raise ValueError(f"flow {entry.name!r} has no option {', '.join(map(repr, unknown))}; "
+                             f"its options: {', '.join(allowed) or 'none'}")
+    return {**size, **extra}
+
+
+def device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r} (use cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA device is available")
+    return dev
+
+
+def load_run(path: str | Path, device_name: str | None = "cpu"):
+    """``(flow, header, data record)`` of a saved run folder or checkpoint file."""
+    from .. import checkpoint
+
+    header = checkpoint.info(path)
+    flow = checkpoint.load(path, device=device(device_name))
+    return flow, header, header["info"].get("data")
+
+
+def run_data(record: dict | None, override: str | None, data_args: list[str] | None = None) -> Dataset:
+    """The data set of a saved run (or ``override``, a name or file, instead)."""
+    if override is not None:
+        return build_data(data_record(override, assignments(data_args, "--data-arg")))
+    if record is None:
+        raise ValueError("this checkpoint records no data set; pass --data NAME_OR_FILE")
+    return build_data(record)

@@ -1,0 +1,241 @@
+"""``exactflow train``: fit a registered flow to a data set or a .csv/.npy file by maximum likelihood."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from ._shared import FILE_SUFFIXES, assignments, build_data, data_record, describe, device, flow_kwargs
+
+EPILOG = """\
+examples:
+  exactflow train moons --flow RealNVP --steps 2000 --out runs/moons
+  exactflow train table.csv --flow NICE --hidden 128,128 --data-arg test=0.2
+  exactflow train checkerboard --flow RealNVP --flow-arg transforms=12 --flow-arg mask=alternating
+  exactflow train --config run.toml --steps 500      # the command line wins over the file
+  exactflow train --out runs/moons --resume          # continue after an interruption (even kill -9)
+  torchrun --nproc_per_node=2 -m exactflow train moons --out runs/ddp
+
+A config file is a flat table of these options, e.g. run.toml:
+  data = "moons"
+  flow = "RealNVP"
+  steps = 3000
+  hidden = [128, 128]
+  flow_args = { transforms = 6 }
+
+The run folder gets model.safetensors (the final flow: best valid weights), checkpoint.safetensors
+(weights, optimizer and RNG state, written atomically at every evaluation), config.json, and for
+2-D data density.png, samples.png, morph.png, morph.gif and curves.png.
+"""
+
+DEFAULT_STEPS = 2000
+KEEP_ON_RESUME = ("out", "resume", "overwrite", "device", "threads", "quiet", "plots", "config", "run", "command")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in str(text).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 64,64, got {text!r}") from None
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``train`` (shared with ``demo``)."""
+    from ..flows import registry as flows
+    from ..training import SCHEDULES
+
+    p.add_argument("--flow", default="RealNVP", help=f"flow from the registry ({', '.join(sorted(flows))}); "
+                   "default RealNVP")
+    p.add_argument("--transforms", type=int, help="number of transforms (layers) of the flow")
+    p.add_argument("--hidden", type=_ints, help="hidden layer sizes of the flow's networks, e.g. 64,64")
+    p.add_argument("--flow-arg", dest="flow_args", action="append", metavar="KEY=VALUE",
+                   help="any other keyword of the flow's factory (repeatable; values read as JSON)")
+    p.add_argument("--data-arg", dest="data_args", action="append", metavar="KEY=VALUE",
+                   help="keyword of the data loader, e.g. train=5000, noise=0.1, test=0.2 (repeatable)")
+    p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
+                   help="standardise inside the model (default: on for .csv/.npy files, off otherwise)")
+    p.add_argument("--steps", type=int, help=f"optimisation steps (default {DEFAULT_STEPS})")
+    p.add_argument("--batch-size", type=int, default=256, help="global batch size (default 256)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="learning-rate schedule (default cosine)")
+    p.add_argument("--warmup", type=int, default=0, help="linear warm-up steps (default 0)")
+    p.add_argument("--clip-grad", type=float, default=5.0, help="gradient-norm clip, 0 = off (default 5)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    p.add_argument("--patience", type=int, help="stop after this many evaluations without valid improvement")
+    p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations/checkpoints (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches (default 0)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is fastest for "
+                   "small 2-D flows and on a busy machine)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the pictures (default on)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="fit a flow by maximum likelihood", epilog=EPILOG,
+                              description="Fit a registered flow to a data set by maximum likelihood.",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", nargs="?", help="data set name (see `exactflow list`) or a .csv/.npy file")
+    add_training_options(p)
+    p.add_argument("--out", help="run folder (default runs/<data>-<flow>)")
+    p.add_argument("--config", help="TOML or YAML file setting any of these options")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished or interrupted run in --out")
+    p.set_defaults(run=main)
+
+
+def _distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); ``(world, rank, device)``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = device(device_name)
+    if world <= 1:
+        return 1, 0, dev
+    import torch.distributed as dist
+
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return world, dist.get_rank(), dev
+
+
+def _options(args: argparse.Namespace) -> dict:
+    """The options to record (a data file by its absolute path, so --resume works from any folder)."""
+    options = {k: v for k, v in vars(args).items() if k not in KEEP_ON_RESUME}
+    if Path(options["data"]).suffix.lower() in FILE_SUFFIXES:
+        options["data"] = str(Path(options["data"]).resolve())
+    return options
+
+
+def _restore_options(args: argparse.Namespace, ckpt_path: Path) -> None:
+    """On --resume the run's saved options come back (all but --steps when given, and device/output flags)."""
+    from .. import checkpoint
+
+    saved = checkpoint.info(ckpt_path)["info"].get("options")
+    if saved is None:
+        raise ValueError(f"{ckpt_path}: records no training options to resume with")
+    steps = args.steps
+    for key, value in saved.items():
+        setattr(args, key, value)
+    if steps is not None:
+        args.steps = steps
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run a training described by ``args`` (the ``train`` options); returns a summary dict."""
+    from .. import checkpoint, plots
+    from ..flows import registry as flows
+    from ..training import evaluate, fit, standardize
+
+    out = Path(args.out or f"runs/{Path(args.data or 'data').stem}-{args.flow}")
+    ckpt_path, model_path = out / "checkpoint.safetensors", out / "model.safetensors"
+    if args.resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint.safetensors in {str(out)!r}")
+        _restore_options(args, ckpt_path)
+    elif ckpt_path.exists() and not args.overwrite:
+        raise ValueError(f"{out} already holds a run: pass --resume to continue it, --overwrite to replace it, "
+                         "or --out for a new folder")
+    if not args.data:
+        raise ValueError("no data set given: exactflow train DATA (a name from `exactflow list` or a .csv/.npy file)")
+    args.steps = args.steps or DEFAULT_STEPS
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be positive, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    world, rank, dev = _distributed(args.device)
+    try:
+        if rank == 0:
+            for stale in out.glob(".*.safetensors.*.tmp"):  # left by a run killed while writing
+                stale.unlink(missing_ok=True)
+            if args.overwrite and not args.resume:
+                for old in (ckpt_path, model_path):
+                    old.unlink(missing_ok=True)
+        record = data_record(args.data, assignments(args.data_args, "--data-arg"))
+        ds = build_data(record)
+        extra = assignments(args.flow_args, "--flow-arg")
+        if args.transforms is not None:
+            extra["transforms"] = args.transforms
+        if args.hidden is not None:
+            extra["hidden"] = list(args.hidden)
+        if args.flow not in flows:
+            raise ValueError(f"unknown flow {args.flow!r}; available: {', '.join(sorted(flows))}")
+        kwargs = flow_kwargs(flows[args.flow], ds, extra)
+        torch.manual_seed(args.seed)
+        flow = checkpoint.build(args.flow, **kwargs)
+        use_std = args.standardize if args.standardize is not None else record["name"] == "tabular"
+        if use_std:
+            if ds.kind != "vector":
+                raise ValueError("--standardize works on vector data; images are dequantised instead")
+            standardize(flow, ds.train)
+        flow.to(dev)
+        levels = ds.levels if ds.kind == "image" else None
+        info = {"data": describe(ds, record), "options": _options(args)}
+        show = not args.quiet and sys.stderr.isatty()
+
+        def report(step: int, history) -> None:
+            if not args.quiet and not show:
+                valid = f"  valid {history.valid[-1]:.4f}" if history.valid_step[-1:] == [step] else ""
+                print(f"step {step:6d}/{args.steps}  train {history.train[-1]:.4f}{valid} {history.unit}", flush=True)
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="training diverged", category=RuntimeWarning)
+            history = fit(flow, ds, steps=args.steps, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+                          warmup=args.warmup, clip_grad=args.clip_grad or None, weight_decay=args.weight_decay,
+                          patience=args.patience, eval_every=args.eval_every, levels=levels, seed=args.seed,
+                          checkpoint=ckpt_path, resume=args.resume, info=info, progress=show, callback=report)
+        summary = {"out": str(out), "status": history.status, "message": history.message, "steps": args.steps,
+                   "checkpoint": str(ckpt_path)}
+        if history.status == "diverged" or rank != 0:
+            return summary
+        test = evaluate(flow, ds.test, levels=levels, seed=args.seed)
+        checkpoint.save(model_path, flow, info={**info, "history": history.to_dict(), "test": test})
+        checkpoint.write_json(out / "config.json", {"spec": flow.spec, **info, "test": test, "status": history.status,
+                                                    "best_step": history.best_step, "seconds": history.seconds})
+        pictures = []
+        if args.plots:
+            cpu_flow = flow.to("cpu")
+            if ds.shape == (2,):
+                pictures = plots.plot_2d(cpu_flow, ds.test, out, history)
+            else:
+                pictures = [plots.curves(history, out / "curves.png")]
+                if ds.kind == "image":
+                    pictures.append(plots.image_grid(cpu_flow.sample(64), out / "samples.png"))
+        summary.update(test=test, model=str(model_path), pictures=[str(p) for p in pictures], unit=history.unit,
+                       seconds=history.seconds, data=ds.name, flow=args.flow)
+        return summary
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def print_summary(summary: dict) -> None:
+    test = summary["test"]
+    nll = f"{test['nll']:.4f} nats"
+    if "bits_per_dim" in test:
+        nll += f", {test['bits_per_dim']:.4f} bits/dim"
+    print(f"trained {summary['flow']} on {summary['data']}: {summary['status']} after {summary['seconds']:.1f} s"
+          + (f" ({summary['message']})" if summary["message"] else ""))
+    print(f"  test NLL    {nll} ({test['n']} points)")
+    print(f"  model       {summary['model']}")
+    print(f"  checkpoint  {summary['checkpoint']}")
+    for p in summary["pictures"]:
+        print(f"  picture     {p}")
+
+
+def main(args: argparse.Namespace) -> int:
+    summary = train(args)
+    if summary["status"] == "diverged":
+        print(f"exactflow: error: {summary['message']}", file=sys.stderr)
+        return 1
+    if "test" in summary:
+        print_summary(summary)
+    return 0

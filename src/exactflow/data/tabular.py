@@ -1,0 +1,77 @@
+"""Tabular data from a local ``.csv`` or ``.npy`` file, split into train/valid/test by a seeded permutation.
+
+The split is recorded in ``Dataset.info`` (file, its SHA-256, seed, fractions, sizes), so the
+same file and seed always give the same rows in each split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..registry import DATASETS
+
+__all__ = ["read_table", "tabular"]
+
+
+def read_table(path: str | Path) -> Tensor:
+    """Rows of a ``.npy`` array or a comma-separated ``.csv`` file (an optional header line is skipped) as float32."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        array = np.load(path, allow_pickle=False)
+    elif suffix == ".csv":
+        with open(path) as f:
+            first = f.readline()
+        try:
+            [float(v) for v in first.strip().split(",")]
+            skip = 0
+        except ValueError:
+            skip = 1
+        try:
+            array = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2, dtype=np.float64)
+        except ValueError as err:
+            raise ValueError(f"{path}: not a numeric CSV table ({err})") from None
+    else:
+        raise ValueError(f"data file {str(path)!r}: expected a .csv or .npy file")
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{path}: expected a numeric table (rows, features), got {array.dtype} of shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{path}: contains {int((~np.isfinite(array)).sum())} NaN/inf entries")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@DATASETS.register("tabular")
+def tabular(path: str, valid: float = 0.1, test: float = 0.1, seed: int = 0):
+    """Rows of a .csv/.npy file (path=...), split train/valid/test by a seeded permutation."""
+    from . import Dataset
+
+    if not (0 <= valid < 1 and 0 < test < 1 and valid + test < 1):
+        raise ValueError(f"split fractions valid={valid}, test={test} must be in [0, 1) with valid + test < 1")
+    x = read_table(path)
+    n = x.shape[0]
+    n_valid, n_test = round(valid * n), max(1, round(test * n))
+    n_train = n - n_valid - n_test
+    if n_train < 2:
+        raise ValueError(f"{path}: {n} rows are too few for a split with valid={valid}, test={test}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    parts = torch.split(x[order], [n_train, n_valid, n_test])
+    info = {"file": str(Path(path).resolve()), "sha256": _sha256(Path(path)), "seed": seed,
+            "fractions": [1 - valid - test, valid, test], "sizes": [n_train, n_valid, n_test]}
+    return Dataset(Path(path).stem, *parts, info=info)
