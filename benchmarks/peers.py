@@ -61,9 +61,10 @@ def _exactflow(flow: str, features: int) -> Model:
     elif flow == "maf":
         f = registry["MAF"](features=features, transforms=5, hidden=HIDDEN)
     elif flow == "nsf-ar":
-        f = registry["NSF"](features=features, transforms=5, hidden=HIDDEN, bins=BINS, bound=BOUND)
-    else:
-        f = registry["NSF"](features=features, transforms=5, hidden=HIDDEN, bins=BINS, bound=BOUND, coupling=True)
+        f = registry["NSFAutoregressive"](features=features, transforms=5, hidden=HIDDEN, bins=BINS, bound=BOUND)
+    else:  # the fixed half alternates, no permutation in between (as in the peers)
+        f = registry["NSF"](features=features, transforms=5, hidden=HIDDEN, bins=BINS, bound=BOUND, mask="half",
+                            permutation="none")
     return Model("exactflow", f, f.log_prob, f.sample)
 
 
