@@ -162,6 +162,44 @@ class Flow(nn.Module):
         return torch.distributions.TransformedDistribution(self.base.as_torch(), [t])
 
 
+__all__ += ["ConditionalDiagNormal"]
+
+
+class ConditionalDiagNormal(StandardNormal):
+    """N(mu(c), diag(exp(log_sigma(c)))^2) with ``(mu, log_sigma) = MLP(c)`` from a ``(batch, context)`` context;
+    the last layer starts at zero, so it starts as N(0, I) for every context.
+
+    ``log_prob(z, c)`` needs one context row per ``z`` row; ``rsample(n, c)`` needs ``c`` with ``n`` rows
+    (:class:`Flow` repeats each context row for you).
+    """
+
+    def __init__(self, event_shape: int | tuple[int, ...], context: int, hidden: tuple[int, ...] = (64,)):
+        super().__init__(event_shape)
+        if context < 1:
+            raise ValueError(f"ConditionalDiagNormal needs context >= 1 features, got {context}")
+        from .nets import MLP
+
+        self.context_features = context
+        self.net = MLP(context, 2 * _event_size(self.event_shape), hidden)
+
+    def _params(self, context: Tensor | None, rows: int) -> tuple[Tensor, Tensor]:
+        if context is None:
+            raise ValueError(f"ConditionalDiagNormal needs a context of shape ({rows}, {self.context_features}), got None")
+        if context.dim() != 2 or context.shape != (rows, self.context_features):
+            raise ValueError(f"context has shape {tuple(context.shape)}: expected ({rows}, {self.context_features})")
+        loc, log_scale = self.net(context).chunk(2, dim=-1)
+        return loc.reshape(rows, *self.event_shape), log_scale.reshape(rows, *self.event_shape)
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        loc, log_scale = self._params(context, z.shape[0])
+        d = len(self.event_shape)
+        return super().log_prob((z - loc) * torch.exp(-log_scale)) - log_scale.flatten(z.dim() - d).sum(-1)
+
+    def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
+        loc, log_scale = self._params(context, n)
+        return loc + torch.exp(log_scale) * torch.randn_like(loc)
+
+
 def compile_flow(flow: Flow, **options) -> Flow:
     """Compile ``flow``'s hot paths with ``torch.compile(..., **options)`` and return the same flow.
 

@@ -1,4 +1,4 @@
-"""Conditioner networks: plain MLPs (coupling layers); masked networks live with their flows."""
+"""Conditioner networks: plain MLPs (coupling layers) and masked MLPs (MADE, autoregressive layers)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "MADE", "MaskedLinear", "made_degrees"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "elu": nn.ELU, "gelu": nn.GELU}
 
@@ -54,3 +54,155 @@ def join_context(x: Tensor, context: Tensor | None) -> Tensor:
     if context is None:
         return x
     return torch.cat([x, context.to(x.dtype)], dim=-1)
+
+
+class MaskedLinear(nn.Linear):
+    """``y = (W * M) x + b`` for a fixed 0/1 ``mask`` M (a buffer, saved with the weights).
+
+    The mask is applied on every use, so entries of W outside the mask may hold anything (noise,
+    a loaded checkpoint): they never reach the output. With gradients on, ``W * M`` is formed in the
+    graph. With gradients off (``torch.no_grad``/``inference_mode``) the masked weight is folded once
+    and cached; the cache is rebuilt when the weight or mask storage, its version counter (bumped by
+    every in-place update: optimiser steps, ``load_state_dict``, ``randomize_``), dtype or device
+    changes. Writes through ``.data`` bypass the version counter: call :meth:`refresh` after them.
+    """
+
+    def __init__(self, in_features: int, out_features: int, mask: Tensor, bias: bool = True):
+        super().__init__(in_features, out_features, bias)
+        if mask.shape != (out_features, in_features):
+            raise ValueError(f"mask has shape {tuple(mask.shape)}: expected ({out_features}, {in_features})")
+        self.register_buffer("mask", mask.to(self.weight.dtype))
+        self._folded: Tensor | None = None
+        self._key: tuple = ()
+        self._sources: tuple = ()
+
+    def refresh(self) -> None:
+        """Drop the cached masked weight (needed only after writes through ``weight.data``)."""
+        self._folded, self._key, self._sources = None, (), ()
+
+    def masked_weight(self) -> Tensor:
+        if torch.is_grad_enabled():
+            return self.weight * self.mask
+        w, m = self.weight, self.mask
+        key = (w.data_ptr(), w._version, m.data_ptr(), m._version, w.dtype, w.device)
+        if self._folded is None or key != self._key:
+            # keep aliases of the sources so their storage cannot be freed and reused under our key
+            self._folded, self._key, self._sources = (w * m).detach(), key, (w.detach(), m.detach())
+        return self._folded
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.linear(x, self.masked_weight(), self.bias)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_folded": None, "_key": (), "_sources": ()}
+
+
+def made_degrees(features: int, order: str | Tensor = "natural", seed: int | None = None) -> Tensor:
+    """Input degrees ``d_i in {1..D}`` of a MADE: feature ``i`` is the ``d_i``-th in autoregressive order.
+
+    ``order``: ``"natural"`` (1, ..., D), ``"reversed"`` (D, ..., 1), ``"random"`` (a random
+    permutation, from ``seed`` if given) or an explicit permutation of ``0..D-1`` listing the features
+    in the order they are generated.
+    """
+    if isinstance(order, Tensor):
+        perm = order.long().flatten()
+        if sorted(perm.tolist()) != list(range(features)):
+            raise ValueError(f"order must be a permutation of 0..{features - 1}, got {perm.tolist()}")
+    elif order == "natural":
+        perm = torch.arange(features)
+    elif order == "reversed":
+        perm = torch.arange(features - 1, -1, -1)
+    elif order == "random":
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        perm = torch.randperm(features, generator=gen)
+    else:
+        raise ValueError(f"unknown order {order!r}: use 'natural', 'reversed', 'random' or a permutation tensor")
+    degrees = torch.empty(features, dtype=torch.long)
+    degrees[perm] = torch.arange(1, features + 1)
+    return degrees
+
+
+class MADE(nn.Module):
+    """Masked MLP (Germain et al. 2015): ``(batch, D) [+ context (batch, c)] -> (batch, D, params)`` where
+    output ``[:, i, :]`` depends only on the inputs that precede feature ``i`` in the order (and on the context).
+
+    Degrees: input ``i`` has degree ``d_i`` (:func:`made_degrees`); hidden unit ``k`` of every layer has
+    degree ``m_k = 1 + (k mod (D - 1))`` (0 when D = 1), or ``m_k = k mod D`` with a context, and sees the
+    units of the layer below with degree ``<= m_k``; the outputs of feature ``i`` see hidden units with
+    degree ``< d_i``. Context inputs have degree 0 and feed every unit of the first hidden layer, so
+    every output, the first feature's included, depends on the context. ``residual=True`` makes each
+    entry of ``hidden`` a residual block ``h + L2(act(L1(act(h))))`` on equal-degree units (all widths
+    equal). ``zero_last=True`` starts the outputs at zero.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        params: int,
+        hidden: Sequence[int] = (64, 64),
+        context: int = 0,
+        order: str | Tensor = "natural",
+        residual: bool = False,
+        activation: str = "relu",
+        zero_last: bool = True,
+        seed: int | None = None,
+    ):
+        super().__init__()
+        if features < 1 or params < 1:
+            raise ValueError(f"MADE needs features >= 1 and params >= 1, got {features} and {params}")
+        if not hidden:
+            raise ValueError("MADE needs at least one hidden layer")
+        if residual and len(set(hidden)) != 1:
+            raise ValueError(f"residual MADE needs equal hidden widths, got {tuple(hidden)}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}: use one of {sorted(ACTIVATIONS)}")
+        self.features, self.params, self.context_features, self.residual = features, params, context, residual
+        self.register_buffer("input_degrees", made_degrees(features, order, seed))
+        self.act = ACTIVATIONS[activation]()
+
+        d_in = torch.cat([self.input_degrees, torch.zeros(context, dtype=torch.long)])
+        widths = [hidden[0]] * (1 + 2 * len(hidden)) if residual else list(hidden)
+        degrees = [self._hidden_degrees(w) for w in widths]
+        for i, deg in enumerate(degrees):
+            self.register_buffer(f"hidden_degrees_{i}", deg)
+        layers = []
+        for deg_prev, deg in zip([d_in, *degrees[:-1]], degrees):
+            layers.append(MaskedLinear(len(deg_prev), len(deg), deg[:, None] >= deg_prev[None, :]))
+        d_out = self.input_degrees.repeat_interleave(params)
+        self.out = MaskedLinear(len(degrees[-1]), features * params, d_out[:, None] > degrees[-1][None, :])
+        if zero_last:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+        if residual:
+            for second in layers[2::2]:
+                nn.init.zeros_(second.weight)
+                nn.init.zeros_(second.bias)
+        self.layers = nn.ModuleList(layers)
+
+    def _hidden_degrees(self, width: int) -> Tensor:
+        if self.context_features:  # degree-0 units see the context only and feed the first feature
+            return torch.arange(width) % self.features
+        if self.features == 1:
+            return torch.zeros(width, dtype=torch.long)
+        return torch.arange(width) % (self.features - 1) + 1
+
+    @property
+    def order(self) -> Tensor:
+        """Feature indices in autoregressive order (``order[0]`` depends on no other feature)."""
+        return torch.argsort(self.input_degrees)
+
+    @property
+    def hidden_degrees(self) -> list[Tensor]:
+        """Degrees of the output units of every hidden masked layer, in the order of :attr:`layers`
+        (for ``residual=True``: the input layer, then the two layers of each block)."""
+        return [getattr(self, f"hidden_degrees_{i}") for i in range(len(self.layers))]
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        h = self.layers[0](join_context(x, context))
+        if self.residual:
+            for first, second in zip(self.layers[1::2], self.layers[2::2]):
+                h = h + second(self.act(first(self.act(h))))
+        else:
+            for layer in self.layers[1:]:
+                h = layer(self.act(h))
+        return self.out(self.act(h)).reshape(x.shape[0], self.features, self.params)

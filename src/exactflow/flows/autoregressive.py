@@ -1,0 +1,125 @@
+"""Autoregressive and spline flows: MAF, IAF, NSF (coupling), NSFAutoregressive and BNAF.
+
+Every preset takes ``context=`` (number of context features); with ``conditional_base=True`` a conditional
+flow also draws its base from :class:`~exactflow.distributions.ConditionalDiagNormal` instead of N(0, I).
+Cost of the two directions (D features): MAF and NSFAutoregressive score data in one pass per layer and
+sample in D; IAF the reverse; NSF (coupling) does both in one; BNAF scores in one and samples by bisection.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+
+from ..core import Bijection, Compose, Inverse
+from ..distributions import ConditionalDiagNormal, Flow, StandardNormal
+from ..registry import FLOWS
+from ..transforms.autoregressive import MaskedAffineAutoregressive
+from ..transforms.bnaf import BNAF as BNAFLayer
+from ..transforms.linear import LULinear, Permutation, Reverse
+from ..transforms.normalization import BatchNorm
+from ..transforms.splines import RQSplineAutoregressive, RQSplineCoupling
+
+__all__ = ["MAF", "IAF", "NSF", "NSFAutoregressive", "BNAF"]
+
+
+def _mixer(kind: str, features: int, seed: int) -> Bijection:
+    """The fixed map put between autoregressive layers so every feature gets conditioned on the others."""
+    if kind == "reverse":
+        return Reverse(features)
+    if kind == "random":
+        return Permutation(features, seed=seed)
+    if kind == "lu":
+        return LULinear(features, seed=seed)
+    raise ValueError(f"unknown permutation {kind!r}: use 'reverse', 'random' or 'lu'")
+
+
+def _flow(layers: list[nn.Module], features: int, context: int, conditional_base: bool) -> Flow:
+    if conditional_base and not context:
+        raise ValueError("conditional_base=True needs context > 0")
+    base = ConditionalDiagNormal(features, context) if conditional_base else StandardNormal(features)
+    return Flow(Compose(*layers), base, context=context)
+
+
+def _stack(make, features: int, transforms: int, permutation: str, batch_norm: bool = False) -> list[nn.Module]:
+    """``make(i)`` for ``i < transforms`` with a mixer (and optionally batch norm) between consecutive layers."""
+    if transforms < 1:
+        raise ValueError(f"transforms must be >= 1, got {transforms}")
+    layers: list[nn.Module] = []
+    for i in range(transforms):
+        if i:
+            if batch_norm:
+                layers.append(BatchNorm(features))
+            layers.append(_mixer(permutation, features, seed=i))
+        layers.append(make(i))
+    return layers
+
+
+@FLOWS.register("MAF", test_kwargs={"transforms": 2, "hidden": (16, 16)})
+def MAF(features: int, context: int = 0, transforms: int = 5, hidden: Sequence[int] = (64, 64),
+        residual: bool = False, permutation: str = "reverse", batch_norm: bool = False,
+        scale_bound: float | None = 3.0, conditional_base: bool = False) -> Flow:
+    """MAF (Papamakarios et al. 2017): affine autoregressive layers; one-pass density, D-pass sampling.
+
+    ``transforms`` masked affine autoregressive layers with a ``permutation`` (``"reverse"``, ``"random"`` or
+    ``"lu"``) and optionally batch norm between them. ``log_prob`` is one MADE pass per layer; ``sample`` takes
+    D passes per layer."""
+    layers = _stack(lambda i: MaskedAffineAutoregressive(features, context, hidden, residual=residual,
+                                                         scale_bound=scale_bound),
+                    features, transforms, permutation, batch_norm)
+    return _flow(layers, features, context, conditional_base)
+
+
+@FLOWS.register("IAF", test_kwargs={"transforms": 2, "hidden": (16, 16)})
+def IAF(features: int, context: int = 0, transforms: int = 5, hidden: Sequence[int] = (64, 64),
+        residual: bool = False, permutation: str = "reverse", scale_bound: float | None = 3.0,
+        conditional_base: bool = False) -> Flow:
+    """IAF (Kingma et al. 2016): inverted MAF layers; the flow for fast sampling and variational posteriors.
+
+    ``sample``/``rsample`` and ``sample_and_log_prob`` take one MADE pass per layer, so a variational
+    posterior q(x | context) trains by reverse KL on ``sample_and_log_prob``. ``log_prob`` of given data takes
+    D passes per layer."""
+    layers = _stack(lambda i: Inverse(MaskedAffineAutoregressive(features, context, hidden, residual=residual,
+                                                                 scale_bound=scale_bound)),
+                    features, transforms, permutation)
+    return _flow(layers, features, context, conditional_base)
+
+
+@FLOWS.register("NSF", test_kwargs={"transforms": 2, "hidden": (16,), "bins": 4})
+def NSF(features: int, context: int = 0, transforms: int = 3, hidden: Sequence[int] = (64, 64), bins: int = 8,
+        bound: float = 5.0, mask: str = "half", permutation: str = "lu", conditional_base: bool = False) -> Flow:
+    """Neural spline flow, coupling form (Durkan et al. 2019): one pass both ways.
+
+    ``transforms`` rational-quadratic spline couplings (``bins`` bins on ``[-bound, bound]``, identity tails),
+    the fixed half flipping every layer, with a ``permutation`` (default an LU-parametrised linear map, as in
+    the paper) between them."""
+    layers = _stack(lambda i: RQSplineCoupling(features, context, mask=mask, flip=i % 2 == 1, hidden=hidden, bins=bins,
+                                               bound=bound),
+                    features, transforms, permutation)
+    return _flow(layers, features, context, conditional_base)
+
+
+@FLOWS.register("NSFAutoregressive", test_kwargs={"transforms": 2, "hidden": (16, 16), "bins": 4})
+def NSFAutoregressive(features: int, context: int = 0, transforms: int = 3, hidden: Sequence[int] = (64, 64),
+                      bins: int = 8, bound: float = 5.0, residual: bool = False, permutation: str = "reverse",
+                      conditional_base: bool = False) -> Flow:
+    """Neural spline flow, autoregressive form (Durkan et al. 2019): one-pass density, D-pass sampling.
+
+    ``transforms`` rational-quadratic spline layers conditioned by MADEs, with a ``permutation`` between them."""
+    layers = _stack(lambda i: RQSplineAutoregressive(features, context, hidden, bins=bins, bound=bound,
+                                                     residual=residual),
+                    features, transforms, permutation)
+    return _flow(layers, features, context, conditional_base)
+
+
+@FLOWS.register("BNAF", tolerance=1e-6, test_kwargs={"features": 3, "transforms": 2, "hidden": (3,)})
+def BNAF(features: int, context: int = 0, transforms: int = 2, hidden: Sequence[int] = (16, 16),
+         permutation: str = "reverse", conditional_base: bool = False) -> Flow:
+    """BNAF (De Cao et al. 2020): block neural autoregressive layers; exact density, slow sampling (bisection).
+
+    ``transforms`` layers (``hidden`` units per feature in each hidden layer) with a ``permutation`` between
+    them. ``log_prob`` is one pass per layer; ``sample`` inverts every layer by bisection, about D * 60
+    passes per layer."""
+    layers = _stack(lambda i: BNAFLayer(features, context, hidden), features, transforms, permutation)
+    return _flow(layers, features, context, conditional_base)

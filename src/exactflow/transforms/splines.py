@@ -1,0 +1,227 @@
+"""Rational-quadratic neural splines (Durkan et al. 2019): a monotone spline kernel on ``[-B, B]`` with
+identity tails, used elementwise, in coupling layers and in autoregressive layers.
+
+On ``[-B, B]`` the map has ``K`` bins with knots ``(x_k, y_k)`` and knot derivatives ``d_k`` (``d_0 = d_K = 1``
+so the derivative is continuous at the tails). In bin ``k``, with ``w = x_{k+1} - x_k``, ``h = y_{k+1} - y_k``,
+``s = h / w``, ``xi = (x - x_k) / w`` and ``t = xi (1 - xi)``::
+
+    y = y_k + h (s xi^2 + d_k t) / (s + (d_k + d_{k+1} - 2 s) t)
+    dy/dx = s^2 (d_{k+1} xi^2 + 2 s t + d_k (1 - xi)^2) / (s + (d_k + d_{k+1} - 2 s) t)^2
+
+Outside ``[-B, B]``, ``y = x`` and ``dy/dx = 1``. The inputs are clamped into ``[-B, B]`` before the
+spline maths and the tails are selected afterwards, so inputs of any size (and all-out-of-range
+batches) give finite values and finite gradients. The inverse solves ``a xi^2 + b xi + c = 0`` with the
+discriminant clamped at zero, as ``xi = 2c / (-b - sqrt(b^2 - 4ac))`` where ``b >= 0`` and as the equal
+``(-b + sqrt(b^2 - 4ac)) / 2a`` where ``b < 0``, so that neither form subtracts nearly equal numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core import Bijection
+from ..nets import MLP
+from ..registry import TRANSFORMS
+from .autoregressive import MaskedAutoregressive, Univariate
+from .coupling import Coupling
+
+__all__ = ["RQSpline", "ElementwiseRQSpline", "RQSplineCoupling", "RQSplineAutoregressive"]
+
+
+def _gather(t: Tensor, idx: Tensor) -> Tensor:
+    return torch.gather(t, -1, idx.unsqueeze(-1)).squeeze(-1)
+
+
+class RQSpline(Univariate):
+    """Rational-quadratic spline kernel with ``bins`` bins on ``[-bound, bound]`` and identity tails.
+
+    Parameters per element (``3 bins - 1``): unnormalised bin widths and heights (softmax, then at least
+    ``min_width``/``min_height`` of the interval) and the interior knot derivatives
+    (``min_derivative + softplus``). All-zero parameters give the identity.
+    """
+
+    def __init__(self, bins: int = 8, bound: float = 5.0, min_width: float = 1e-3, min_height: float = 1e-3,
+                 min_derivative: float = 1e-3):
+        if bins < 1:
+            raise ValueError(f"bins must be >= 1, got {bins}")
+        if bound <= 0:
+            raise ValueError(f"bound must be positive, got {bound}")
+        if not (0 <= min_width * bins < 1 and 0 <= min_height * bins < 1):
+            raise ValueError(f"min_width and min_height times bins must lie in [0, 1), got {min_width}, {min_height}")
+        if not 0 < min_derivative < 1:
+            raise ValueError(f"min_derivative must lie in (0, 1), got {min_derivative}")
+        self.bins, self.bound = bins, float(bound)
+        self.min_width, self.min_height, self.min_derivative = min_width, min_height, min_derivative
+        self.n_params = 3 * bins - 1
+        # softplus(raw + shift) + min_derivative = 1 at raw = 0
+        self._shift = math.log(math.expm1(1 - min_derivative))
+
+    def __repr__(self) -> str:
+        return f"RQSpline(bins={self.bins}, bound={self.bound})"
+
+    def _knots(self, raw: Tensor, minimum: float) -> Tensor:
+        """``K + 1`` increasing knots from ``-B`` to ``B`` (exactly) from ``K`` unnormalised sizes."""
+        sizes = minimum + (1 - minimum * self.bins) * torch.softmax(raw, dim=-1)
+        inner = -self.bound + 2 * self.bound * torch.cumsum(sizes[..., :-1], dim=-1)
+        ends = raw.new_full((*raw.shape[:-1], 1), self.bound)
+        return torch.cat([-ends, inner, ends], dim=-1)
+
+    def knots(self, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Knot positions ``x_k``, values ``y_k`` and derivatives ``d_k``, each ``(*batch, K + 1)``."""
+        k = self.bins
+        if p.shape[-1] != self.n_params:
+            raise ValueError(f"spline parameters have {p.shape[-1]} entries per element: expected {self.n_params}")
+        # contiguous pieces: softmax over a strided last dimension is orders of magnitude slower on CPU
+        w, h, d = (q.contiguous() for q in p.split([k, k, k - 1], dim=-1))
+        one = p.new_ones((*p.shape[:-1], 1))
+        derivs = torch.cat([one, self.min_derivative + F.softplus(d + self._shift), one], dim=-1)
+        return self._knots(w, self.min_width), self._knots(h, self.min_height), derivs
+
+    def _bin(self, search: Tensor, v: Tensor, xs: Tensor, ys: Tensor, ds: Tensor):
+        """Bin holding ``v`` in ``[-B, B]`` along the knots ``search`` (``xs`` forward, ``ys`` inverse), and
+        that bin's ``(x_k, w, y_k, h, d_k, d_{k+1})``; a value on a knot goes to the bin it starts."""
+        idx = (v.unsqueeze(-1) >= search[..., 1:-1]).sum(-1)
+        x0, y0, d0 = _gather(xs, idx), _gather(ys, idx), _gather(ds, idx)
+        x1, y1, d1 = _gather(xs, idx + 1), _gather(ys, idx + 1), _gather(ds, idx + 1)
+        return x0, x1 - x0, y0, y1 - y0, d0, d1
+
+    @staticmethod
+    def _log_derivative(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor) -> Tensor:
+        t = xi * (1 - xi)
+        den = s + (d0 + d1 - 2 * s) * t
+        return 2 * torch.log(s) + torch.log(d1 * xi.square() + 2 * s * t + d0 * (1 - xi).square()) - 2 * torch.log(den)
+
+    def forward(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+        xs, ys, ds = self.knots(p)
+        inside = (x >= -self.bound) & (x <= self.bound)
+        xc = x.clamp(-self.bound, self.bound)
+        x0, w, y0, h, d0, d1 = self._bin(xs, xc, xs, ys, ds)
+        s = h / w
+        xi = ((xc - x0) / w).clamp(0, 1)
+        t = xi * (1 - xi)
+        y = y0 + h * (s * xi.square() + d0 * t) / (s + (d0 + d1 - 2 * s) * t)
+        logd = self._log_derivative(xi, s, d0, d1)
+        return torch.where(inside, y, x), torch.where(inside, logd, torch.zeros_like(logd))
+
+    def _quadratic(self, z: Tensor, p: Tensor):
+        xs, ys, ds = self.knots(p)
+        zc = z.clamp(-self.bound, self.bound)
+        x0, w, y0, h, d0, d1 = self._bin(ys, zc, xs, ys, ds)
+        s, dy = h / w, zc - y0
+        slack = d0 + d1 - 2 * s
+        return (h * (s - d0) + dy * slack, h * d0 - dy * slack, -s * dy), (x0, w, s, d0, d1)
+
+    def quadratic(self, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Coefficients ``(a, b, c)`` of ``a xi^2 + b xi + c = 0`` whose root in ``[0, 1]`` inverts the
+        spline at ``z`` clamped into ``[-B, B]`` (exposed for tests of the discriminant)."""
+        return self._quadratic(z, p)[0]
+
+    def inverse(self, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+        (a, b, c), (x0, w, s, d0, d1) = self._quadratic(z, p)
+        inside = (z >= -self.bound) & (z <= self.bound)
+        root = torch.sqrt((b.square() - 4 * a * c).clamp_min(torch.finfo(z.dtype).tiny))
+        # the root in [0, 1] is 2c / (-b - root) = (-b + root) / 2a: take the form without cancellation for
+        # the sign of b (each denominator is made safe where its branch is not taken, for NaN-free grads)
+        positive = b >= 0
+        xi_plus = 2 * c / torch.where(positive, -b - root, -1.0)
+        xi_minus = (root - b) / torch.where(positive, 1.0, 2 * a)
+        xi = torch.where(positive, xi_plus, xi_minus).clamp(0, 1)
+        logd = -self._log_derivative(xi, s, d0, d1)
+        return torch.where(inside, x0 + xi * w, z), torch.where(inside, logd, torch.zeros_like(logd))
+
+
+@TRANSFORMS.register("ElementwiseRQSpline", test_kwargs={"bins": 4, "bound": 2.0})
+class ElementwiseRQSpline(Bijection):
+    """One rational-quadratic spline per feature: ``z_i = f(x_i; p_i)``, log|det dz/dx| = sum_i log f'(x_i; p_i).
+
+    Unconditional: ``p`` is a parameter (zero: identity). With ``context=c`` it is predicted from the
+    context by an MLP. Inputs outside ``[-bound, bound]`` pass through unchanged.
+    """
+
+    def __init__(self, features: int, context: int = 0, bins: int = 8, bound: float = 5.0,
+                 hidden: Sequence[int] = (32,)):
+        super().__init__()
+        self.spline = RQSpline(bins, bound)
+        self.features = features
+        if context:
+            self.net = MLP(context, features * self.spline.n_params, hidden)
+        else:
+            self.params = nn.Parameter(torch.zeros(features, self.spline.n_params))
+
+    def _params(self, x: Tensor, context: Tensor | None) -> Tensor:
+        if hasattr(self, "net"):
+            return self.net(context).reshape(x.shape[0], self.features, self.spline.n_params)
+        return self.params.expand(x.shape[0], -1, -1)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        z, logd = self.spline.forward(x, self._params(x, context))
+        return z, logd.sum(-1)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x, logd = self.spline.inverse(z, self._params(z, context))
+        return x, logd.sum(-1)
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, spline={self.spline!r}"
+
+
+@TRANSFORMS.register("RQSplineCoupling", test_kwargs={"bins": 4, "bound": 2.0, "hidden": (16,)})
+class RQSplineCoupling(Coupling):
+    """NSF coupling layer: rational-quadratic splines on one part, conditioned on the other.
+
+    ``z_tr = f(x_tr; p)``, ``z_id = x_id`` with ``p = net(x_id, context)`` and ``f`` a rational-quadratic spline
+    per transformed feature; log|det dz/dx| = sum log f'(x_tr; p)."""
+
+    def __init__(self, features: int, context: int = 0, mask: str | Tensor = "half", flip: bool = False,
+                 hidden: Sequence[int] = (64, 64), activation: str = "relu", bins: int = 8, bound: float = 5.0):
+        self.spline = RQSpline(bins, bound)  # read by params_per_feature inside Coupling.__init__
+        super().__init__(features, context, mask, flip, hidden, activation)
+
+    @property
+    def params_per_feature(self) -> int:  # type: ignore[override]
+        return self.spline.n_params
+
+    @property
+    def order(self) -> Tensor:
+        """Features in an order where the Jacobian is lower triangular: the fixed part first."""
+        return torch.cat([self.idx_id, self.idx_tr])
+
+    def _map(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        z, logd = self.spline.forward(x, params.reshape(*x.shape, -1))
+        return z, logd.sum(-1)
+
+    def _unmap(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        x, logd = self.spline.inverse(z, params.reshape(*z.shape, -1))
+        return x, logd.sum(-1)
+
+    def extra_repr(self) -> str:
+        return f"spline={self.spline!r}"
+
+
+@TRANSFORMS.register("RQSplineAutoregressive", test_kwargs={"bins": 4, "bound": 2.0, "hidden": (16, 16)})
+class RQSplineAutoregressive(MaskedAutoregressive):
+    """Autoregressive NSF layer: rational-quadratic splines conditioned by a MADE; D-pass inverse.
+
+    ``z_i = f(x_i; theta_i(x_<i, context))`` with ``theta`` from a MADE; log|det dz/dx| = sum_i log f'(x_i; theta_i).
+    """
+
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        hidden: Sequence[int] = (64, 64),
+        bins: int = 8,
+        bound: float = 5.0,
+        order: str | Tensor = "natural",
+        residual: bool = False,
+        activation: str = "relu",
+        seed: int | None = None,
+        identity_init: bool = True,
+    ):
+        super().__init__(features, context, RQSpline(bins, bound), hidden, order, residual, activation, seed,
+                         identity_init)

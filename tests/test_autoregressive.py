@@ -1,0 +1,256 @@
+"""Autoregressive structure (MADE, MAF/IAF, spline layers, BNAF) beyond the generic contract."""
+
+import copy
+
+import pytest
+import torch
+
+from exactflow import Inverse
+from exactflow.distributions import ConditionalDiagNormal
+from exactflow.flows import registry as flows
+from exactflow.nets import MADE
+from exactflow.testing import check_flow, randomize_, warm_up
+from exactflow.transforms import registry as transforms
+from exactflow.transforms.autoregressive import MaskedAffineAutoregressive
+from exactflow.transforms.bnaf import BNAF
+
+FEATURES, CONTEXT = 5, 3
+
+
+def declared_order(b):
+    """The autoregressive order a transform declares (``Inverse`` keeps its bijection's), or None."""
+    order = getattr(b, "order", None)
+    if order is None and isinstance(b, Inverse):
+        order = getattr(b.bijection, "order", None)
+    return order
+
+
+def _build(name, ctx):
+    entry = transforms[name]
+    kwargs = {"features": FEATURES, **entry.test_kwargs, "context": ctx}
+    b = entry(**kwargs).double()
+    d = kwargs["features"]
+    x = 0.8 * torch.randn(4, d, dtype=torch.float64) + 0.3
+    c = torch.randn(4, ctx, dtype=torch.float64) if ctx else None
+    warm_up(b, x, c)
+    randomize_(b)  # also puts noise on every masked-out weight: the masks must still hold
+    return b, x, c
+
+
+ORDERED = sorted(n for n, e in transforms.items()
+                 if e.input == "vector" and declared_order(_build(n, 0)[0]) is not None)
+
+
+def test_autoregressive_entries_declare_their_order():
+    for name in ("MaskedAffineAutoregressive", "IAF", "RQSplineAutoregressive", "RQSplineCoupling", "BNAF"):
+        assert name in ORDERED
+
+
+def assert_triangular(jac: torch.Tensor, order: torch.Tensor, what: str) -> None:
+    j = jac[order][:, order]
+    upper = torch.triu(j, diagonal=1)
+    assert upper.abs().max() == 0, f"{what}: output depends on later inputs in its order:\n{j}"
+    assert (torch.diagonal(j) != 0).all(), f"{what}: zero on the diagonal"
+
+
+@pytest.mark.parametrize("ctx", [0, CONTEXT])
+@pytest.mark.parametrize("name", ORDERED)
+def test_jacobian_is_triangular_in_declared_order(name, ctx):
+    b, x, c = _build(name, ctx)
+    order = declared_order(b)
+    z, _ = b(x, c)
+    for i in range(2):
+        ci = None if c is None else c[i : i + 1]
+        fwd = torch.autograd.functional.jacobian(lambda v, ci=ci: b(v[None], ci)[0][0], x[i])
+        inv = torch.autograd.functional.jacobian(lambda v, ci=ci: b.inverse(v[None], ci)[0][0], z[i].detach())
+        assert_triangular(fwd, order, f"{name} forward")
+        assert_triangular(inv, order, f"{name} inverse")
+
+
+MADE_CONFIGS = [
+    dict(order="natural"),
+    dict(order="reversed"),
+    dict(order="random", seed=3),
+    dict(order=torch.tensor([2, 0, 4, 1, 3])),
+    dict(order="random", residual=True, hidden=(12, 12)),
+    dict(order="natural", hidden=(7, 9, 11)),
+]
+
+
+@pytest.mark.parametrize("ctx", [0, CONTEXT])
+@pytest.mark.parametrize("config", MADE_CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_made_connectivity_with_and_without_grad(config, ctx):
+    config = {"hidden": (16, 16), "activation": "tanh", **config}  # tanh: no dead units hiding a connection
+    made = randomize_(MADE(FEATURES, 3, context=ctx, **config).double(), 0.5)
+    order = made.order
+    x = torch.randn(6, FEATURES, dtype=torch.float64)
+    c = torch.randn(6, ctx, dtype=torch.float64) if ctx else None
+    jac = torch.autograd.functional.jacobian(lambda v: made(v[None], c[:1] if ctx else None)[0], x[0])  # (D, P, D)
+    for pos, i in enumerate(order.tolist()):
+        allowed = order[:pos]
+        mask = torch.zeros(FEATURES, dtype=torch.bool)
+        mask[allowed] = True
+        assert jac[i][:, ~mask].abs().max() == 0, f"output {i} depends on a later input"
+        if pos:
+            assert jac[i][:, mask].abs().max() > 0, f"output {i} ignores all earlier inputs"
+    # the cached (no-grad) path keeps the structure and agrees with the grad path
+    with torch.no_grad():
+        base = made(x, c)
+        for j in range(FEATURES):
+            xp = x.clone()
+            xp[:, j] += 1.0
+            changed = (made(xp, c) - base).abs().amax(dim=(0, 2)) > 0
+            later = made.input_degrees > made.input_degrees[j]
+            assert not (changed & ~later).any(), f"perturbing input {j} changed an earlier output"
+    assert torch.equal(base, made(x, c))
+
+
+def test_made_context_reaches_every_output_and_degrees_are_exposed():
+    made = randomize_(MADE(FEATURES, 2, hidden=(10, 10), context=CONTEXT).double())
+    x, c = torch.randn(1, FEATURES, dtype=torch.float64), torch.randn(1, CONTEXT, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda v: made(x, v), c)[0]  # (D, P, 1, C)
+    assert (jac.abs().sum(dim=(-1, -2)) > 0).all()
+    assert len(made.hidden_degrees) == 2
+    for deg in made.hidden_degrees:
+        assert deg.min() == 0 and deg.max() == FEATURES - 1
+    for deg in MADE(FEATURES, 2, hidden=(10, 10)).hidden_degrees:
+        assert deg.min() == 1 and deg.max() == FEATURES - 1
+    assert sorted(made.input_degrees.tolist()) == list(range(1, FEATURES + 1))
+
+
+def test_cached_masked_weights_follow_every_parameter_change():
+    layer = MaskedAffineAutoregressive(FEATURES, hidden=(16,), order="random", seed=1).double()
+    x = torch.randn(8, FEATURES, dtype=torch.float64)
+
+    def outputs():
+        with torch.no_grad():
+            cached = layer(x)[0]
+        return cached, layer(x)[0].detach()
+
+    def optimiser_step():  # an SGD step, in place as torch.optim does it (building an optimiser costs seconds)
+        layer(x)[1].sum().backward()
+        with torch.no_grad():
+            torch._foreach_add_([p for p in layer.parameters()], [p.grad for p in layer.parameters()], alpha=-0.1)
+
+    def load_other():
+        layer.load_state_dict(randomize_(copy.deepcopy(layer)).state_dict())
+
+    def to_float():
+        nonlocal x
+        layer.float()
+        x = x.float()
+
+    for change in (lambda: randomize_(layer), load_other, optimiser_step, to_float):
+        before, _ = outputs()
+        change()
+        cached, fresh = outputs()
+        assert torch.equal(cached, fresh)
+        assert cached.dtype != before.dtype or not torch.equal(cached, before)
+
+
+def test_random_order_survives_state_dict_into_a_differently_seeded_model():
+    a = randomize_(MaskedAffineAutoregressive(FEATURES, hidden=(16,), order="random", seed=1).double())
+    b = MaskedAffineAutoregressive(FEATURES, hidden=(16,), order="random", seed=2).double()
+    assert not torch.equal(a.order, b.order)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(8, FEATURES, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(a(x)[0], b(x)[0]) and torch.equal(a.order, b.order)
+
+
+def _count_made_calls(flow, fn):
+    calls = []
+    hooks = [m.register_forward_hook(lambda *_: calls.append(1)) for m in flow.modules() if isinstance(m, MADE)]
+    fn()
+    for h in hooks:
+        h.remove()
+    return len(calls)
+
+
+def test_iaf_samples_in_one_pass_per_layer_and_maf_scores_in_one():
+    maf = flows["MAF"](features=FEATURES, transforms=3, hidden=(8,))
+    iaf = flows["IAF"](features=FEATURES, transforms=3, hidden=(8,))
+    x = torch.randn(10, FEATURES)
+    assert _count_made_calls(iaf, lambda: iaf.sample(10)) == 3
+    assert _count_made_calls(iaf, lambda: iaf.sample_and_log_prob(10)) == 3
+    assert _count_made_calls(maf, lambda: maf.log_prob(x)) == 3
+    assert _count_made_calls(maf, lambda: maf.sample(10)) == 3 * FEATURES
+
+
+@pytest.mark.parametrize("name", ["MAF", "IAF", "NSF", "NSFAutoregressive", "BNAF"])
+def test_conditional_base_and_batched_context_sampling(name):
+    entry = flows[name]
+    kwargs = {"features": 3, **entry.test_kwargs, "context": CONTEXT, "conditional_base": True}
+    flow = entry(**kwargs).double()
+    assert isinstance(flow.base, ConditionalDiagNormal)
+    x = torch.randn(8, kwargs["features"], dtype=torch.float64)
+    c = torch.randn(8, CONTEXT, dtype=torch.float64)
+    warm_up(flow, x, c)
+    randomize_(flow, 0.2)
+    check_flow(flow, x, c, atol=entry.tolerance, name=f"{name}+ConditionalDiagNormal")
+    assert flow.sample(4, c[:5]).shape == (4, 5, kwargs["features"])
+
+
+def test_conditional_diag_normal_errors():
+    base = ConditionalDiagNormal(2, context=3)
+    with pytest.raises(ValueError, match="needs a context"):
+        base.log_prob(torch.randn(4, 2))
+    with pytest.raises(ValueError, match="expected"):
+        base.rsample(4, torch.randn(5, 3))
+    with pytest.raises(ValueError, match="context >= 1"):
+        ConditionalDiagNormal(2, context=0)
+    with pytest.raises(ValueError, match="conditional_base"):
+        flows["MAF"](features=2, conditional_base=True)
+
+
+def test_bnaf_is_onto_and_its_inverse_gradients_are_the_implicit_ones():
+    b = randomize_(BNAF(3, hidden=(4,)).double(), 0.3)
+    z = torch.tensor([[-40.0, 0.0, 60.0], [5.0, -7.0, 0.5]], dtype=torch.float64)
+    x, _ = b.inverse(z)
+    assert torch.allclose(b(x)[0], z, atol=1e-9)
+    # d/dtheta of sum(inverse(z)) against a central finite difference
+    p = b.layers[0].raw
+    grad = torch.autograd.grad(b.inverse(z)[0].sum(), p)[0]
+    eps, k = 1e-6, (2, 0)
+    with torch.no_grad():
+        p[k] += eps
+        up = b.inverse(z)[0].sum()
+        p[k] -= 2 * eps
+        down = b.inverse(z)[0].sum()
+        p[k] += eps
+    assert torch.allclose(grad[k], (up - down) / (2 * eps), rtol=1e-4, atol=1e-7)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="order"):
+        MADE(3, 2, order="sideways")
+    with pytest.raises(ValueError, match="permutation"):
+        MADE(3, 2, order=torch.tensor([0, 0, 1]))
+    with pytest.raises(ValueError, match="equal hidden widths"):
+        MADE(3, 2, hidden=(8, 16), residual=True)
+    with pytest.raises(ValueError, match="permutation"):
+        flows["MAF"](features=3, permutation="shuffle")
+    with pytest.raises(ValueError, match="alpha"):
+        BNAF(3, alpha=0.0)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("MAF", {"batch_norm": True, "permutation": "random"}),
+        ("MAF", {"residual": True, "permutation": "lu", "hidden": (8, 8)}),
+        ("IAF", {"residual": True, "scale_bound": None}),
+        ("NSFAutoregressive", {"residual": True, "hidden": (8, 8), "permutation": "random"}),
+        ("NSF", {"mask": "alternating", "permutation": "reverse"}),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={x}" for k, x in v.items()),
+)
+def test_preset_options_keep_the_contract(name, kwargs):
+    entry = flows[name]
+    flow = entry(**{"features": 4, **entry.test_kwargs, "context": CONTEXT, **kwargs}).double()
+    x = torch.randn(16, 4, dtype=torch.float64)
+    c = torch.randn(16, CONTEXT, dtype=torch.float64)
+    warm_up(flow, x, c)
+    randomize_(flow, 0.2)
+    check_flow(flow, x, c, atol=entry.tolerance, name=f"{name}{kwargs}")
+
