@@ -28,6 +28,7 @@ import torch
 from .peers import BINS, FLOWS, HIDDEN, LIBRARIES, Model, available, build, parameter_count
 
 OPS = ("log_prob", "train", "sample")
+SLOW_CALL = 2.0  # seconds: calls slower than this are timed once (the peers' autoregressive spline sampling)
 PEER_LABELS = {"realnvp": "RealNVP", "maf": "MAF", "nsf-ar": "NSF (autoregressive)", "nsf-cp": "NSF (coupling)"}
 
 
@@ -109,6 +110,7 @@ class Row:
     limit_ms: float | None = None
     gflop: float | None = None
     skipped: dict[str, str] = field(default_factory=dict)
+    timed_once: list[str] = field(default_factory=list)  # libraries whose single call exceeded SLOW_CALL
 
     @property
     def fastest(self) -> float:
@@ -145,7 +147,8 @@ def _call(model: Model, op: str, x: torch.Tensor) -> Callable[[], object]:
 def time_row(flow: str, op: str, dim: int, batch: int, libraries: list[str], repeats: int, budget: float,
              limit: bool = True) -> Row:
     """Time one row: build every library's flow, warm up, then round-robin ``repeats`` times (fewer
-    when one round would exceed ``budget`` seconds, but at least 3 unless a round exceeds 3 budgets)."""
+    when one round would exceed ``budget`` seconds, but at least 3 unless a round exceeds 3 budgets).
+    A library whose single call takes over ``SLOW_CALL`` seconds is timed by that one call."""
     models, skipped = {}, {}
     for lib in libraries:
         try:
@@ -157,29 +160,35 @@ def time_row(flow: str, op: str, dim: int, batch: int, libraries: list[str], rep
     if op == "train":
         for m in models.values():
             m.module.train()
-    inner, once = {}, {}
+    inner, once, samples = {}, {}, {}
     for lib, fn in calls.items():  # warm-up, and the loop length that makes one measurement last ~20 ms
+        t0 = clock()
         fn()
+        once[lib] = clock() - t0
+        if once[lib] > SLOW_CALL:  # a call of seconds: its warm-up call is its one measurement
+            samples[lib] = [once[lib]]
+            continue
         t0 = clock()
         fn()
         once[lib] = clock() - t0
         inner[lib] = max(1, int(0.02 / max(once[lib], 1e-7)))
-    round_s = sum(max(once[lib] * inner[lib], 0.02) for lib in calls)
+    timed = [lib for lib in calls if lib not in samples]
+    round_s = sum(max(once[lib] * inner[lib], 0.02) for lib in timed)
     reps = repeats if round_s * repeats <= budget else max(3, int(budget / max(round_s, 1e-9)))
     if round_s > 3 * budget:
         reps = 1
-    reps = min(reps, repeats)
-    samples: dict[str, list[float]] = {lib: [] for lib in calls}
-    order = list(calls)
-    for r in range(reps):
-        for lib in order[r % len(order):] + order[: r % len(order)]:
+    reps = min(reps, repeats) if timed else 1
+    samples.update({lib: [] for lib in timed})
+    for r in range(reps if timed else 0):
+        for lib in timed[r % len(timed):] + timed[: r % len(timed)]:
             fn, k = calls[lib], inner[lib]
             t0 = clock()
             for _ in range(k):
                 fn()
             samples[lib].append((clock() - t0) / k)
     ms = {lib: 1e3 * statistics.median(s) for lib, s in samples.items()}
-    row = Row(flow, op, dim, batch, reps, ms, {lib: parameter_count(m) for lib, m in models.items()}, skipped=skipped)
+    row = Row(flow, op, dim, batch, reps, ms, {lib: parameter_count(m) for lib, m in models.items()}, skipped=skipped,
+              timed_once=[lib for lib in calls if lib not in timed])
     if limit and ms:
         row.limit_ms, row.gflop = matmul_ms(flow, dim, batch, op)
     return row
@@ -333,7 +342,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
                     row = time_row(flow, op, dim, batch, libraries, args.repeats, args.budget)
                     rows.append(row)
                     cells = ", ".join(f"{lib} {_fmt_ms(t)} ms" for lib, t in row.ms.items())
-                    print(f"{flow:8s} {op:8s} d={dim:<3d} batch={batch:<5d} x{row.repeats}: {cells}", flush=True)
+                    once = f" (timed once: {', '.join(row.timed_once)})" if row.timed_once else ""
+                    print(f"{flow:8s} {op:8s} d={dim:<3d} batch={batch:<5d} x{row.repeats}: {cells}{once}", flush=True)
                     for lib, why in row.skipped.items():
                         print(f"    {lib} skipped: {why}")
     print("\nparameters per flow (equal sizes across libraries):")

@@ -107,7 +107,8 @@ class MaskedAutoregressive(Bijection):
         return z, logd.sum(-1)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if torch.is_grad_enabled() or self.net.residual:
+        # the incremental sampler needs no gradients and a plain MADE; it pays off once D * batch is not tiny
+        if torch.is_grad_enabled() or self.net.residual or self.features <= 2 or self.features * z.shape[0] < 2048:
             return self._inverse_passes(z, context)
         return self._inverse_incremental(z, context)
 
@@ -143,9 +144,10 @@ class MaskedAutoregressive(Bijection):
             biases.append(layer.bias[o].unsqueeze(1))
             prev = o
         w_in = weights[0][:, :d].t().contiguous()  # row j: first-layer weights of feature j
-        w_out = net.out.masked_weight()[:, prev].t().contiguous()  # (units, D * params)
-        b_out = net.out.bias
+        w_out = net.out.masked_weight()[:, prev].contiguous()  # (D * params, units)
+        b_out = net.out.bias.unsqueeze(1)
         act = net.act
+        relu = type(act) is torch.nn.ReLU
         if context is None:
             pre = biases[0].expand(-1, n).contiguous()  # first-layer pre-activations at x = 0
         else:
@@ -166,14 +168,19 @@ class MaskedAutoregressive(Bijection):
                 lo, hi = (ends[l][t - 1] if t else 0), ends[l][t]
                 if hi > lo:
                     below = ends[l - 1][t]
-                    hidden[l][lo:hi] = act(torch.addmm(biases[l][lo:hi], weights[l][lo:hi, :below], hidden[l - 1][:below]))
+                    block = torch.addmm(biases[l][lo:hi], weights[l][lo:hi, :below], hidden[l - 1][:below],
+                                        out=hidden[l][lo:hi])
+                    if relu:
+                        block.relu_()
+                    else:
+                        block.copy_(act(block))
             i, known = order[t], ends[-1][t]
             rows = slice(i * params, (i + 1) * params)
             if known:
-                theta = torch.addmm(b_out[rows], hidden[-1][:known].t(), w_out[:known, rows])
+                theta = torch.addmm(b_out[rows], w_out[rows, :known], hidden[-1][:known])  # (params, batch)
             else:
-                theta = b_out[rows].expand(n, params)
-            xi, logd = self.univariate.inverse(zt[i].unsqueeze(1), theta.unsqueeze(1))
+                theta = b_out[rows].expand(params, n)
+            xi, logd = self.univariate.inverse(zt[i].unsqueeze(1), theta.t().unsqueeze(1))
             xt[i] = xi[:, 0]
             ladj += logd[:, 0]
         return xt.t(), ladj
