@@ -14,8 +14,8 @@ libraries alike; :func:`parameter_count` shows the networks have the same size.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -111,9 +111,14 @@ class _NflowsNet(nn.Module):
 def _nflows(flow: str, features: int) -> Model:
     from nflows.distributions import StandardNormal
     from nflows.flows import Flow
-    from nflows.transforms import (AffineCouplingTransform, CompositeTransform, MaskedAffineAutoregressiveTransform,
-                                   MaskedPiecewiseRationalQuadraticAutoregressiveTransform,
-                                   PiecewiseRationalQuadraticCouplingTransform, ReversePermutation)
+    from nflows.transforms import (
+        AffineCouplingTransform,
+        CompositeTransform,
+        MaskedAffineAutoregressiveTransform,
+        MaskedPiecewiseRationalQuadraticAutoregressiveTransform,
+        PiecewiseRationalQuadraticCouplingTransform,
+        ReversePermutation,
+    )
 
     made = {"hidden_features": HIDDEN[0], "num_blocks": len(HIDDEN) - 1, "use_residual_blocks": False}
     spline = {"num_bins": BINS, "tails": "linear", "tail_bound": BOUND}

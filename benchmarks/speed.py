@@ -13,6 +13,7 @@ exactly those matrix shapes here (:func:`matmul_ms`). ``of limit`` = limit / exa
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -20,8 +21,8 @@ import platform
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 
@@ -46,7 +47,7 @@ def network_layers(flow: str, features: int) -> list[tuple[int, int]]:
         else:
             n_in, n_out = features, params * features
         widths = [n_in, *HIDDEN, n_out]
-        layers += list(zip(widths[:-1], widths[1:]))
+        layers += list(itertools.pairwise(widths))
     return layers
 
 

@@ -8,7 +8,7 @@ sample in D; IAF the reverse; NSF (coupling) does both in one; BNAF scores in on
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -17,12 +17,12 @@ from ..distributions import ConditionalDiagNormal, Flow, StandardNormal
 from ..registry import FLOWS
 from ..transforms.autoregressive import MaskedAffineAutoregressive
 from ..transforms.bnaf import BNAF as BNAFLayer
+from ..transforms.coupling import CouplingChain
 from ..transforms.linear import LULinear, Permutation, Reverse
 from ..transforms.normalization import BatchNorm
-from ..transforms.coupling import CouplingChain
 from ..transforms.splines import RQSplineAutoregressive, RQSplineCoupling
 
-__all__ = ["MAF", "IAF", "NSF", "NSFAutoregressive", "BNAF"]
+__all__ = ["BNAF", "IAF", "MAF", "NSF", "NSFAutoregressive"]
 
 
 def _mixer(kind: str, features: int, seed: int) -> Bijection | None:
