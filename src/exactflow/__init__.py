@@ -4,14 +4,16 @@ Convention: a bijection's ``forward`` maps data -> latent and returns ``(z, log|
 ``Flow.log_prob(x) = log p_z(T(x)) + log|det dT/dx|``.
 """
 
-from . import data, flows, transforms
+from . import data, flows, targets, transforms
 from .core import Bijection, Compose, Inverse
 from .checkpoint import build, load, save
 from .distributions import DiagNormal, Flow, StandardNormal
 from .distributions import compile_flow as compile
 from .training import History, evaluate, fit, standardize
+from .vi import fit_reverse_kl
 
 __version__ = "0.1.0"
 
 __all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "compile", "flows", "transforms",
-           "build", "save", "load", "fit", "evaluate", "standardize", "History", "__version__"]
+           "targets", "build", "save", "load", "fit", "evaluate", "standardize", "History", "fit_reverse_kl",
+           "__version__"]

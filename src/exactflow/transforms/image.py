@@ -374,9 +374,7 @@ class Logit(Bijection):
         return x, ladj
 
 
-# alpha=0.3 widens the domain to (-0.75, 1.75): the generic check perturbs latent points by N(0, 0.1^2),
-# and for Inverse(Logit) those points are data in (0.05, 0.95) that must stay inside the domain.
-@TRANSFORMS.register("Logit", input="image", conditional=False, domain="unit", test_kwargs={"alpha": 0.3})
+@TRANSFORMS.register("Logit", input="image", conditional=False, domain="unit")
 def logit(shape: tuple[int, ...] | None = None, context: int = 0, alpha: float = 0.05) -> Logit:
     """Logit preprocessing for data in (0, 1): x = logit(alpha + (1 - 2 alpha) y), with its log-det."""
     return Logit(alpha)

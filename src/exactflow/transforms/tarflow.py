@@ -1,0 +1,210 @@
+"""TarFlow blocks (Zhai et al., ICML 2025, "Normalizing Flows are Capable Generative Models").
+
+The input is cut into a sequence of ``T`` patches ``x_0 .. x_{T-1}`` (images ``(C, H, W)`` into
+``p x p`` patches of ``C p^2`` values; vectors ``(D,)`` into ``D / p`` groups of ``p`` features).
+A causal transformer reads ``[start, x_0, ..., x_{T-2}]`` (plus the context) and predicts, at
+position ``i``, a shift ``mu_i`` and log-scale ``s_i`` that depend on ``x_{<i}`` only. Data -> latent:
+
+    z_i = (x_i - mu_i(x_{<i})) * exp(-s_i(x_{<i})),     log|det dz/dx| = -sum_i sum s_i,
+
+computed for all patches in one parallel causal pass. The Jacobian is block triangular in the patch
+order, so log|det| is the sum of log-scales. Latent -> data is sequential:
+``x_i = z_i * exp(s_i) + mu_i`` once ``x_{<i}`` is known; a key/value cache makes step ``i`` cost
+the work of one patch (``use_cache=False`` recomputes the whole prefix each step, for checking).
+
+Patch 0 is transformed by the learned start token (and the context), a constant affine map when
+unconditional; the paper leaves patch 0 unchanged in each block. ``flip=True`` reverses the patch
+order, and a TarFlow stack alternates it between blocks so every patch is conditioned on every other.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core import Bijection
+from ..registry import TRANSFORMS
+from ..utils import soft_clamp
+
+__all__ = ["TarFlowBlock", "patchify", "unpatchify"]
+
+Cache = list[tuple[Tensor, Tensor]]
+
+
+def patchify(x: Tensor, patch: int) -> Tensor:
+    """``(B, C, H, W) -> (B, (H/p)(W/p), C p p)`` in row-major patch order; ``(B, D) -> (B, D/p, p)``."""
+    if x.dim() == 2:
+        return x.reshape(x.shape[0], x.shape[1] // patch, patch)
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
+
+
+def unpatchify(x: Tensor, shape: tuple[int, ...], patch: int) -> Tensor:
+    """Inverse of :func:`patchify` for events of ``shape`` (``(D,)`` or ``(C, H, W)``)."""
+    b = x.shape[0]
+    if len(shape) == 1:
+        return x.reshape(b, shape[0])
+    c, h, w = shape
+    x = x.reshape(b, h // patch, w // patch, c, patch, patch)
+    return x.permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+class _Attention(nn.Module):
+    """Multi-head causal self-attention that can extend a key/value cache one position at a time."""
+
+    def __init__(self, channels: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.out = nn.Linear(channels, channels)
+
+    def _split(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, t, c = h.shape
+        q, k, v = self.qkv(h).reshape(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def forward(self, h: Tensor) -> Tensor:
+        q, k, v = self._split(h)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(h.shape))
+
+    def step(self, h: Tensor, cache: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """One new position ``h`` ``(B, 1, C)`` attending to the cached ones and itself."""
+        q, k, v = self._split(h)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(h.shape)), (k, v)
+
+
+class _Layer(nn.Module):
+    """Pre-norm transformer layer: ``h + attn(LN h)``, then ``h + MLP(LN h)``."""
+
+    def __init__(self, channels: int, heads: int, expansion: int = 4):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(channels)
+        self.attn = _Attention(channels, heads)
+        self.norm2 = nn.LayerNorm(channels)
+        self.mlp = nn.Sequential(nn.Linear(channels, expansion * channels), nn.GELU(),
+                                 nn.Linear(expansion * channels, channels))
+
+    def forward(self, h: Tensor) -> Tensor:
+        h = h + self.attn(self.norm1(h))
+        return h + self.mlp(self.norm2(h))
+
+    def step(self, h: Tensor, cache: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        a, cache = self.attn.step(self.norm1(h), cache)
+        h = h + a
+        return h + self.mlp(self.norm2(h)), cache
+
+
+@TRANSFORMS.register("TarFlowBlock", input="image",
+                     test_kwargs={"patch": 2, "channels": 16, "layers": 1, "heads": 2})
+class TarFlowBlock(Bijection):
+    """One TarFlow block: an affine autoregressive map over patches, conditioned by a causal transformer.
+
+    On images ``shape=(C, H, W)`` or vectors ``features=D`` (see the module doc):
+    ``z_i = (x_i - mu_i) * exp(-s_i)`` with ``(mu_i, s_i)`` from a causal transformer over ``x_{<i}``;
+    log|det dz/dx| = -sum s. ``channels`` is the transformer width, ``layers`` its depth; the log-scale
+    is bounded smoothly by ``scale_bound`` (``None``: unbounded, as in the paper)."""
+
+    def __init__(self, shape: tuple[int, ...] | None = None, features: int | None = None, context: int = 0,
+                 patch: int = 1, channels: int = 64, layers: int = 2, heads: int = 4, flip: bool = False,
+                 scale_bound: float | None = 3.0):
+        super().__init__()
+        if (shape is None) == (features is None):
+            raise ValueError("give exactly one of shape=(C, H, W) for images or features=D for vectors")
+        self.shape = (features,) if features is not None else tuple(shape)
+        if len(self.shape) not in (1, 3):
+            raise ValueError(f"shape {self.shape}: expected (D,) or (C, H, W)")
+        if patch < 1 or any(n % patch for n in self.shape[-2:] if len(self.shape) == 3) or (
+                len(self.shape) == 1 and self.shape[0] % patch):
+            raise ValueError(f"patch {patch} must be >= 1 and divide the spatial size of {self.shape}")
+        if channels % heads:
+            raise ValueError(f"channels ({channels}) must be divisible by heads ({heads})")
+        self.patch, self.flip, self.scale_bound = patch, flip, scale_bound
+        if len(self.shape) == 1:
+            self.tokens, self.token_dim = self.shape[0] // patch, patch
+        else:
+            c, h, w = self.shape
+            self.tokens, self.token_dim = (h // patch) * (w // patch), c * patch * patch
+        self.embed = nn.Linear(self.token_dim, channels)
+        self.start = nn.Parameter(torch.zeros(1, 1, channels))
+        self.position = nn.Parameter(torch.randn(1, self.tokens, channels) / math.sqrt(channels))
+        self.context_embed = nn.Linear(context, channels) if context else None
+        self.layers = nn.ModuleList(_Layer(channels, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(channels)
+        self.head = nn.Linear(channels, 2 * self.token_dim)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    # sequence <-> event
+    def _to_seq(self, x: Tensor) -> Tensor:
+        s = patchify(x, self.patch)
+        return s.flip(1) if self.flip else s
+
+    def _from_seq(self, s: Tensor) -> Tensor:
+        return unpatchify(s.flip(1) if self.flip else s, self.shape, self.patch)
+
+    def _inputs(self, h: Tensor, offset: int, context: Tensor | None) -> Tensor:
+        """Add position (from ``offset``) and context embeddings to embedded inputs ``h`` ``(B, t, channels)``."""
+        h = h + self.position[:, offset: offset + h.shape[1]]
+        if self.context_embed is not None:
+            h = h + self.context_embed(context.to(h.dtype)).unsqueeze(1)
+        return h
+
+    def _params(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        mu, s = self.head(self.norm(h)).chunk(2, dim=-1)
+        return mu, soft_clamp(s, self.scale_bound)
+
+    def _shifted(self, seq: Tensor, context: Tensor | None) -> Tensor:
+        """Transformer input for all positions: ``[start, embed(x_0), ..., embed(x_{T-2})]``."""
+        start = self.start.expand(seq.shape[0], 1, -1)
+        body = self.embed(seq[:, :-1])
+        return self._inputs(torch.cat([start, body], 1), 0, context)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        seq = self._to_seq(x)
+        h = self._shifted(seq, context)
+        for layer in self.layers:
+            h = layer(h)
+        mu, s = self._params(h)
+        z = (seq - mu) * torch.exp(-s)
+        return self._from_seq(z), -s.flatten(1).sum(-1)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None, use_cache: bool = True) -> tuple[Tensor, Tensor]:
+        zs = self._to_seq(z)
+        b = zs.shape[0]
+        start = self.start.expand(b, 1, -1)
+        xs: list[Tensor] = []
+        ladj = zs.new_zeros(b)
+        caches: Cache | None = None
+        for i in range(self.tokens):
+            if use_cache:
+                token = start if i == 0 else self.embed(xs[-1])
+                h = self._inputs(token, i, context)
+                new: Cache = []
+                for j, layer in enumerate(self.layers):
+                    h, kv = layer.step(h, None if caches is None else caches[j])
+                    new.append(kv)
+                caches = new
+            else:
+                prefix = torch.cat([start, self.embed(torch.cat(xs, 1))], 1) if xs else start
+                h = self._inputs(prefix, 0, context)
+                for layer in self.layers:
+                    h = layer(h)
+                h = h[:, -1:]
+            mu, s = self._params(h)
+            xs.append(zs[:, i: i + 1] * torch.exp(s) + mu)
+            ladj = ladj + s.flatten(1).sum(-1)
+        return self._from_seq(torch.cat(xs, 1)), ladj
+
+
+@TRANSFORMS.register("TarFlowBlock1d", test_kwargs={"patch": 1, "channels": 16, "layers": 1, "heads": 2})
+def TarFlowBlock1d(features: int, context: int = 0, **kwargs) -> TarFlowBlock:
+    """A TarFlow block on vectors: each group of ``patch`` features (default 1) is one patch."""
+    return TarFlowBlock(features=features, context=context, **kwargs)
