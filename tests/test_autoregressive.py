@@ -174,7 +174,8 @@ def test_iaf_samples_in_one_pass_per_layer_and_maf_scores_in_one():
     assert _count_made_calls(iaf, lambda: iaf.sample(10)) == 3
     assert _count_made_calls(iaf, lambda: iaf.sample_and_log_prob(10)) == 3
     assert _count_made_calls(maf, lambda: maf.log_prob(x)) == 3
-    assert _count_made_calls(maf, lambda: maf.sample(10)) == 3 * FEATURES
+    assert _count_made_calls(maf, lambda: maf.sample(1000)) == 0  # incremental sampler: no full MADE pass
+    assert _count_made_calls(maf, lambda: maf.rsample(10)) == 3 * FEATURES  # differentiable: D passes a layer
 
 
 @pytest.mark.parametrize("name", ["MAF", "IAF", "NSF", "NSFAutoregressive", "BNAF"])

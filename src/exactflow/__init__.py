@@ -8,10 +8,12 @@ from . import data, flows, targets, transforms
 from .core import Bijection, Compose, Inverse
 from .checkpoint import build, load, save
 from .distributions import DiagNormal, Flow, StandardNormal
+from .distributions import compile_flow as compile
 from .training import History, evaluate, fit, standardize
 from .vi import fit_reverse_kl
 
 __version__ = "0.1.0"
 
-__all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "flows", "transforms", "targets",
-           "build", "save", "load", "fit", "evaluate", "standardize", "History", "fit_reverse_kl", "__version__"]
+__all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "compile", "flows", "transforms",
+           "targets", "build", "save", "load", "fit", "evaluate", "standardize", "History", "fit_reverse_kl",
+           "__version__"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Bijection", "Compose", "Inverse"]
+__all__ = ["Bijection", "Compose", "Inverse", "total_ladj"]
 
 
 class Bijection(nn.Module):
@@ -63,18 +63,18 @@ class Compose(Bijection):
         return all(b.analytic_forward for b in self.bijections)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        total = x.new_zeros(x.shape[0])
+        ladjs = []
         for b in self.bijections:
             x, ladj = b(x, context)
-            total = total + ladj
-        return x, total
+            ladjs.append(ladj)
+        return x, total_ladj(ladjs, x)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        total = z.new_zeros(z.shape[0])
+        ladjs = []
         for b in reversed(self.bijections):
             z, ladj = b.inverse(z, context)
-            total = total + ladj
-        return z, total
+            ladjs.append(ladj)
+        return z, total_ladj(ladjs, z)
 
     def trajectory(self, z: Tensor, context: Tensor | None = None) -> list[Tensor]:
         """Latent -> data, returning the point after every layer (``[z, ..., x]``), for morph plots."""
@@ -83,6 +83,15 @@ class Compose(Bijection):
             z, _ = b.inverse(z, context)
             points.append(z)
         return points
+
+
+def total_ladj(ladjs: list[Tensor], x: Tensor) -> Tensor:
+    """Sum of the layers' log-dets in one reduction (not one addition per layer)."""
+    if not ladjs:
+        return x.new_zeros(x.shape[0])
+    if len(ladjs) == 1:
+        return ladjs[0]
+    return torch.stack(ladjs).sum(0)
 
 
 class Inverse(Bijection):

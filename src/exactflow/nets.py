@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["MLP", "MADE", "MaskedLinear", "made_degrees"]
@@ -35,6 +36,17 @@ class MLP(nn.Sequential):
             nn.init.zeros_(last.bias)
         layers.append(last)
         super().__init__(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # the layers called directly (no per-module __call__); ReLU in place on the fresh linear output
+        for m in self._modules.values():
+            if type(m) is nn.Linear:
+                x = F.linear(x, m.weight, m.bias)
+            elif type(m) is nn.ReLU:
+                x = torch.relu_(x)
+            else:
+                x = m(x)
+        return x
 
 
 def join_context(x: Tensor, context: Tensor | None) -> Tensor:
@@ -186,11 +198,18 @@ class MADE(nn.Module):
         return [getattr(self, f"hidden_degrees_{i}") for i in range(len(self.layers))]
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        h = self.layers[0](join_context(x, context))
+        # layers applied functionally (masked weights folded once under no_grad, see MaskedLinear); no
+        # per-call module slicing or sub-module __call__, ReLU in place on fresh linear outputs
+        relu = type(self.act) is nn.ReLU
+        act = torch.relu_ if relu else self.act  # on fresh outputs only
+        layers = list(self.layers)
+        h = F.linear(join_context(x, context), layers[0].masked_weight(), layers[0].bias)
         if self.residual:
-            for first, second in zip(self.layers[1::2], self.layers[2::2]):
-                h = h + second(self.act(first(self.act(h))))
+            for first, second in zip(layers[1::2], layers[2::2]):
+                inner = act(F.linear(torch.relu(h) if relu else self.act(h), first.masked_weight(), first.bias))
+                h = h + F.linear(inner, second.masked_weight(), second.bias)
         else:
-            for layer in self.layers[1:]:
-                h = layer(self.act(h))
-        return self.out(self.act(h)).reshape(x.shape[0], self.features, self.params)
+            for layer in layers[1:]:
+                h = F.linear(act(h), layer.masked_weight(), layer.bias)
+        out = F.linear(act(h), self.out.masked_weight(), self.out.bias)
+        return out.reshape(x.shape[0], self.features, self.params)

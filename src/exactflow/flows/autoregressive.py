@@ -8,7 +8,7 @@ sample in D; IAF the reverse; NSF (coupling) does both in one; BNAF scores in on
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -17,29 +17,34 @@ from ..distributions import ConditionalDiagNormal, Flow, StandardNormal
 from ..registry import FLOWS
 from ..transforms.autoregressive import MaskedAffineAutoregressive
 from ..transforms.bnaf import BNAF as BNAFLayer
+from ..transforms.coupling import CouplingChain
 from ..transforms.linear import LULinear, Permutation, Reverse
 from ..transforms.normalization import BatchNorm
 from ..transforms.splines import RQSplineAutoregressive, RQSplineCoupling
 
-__all__ = ["MAF", "IAF", "NSF", "NSFAutoregressive", "BNAF"]
+__all__ = ["BNAF", "IAF", "MAF", "NSF", "NSFAutoregressive"]
 
 
-def _mixer(kind: str, features: int, seed: int) -> Bijection:
-    """The fixed map put between autoregressive layers so every feature gets conditioned on the others."""
+def _mixer(kind: str, features: int, seed: int) -> Bijection | None:
+    """The fixed map put between autoregressive layers so every feature gets conditioned on the others
+    (``"none"``: nothing, for coupling layers whose fixed half already alternates)."""
+    if kind == "none":
+        return None
     if kind == "reverse":
         return Reverse(features)
     if kind == "random":
         return Permutation(features, seed=seed)
     if kind == "lu":
         return LULinear(features, seed=seed)
-    raise ValueError(f"unknown permutation {kind!r}: use 'reverse', 'random' or 'lu'")
+    raise ValueError(f"unknown permutation {kind!r}: use 'reverse', 'random', 'lu' or 'none'")
 
 
-def _flow(layers: list[nn.Module], features: int, context: int, conditional_base: bool) -> Flow:
+def _flow(layers: list[nn.Module], features: int, context: int, conditional_base: bool,
+          compose: type[Compose] = Compose) -> Flow:
     if conditional_base and not context:
         raise ValueError("conditional_base=True needs context > 0")
     base = ConditionalDiagNormal(features, context) if conditional_base else StandardNormal(features)
-    return Flow(Compose(*layers), base, context=context)
+    return Flow(compose(*layers), base, context=context)
 
 
 def _stack(make, features: int, transforms: int, permutation: str, batch_norm: bool = False) -> list[nn.Module]:
@@ -51,7 +56,9 @@ def _stack(make, features: int, transforms: int, permutation: str, batch_norm: b
         if i:
             if batch_norm:
                 layers.append(BatchNorm(features))
-            layers.append(_mixer(permutation, features, seed=i))
+            mixer = _mixer(permutation, features, seed=i)
+            if mixer is not None:
+                layers.append(mixer)
         layers.append(make(i))
     return layers
 
@@ -93,11 +100,11 @@ def NSF(features: int, context: int = 0, transforms: int = 3, hidden: Sequence[i
 
     ``transforms`` rational-quadratic spline couplings (``bins`` bins on ``[-bound, bound]``, identity tails),
     the fixed half flipping every layer, with a ``permutation`` (default an LU-parametrised linear map, as in
-    the paper) between them."""
+    the paper) between them, or none (``permutation="none"``)."""
     layers = _stack(lambda i: RQSplineCoupling(features, context, mask=mask, flip=i % 2 == 1, hidden=hidden, bins=bins,
                                                bound=bound),
                     features, transforms, permutation)
-    return _flow(layers, features, context, conditional_base)
+    return _flow(layers, features, context, conditional_base, CouplingChain)
 
 
 @FLOWS.register("NSFAutoregressive", test_kwargs={"transforms": 2, "hidden": (16, 16), "bins": 4})

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..core import Compose
 from ..distributions import Flow, StandardNormal
 from ..registry import FLOWS
-from ..transforms.coupling import AdditiveCoupling, AffineCoupling
+from ..transforms.coupling import AdditiveCoupling, AffineCoupling, CouplingChain
 from ..transforms.elementwise import ElementwiseAffine
 from ..transforms.normalization import BatchNorm
 
@@ -24,7 +23,7 @@ def RealNVP(features: int, context: int = 0, transforms: int = 8, hidden: Sequen
         layers.append(AffineCoupling(features, context, mask=mask, flip=i % 2 == 1, hidden=hidden, scale_bound=scale_bound))
         if batch_norm and i < transforms - 1:
             layers.append(BatchNorm(features))
-    return Flow(Compose(*layers), StandardNormal(features), context=context)
+    return Flow(CouplingChain(*layers), StandardNormal(features), context=context)
 
 
 @FLOWS.register("NICE", test_kwargs={"transforms": 3, "hidden": (16,)})
@@ -34,4 +33,4 @@ def NICE(features: int, context: int = 0, transforms: int = 4, hidden: Sequence[
     diagonal scaling (the only volume change), on N(0, I)."""
     layers = [AdditiveCoupling(features, context, mask=mask, flip=i % 2 == 1, hidden=hidden) for i in range(transforms)]
     layers.append(ElementwiseAffine(features))
-    return Flow(Compose(*layers), StandardNormal(features), context=context)
+    return Flow(CouplingChain(*layers), StandardNormal(features), context=context)

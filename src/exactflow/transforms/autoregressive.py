@@ -18,7 +18,6 @@ from torch import Tensor
 from ..core import Bijection, Inverse
 from ..nets import MADE
 from ..registry import TRANSFORMS
-from ..utils import soft_clamp
 
 __all__ = ["Univariate", "AffineUnivariate", "MaskedAutoregressive", "MaskedAffineAutoregressive", "IAF"]
 
@@ -50,16 +49,20 @@ class AffineUnivariate(Univariate):
             raise ValueError(f"scale_bound must be positive or None, got {scale_bound}")
         self.scale_bound = scale_bound
 
-    def _shift_scale(self, p: Tensor) -> tuple[Tensor, Tensor]:
-        return p[..., 0], soft_clamp(p[..., 1], self.scale_bound)
+    def _log_scale(self, raw: Tensor, sign: float) -> Tensor:
+        """``sign * s``; ``B tanh(r / B) = 2B sigmoid(2r / B) - B`` (torch's sigmoid is much faster than tanh)."""
+        bound = self.scale_bound
+        if bound is None:
+            return raw if sign > 0 else -raw
+        return torch.add(torch.sigmoid(raw * (2 / bound)), -0.5).mul_(2 * bound * sign)
 
     def forward(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
-        mu, s = self._shift_scale(p)
-        return (x - mu) * torch.exp(-s), -s
+        neg_s = self._log_scale(p[..., 1], -1.0)
+        return (x - p[..., 0]) * torch.exp(neg_s), neg_s
 
     def inverse(self, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
-        mu, s = self._shift_scale(p)
-        return z * torch.exp(s) + mu, s
+        s = self._log_scale(p[..., 1], 1.0)
+        return torch.addcmul(p[..., 0], z, torch.exp(s)), s
 
     def __repr__(self) -> str:
         return f"AffineUnivariate(scale_bound={self.scale_bound})"
@@ -104,10 +107,83 @@ class MaskedAutoregressive(Bijection):
         return z, logd.sum(-1)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        # the incremental sampler needs no gradients and a plain MADE; it pays off once D * batch is not tiny
+        if torch.is_grad_enabled() or self.net.residual or self.features <= 2 or self.features * z.shape[0] < 2048:
+            return self._inverse_passes(z, context)
+        return self._inverse_incremental(z, context)
+
+    def _inverse_passes(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """D full MADE passes ``x <- f^-1(z; MADE(x))`` from ``x = 0`` (differentiable; any MADE)."""
         x = torch.zeros_like(z)
         for _ in range(self.features):
             x, logd = self.univariate.inverse(z, self.net(x, context))
         return x, logd.sum(-1)
+
+    @torch.no_grad()
+    def _inverse_incremental(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The same inverse in about one MADE pass of arithmetic (no gradients; plain, non-residual MADE).
+
+        A hidden unit of degree m depends only on the features of degree <= m, so once the feature of degree
+        t - 1 is known, the units of degree t - 1 are final and nothing else changes: step t adds that
+        feature's column to the first layer (a rank-1 update), computes the units of degree t - 1 of each
+        deeper layer from the final units below, then the parameters of the feature of degree t from the
+        final units of the last layer, and inverts that one feature. Hidden units are sorted by degree, so
+        each step touches contiguous blocks; states are kept as ``(units, batch)`` for contiguous rows.
+        """
+        net, d, n = self.net, self.features, z.shape[0]
+        params = net.params
+        degrees = net.hidden_degrees
+        sort = [torch.argsort(g, stable=True) for g in degrees]
+        # ends[l][m] = number of units of layer l with degree <= m (sorted, so units of degree m are a block)
+        ends = [torch.searchsorted(g[o], torch.arange(d + 1, device=g.device), right=True).tolist()
+                for g, o in zip(degrees, sort)]
+        weights, biases, prev = [], [], None
+        for layer, o in zip(net.layers, sort):
+            w = layer.masked_weight()[o]
+            weights.append(w if prev is None else w[:, prev].contiguous())
+            biases.append(layer.bias[o].unsqueeze(1))
+            prev = o
+        w_in = weights[0][:, :d].t().contiguous()  # row j: first-layer weights of feature j
+        w_out = net.out.masked_weight()[:, prev].contiguous()  # (D * params, units)
+        b_out = net.out.bias.unsqueeze(1)
+        act = net.act
+        relu = type(act) is torch.nn.ReLU
+        if context is None:
+            pre = biases[0].expand(-1, n).contiguous()  # first-layer pre-activations at x = 0
+        else:
+            pre = torch.addmm(biases[0], weights[0][:, d:], context.to(z.dtype).t())
+        hidden = [z.new_empty(w.shape[0], n) for w in weights]
+        zt = z.t().contiguous()
+        xt = torch.empty_like(zt)
+        ladj = z.new_zeros(n)
+        order = net.order.tolist()
+        for t in range(d):  # find the feature of degree t + 1; units of degree t are complete
+            if t:
+                j, lo = order[t - 1], ends[0][t - 1]
+                pre[lo:].addr_(w_in[j, lo:], xt[j])
+            lo, hi = (ends[0][t - 1] if t else 0), ends[0][t]
+            if hi > lo:
+                hidden[0][lo:hi] = act(pre[lo:hi])
+            for l in range(1, len(weights)):
+                lo, hi = (ends[l][t - 1] if t else 0), ends[l][t]
+                if hi > lo:
+                    below = ends[l - 1][t]
+                    block = torch.addmm(biases[l][lo:hi], weights[l][lo:hi, :below], hidden[l - 1][:below],
+                                        out=hidden[l][lo:hi])
+                    if relu:
+                        block.relu_()
+                    else:
+                        block.copy_(act(block))
+            i, known = order[t], ends[-1][t]
+            rows = slice(i * params, (i + 1) * params)
+            if known:
+                theta = torch.addmm(b_out[rows], w_out[rows, :known], hidden[-1][:known])  # (params, batch)
+            else:
+                theta = b_out[rows].expand(params, n)
+            xi, logd = self.univariate.inverse(zt[i].unsqueeze(1), theta.t().unsqueeze(1))
+            xt[i] = xi[:, 0]
+            ladj += logd[:, 0]
+        return xt.t(), ladj
 
     def extra_repr(self) -> str:
         return f"features={self.features}, univariate={self.univariate!r}"

@@ -8,12 +8,11 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..core import Bijection
+from ..core import Bijection, Compose, total_ladj
 from ..nets import MLP, join_context
 from ..registry import TRANSFORMS
-from ..utils import soft_clamp
 
-__all__ = ["Coupling", "AdditiveCoupling", "AffineCoupling", "coupling_mask"]
+__all__ = ["Coupling", "CouplingChain", "AdditiveCoupling", "AffineCoupling", "coupling_mask"]
 
 
 def coupling_mask(features: int, mask: str | Tensor = "half", flip: bool = False) -> Tensor:
@@ -51,29 +50,89 @@ class Coupling(Bijection):
         self.register_buffer("idx_id", torch.nonzero(m).flatten())
         self.register_buffer("idx_tr", torch.nonzero(~m).flatten())
         self.register_buffer("merge", torch.argsort(torch.cat([self.idx_id, self.idx_tr])))
-        n_tr = int((~m).sum())
-        self.net = MLP(int(m.sum()) + context, self.params_per_feature * n_tr, hidden, activation)
+        n_id, n_tr = int(m.sum()), int((~m).sum())
+        # a fixed part that is one contiguous block (the "half" masks) is split by slicing, not gathering:
+        # x = [x[:, :cut], x[:, cut:]] with the fixed block first or last
+        if m[:n_id].all():
+            self.fixed_first, self.cut = True, n_id
+        elif m[n_tr:].all():
+            self.fixed_first, self.cut = False, n_tr
+        else:
+            self.fixed_first, self.cut = None, 0
+        self.net = MLP(n_id + context, self.params_per_feature * n_tr, hidden, activation)
+
+    def _parts(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.fixed_first is None:
+            return x[:, self.idx_id], x[:, self.idx_tr]
+        a, b = x[:, : self.cut], x[:, self.cut :]
+        return (a, b) if self.fixed_first else (b, a)
+
+    def _merge(self, x_id: Tensor, y_tr: Tensor) -> Tensor:
+        if self.fixed_first is None:
+            return torch.cat([x_id, y_tr], -1)[:, self.merge]
+        return torch.cat([x_id, y_tr] if self.fixed_first else [y_tr, x_id], -1)
 
     def _split(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        x_id, x_tr = x[:, self.idx_id], x[:, self.idx_tr]
-        params = self.net(join_context(x_id, context))
-        return x_id, x_tr, params
+        x_id, x_tr = self._parts(x)
+        return x_id, x_tr, self.net(x_id if context is None else join_context(x_id, context))
+
+    def step(self, x_id: Tensor, x_tr: Tensor, context: Tensor | None, inverse: bool = False) -> tuple[Tensor, Tensor]:
+        """The coupling on its two parts: the new transformed part and the log-det (``inverse`` for latent -> data)."""
+        params = self.net(x_id if context is None else join_context(x_id, context))
+        return self._unmap(x_tr, params) if inverse else self._map(x_tr, params)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x_id, x_tr, params = self._split(x, context)
-        z_tr, ladj = self._map(x_tr, params)
-        return torch.cat([x_id, z_tr], -1)[:, self.merge], ladj
+        x_id, x_tr = self._parts(x)
+        z_tr, ladj = self.step(x_id, x_tr, context)
+        return self._merge(x_id, z_tr), ladj
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        z_id, z_tr, params = self._split(z, context)
-        x_tr, ladj = self._unmap(z_tr, params)
-        return torch.cat([z_id, x_tr], -1)[:, self.merge], ladj
+        z_id, z_tr = self._parts(z)
+        x_tr, ladj = self.step(z_id, z_tr, context, inverse=True)
+        return self._merge(z_id, x_tr), ladj
 
     def _map(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
     def _unmap(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+
+class CouplingChain(Compose):
+    """:class:`~exactflow.Compose` for coupling layers: between consecutive couplings that cut x at the
+    same column (alternating "half" masks), x stays in its two blocks, so each layer costs its network
+    and its elementwise map, with no slicing or concatenation. Same layers, parameters and results as
+    ``Compose``; layers are run through :meth:`Coupling.step` (per-layer forward hooks are not called)."""
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._run(x, context, list(self.bijections), inverse=False)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._run(z, context, list(reversed(self.bijections)), inverse=True)
+
+    def _run(self, x: Tensor, context: Tensor | None, layers: list, inverse: bool) -> tuple[Tensor, Tensor]:
+        ladjs = []
+        a = b = None  # x == cat([a, b]) cut at column `cut` while split
+        cut = 0
+        for layer in layers:
+            if isinstance(layer, Coupling) and layer.fixed_first is not None:
+                if a is None or cut != layer.cut:
+                    if a is not None:
+                        x = torch.cat([a, b], -1)
+                    cut = layer.cut
+                    a, b = x[:, :cut], x[:, cut:]
+                if layer.fixed_first:
+                    b, ladj = layer.step(a, b, context, inverse)
+                else:
+                    a, ladj = layer.step(b, a, context, inverse)
+            else:
+                if a is not None:
+                    x, a, b = torch.cat([a, b], -1), None, None
+                x, ladj = layer.inverse(x, context) if inverse else layer(x, context)
+            ladjs.append(ladj)
+        if a is not None:
+            x = torch.cat([a, b], -1)
+        return x, total_ladj(ladjs, x)
 
 
 @TRANSFORMS.register("AdditiveCoupling")
@@ -103,14 +162,19 @@ class AffineCoupling(Coupling):
         super().__init__(features, context, mask, flip, hidden, activation)
         self.scale_bound = scale_bound
 
-    def _shift_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        shift, raw = params.chunk(2, dim=-1)
-        return shift, soft_clamp(raw, self.scale_bound)
-
     def _map(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        shift, s = self._shift_scale(params)
-        return (x - shift) * torch.exp(-s), -s.sum(-1)
+        shift, raw = params.chunk(2, dim=-1)
+        bound = self.scale_bound
+        if bound is None:
+            return (x - shift) * torch.exp(-raw), -raw.sum(-1)
+        # -s = -B tanh(raw / B) = B - 2B sigmoid(2 raw / B): torch's sigmoid is several times faster than tanh
+        neg_s = torch.rsub(torch.sigmoid(raw * (2 / bound)), bound, alpha=2 * bound)
+        return (x - shift) * torch.exp(neg_s), neg_s.sum(-1)
 
     def _unmap(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        shift, s = self._shift_scale(params)
-        return z * torch.exp(s) + shift, s.sum(-1)
+        shift, raw = params.chunk(2, dim=-1)
+        bound = self.scale_bound
+        if bound is None:
+            return torch.addcmul(shift, z, torch.exp(raw)), raw.sum(-1)
+        s = torch.sigmoid(raw * (2 / bound)).sub(0.5).mul_(2 * bound)  # B tanh(raw / B)
+        return torch.addcmul(shift, z, torch.exp(s)), s.sum(-1)

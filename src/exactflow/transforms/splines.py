@@ -33,10 +33,6 @@ from .coupling import Coupling
 __all__ = ["RQSpline", "ElementwiseRQSpline", "RQSplineCoupling", "RQSplineAutoregressive"]
 
 
-def _gather(t: Tensor, idx: Tensor) -> Tensor:
-    return torch.gather(t, -1, idx.unsqueeze(-1)).squeeze(-1)
-
-
 class RQSpline(Univariate):
     """Rational-quadratic spline kernel with ``bins`` bins on ``[-bound, bound]`` and identity tails.
 
@@ -64,54 +60,85 @@ class RQSpline(Univariate):
     def __repr__(self) -> str:
         return f"RQSpline(bins={self.bins}, bound={self.bound})"
 
-    def _knots(self, raw: Tensor, minimum: float) -> Tensor:
-        """``K + 1`` increasing knots from ``-B`` to ``B`` (exactly) from ``K`` unnormalised sizes."""
-        sizes = minimum + (1 - minimum * self.bins) * torch.softmax(raw, dim=-1)
-        inner = -self.bound + 2 * self.bound * torch.cumsum(sizes[..., :-1], dim=-1)
-        ends = raw.new_full((*raw.shape[:-1], 1), self.bound)
-        return torch.cat([-ends, inner, ends], dim=-1)
+    def _columns(self, p: Tensor) -> Tensor:
+        """``p`` as ``(3K - 1, N)``: one contiguous row per parameter, so every op below runs along rows
+        of N elements (softmax along a short last dimension is very slow on CPU)."""
+        if p.shape[-1] != self.n_params:
+            raise ValueError(f"spline parameters have {p.shape[-1]} entries per element: expected {self.n_params}")
+        return p.reshape(-1, self.n_params).t().contiguous()
+
+    def _bin(self, cols: Tensor, v: Tensor, kind: int) -> tuple[Tensor, ...]:
+        """The bin holding ``v`` (``(N,)``, inside ``[-B, B]``) along the x knots (``kind`` 0) or the y knots (1),
+        and that bin's ``(x_k, w, y_k, h, d_k, d_{k+1})``; a value on a knot goes to the bin it starts.
+
+        Only the softmax over the bins and its running sum are formed for every bin; the knot positions,
+        sizes and derivatives of the one bin in use are gathered and finished on ``(N,)`` vectors:
+        ``x_k = -B + 2B (k m + (1 - K m) S_k)`` with ``S_k`` the softmax mass of bins ``< k`` and ``m`` the minimum size.
+        """
+        k, bound, n = self.bins, self.bound, v.shape[0]
+        mins = v.new_tensor([[self.min_width], [self.min_height]])  # (2, 1): x then y
+        if k == 1:
+            left = v.new_full((2, n), -bound)
+            size = v.new_full((2, n), 2 * bound)
+            d0 = d1 = v.new_ones(n)
+            return left[0], size[0], left[1], size[1], d0, d1
+        soft = torch.softmax(cols[: 2 * k].view(2, k, n), dim=1)
+        mass = torch.cumsum(soft[:, : k - 1], dim=1)  # (2, K - 1, N): S_1 .. S_{K-1}
+        m, a = (self.min_width, self.min_height)[kind], 1 - k * (self.min_width, self.min_height)[kind]
+        steps = torch.arange(1, k, dtype=v.dtype, device=v.device).unsqueeze(1)
+        inner = torch.add(steps * (2 * bound * m) - bound, mass[kind], alpha=2 * bound * a)  # knots 1 .. K-1
+        idx = (v >= inner).sum(0, keepdim=True)  # (1, N)
+        prev = (idx - 1).clamp_min(0)
+        first = idx == 0
+        soft_k = torch.gather(soft, 1, idx.expand(2, 1, n)).squeeze(1)  # (2, N)
+        mass_k = torch.gather(mass, 1, prev.expand(2, 1, n)).squeeze(1).masked_fill(first, 0.0)
+        scale = 1 - k * mins
+        left = (idx * mins + scale * mass_k) * (2 * bound) - bound  # x_k, y_k
+        size = (mins + scale * soft_k) * (2 * bound)  # w, h
+        raw = torch.gather(cols[2 * k :], 0, torch.cat([prev, idx.clamp_max(k - 2)]))  # d_k, d_{k+1} before softplus
+        d = F.softplus(raw + self._shift) + self.min_derivative
+        d0 = d[0].masked_fill(first[0], 1.0)
+        d1 = d[1].masked_fill(idx[0] == k - 1, 1.0)
+        return left[0], size[0], left[1], size[1], d0, d1
 
     def knots(self, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Knot positions ``x_k``, values ``y_k`` and derivatives ``d_k``, each ``(*batch, K + 1)``."""
         k = self.bins
         if p.shape[-1] != self.n_params:
             raise ValueError(f"spline parameters have {p.shape[-1]} entries per element: expected {self.n_params}")
-        # contiguous pieces: softmax over a strided last dimension is orders of magnitude slower on CPU
-        w, h, d = (q.contiguous() for q in p.split([k, k, k - 1], dim=-1))
+        w, h, d = p.split([k, k, k - 1], dim=-1)
         one = p.new_ones((*p.shape[:-1], 1))
         derivs = torch.cat([one, self.min_derivative + F.softplus(d + self._shift), one], dim=-1)
         return self._knots(w, self.min_width), self._knots(h, self.min_height), derivs
 
-    def _bin(self, search: Tensor, v: Tensor, xs: Tensor, ys: Tensor, ds: Tensor):
-        """Bin holding ``v`` in ``[-B, B]`` along the knots ``search`` (``xs`` forward, ``ys`` inverse), and
-        that bin's ``(x_k, w, y_k, h, d_k, d_{k+1})``; a value on a knot goes to the bin it starts."""
-        idx = (v.unsqueeze(-1) >= search[..., 1:-1]).sum(-1)
-        x0, y0, d0 = _gather(xs, idx), _gather(ys, idx), _gather(ds, idx)
-        x1, y1, d1 = _gather(xs, idx + 1), _gather(ys, idx + 1), _gather(ds, idx + 1)
-        return x0, x1 - x0, y0, y1 - y0, d0, d1
+    def _knots(self, raw: Tensor, minimum: float) -> Tensor:
+        sizes = minimum + (1 - minimum * self.bins) * torch.softmax(raw, dim=-1)
+        inner = -self.bound + 2 * self.bound * torch.cumsum(sizes[..., :-1], dim=-1)
+        ends = raw.new_full((*raw.shape[:-1], 1), self.bound)
+        return torch.cat([-ends, inner, ends], dim=-1)
 
     @staticmethod
-    def _log_derivative(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor) -> Tensor:
-        t = xi * (1 - xi)
-        den = s + (d0 + d1 - 2 * s) * t
-        return 2 * torch.log(s) + torch.log(d1 * xi.square() + 2 * s * t + d0 * (1 - xi).square()) - 2 * torch.log(den)
+    def _log_derivative(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor, den: Tensor) -> Tensor:
+        """log dy/dx = log(s^2 (d_{k+1} xi^2 + 2 s t + d_k (1 - xi)^2) / den^2), in one log."""
+        num = d1 * xi.square() + 2 * s * xi * (1 - xi) + d0 * (1 - xi).square()
+        return torch.log(s.square() * num / den.square())
 
     def forward(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
-        xs, ys, ds = self.knots(p)
-        inside = (x >= -self.bound) & (x <= self.bound)
-        xc = x.clamp(-self.bound, self.bound)
-        x0, w, y0, h, d0, d1 = self._bin(xs, xc, xs, ys, ds)
+        flat = x.reshape(-1)
+        xc = flat.clamp(-self.bound, self.bound)
+        x0, w, y0, h, d0, d1 = self._bin(self._columns(p), xc, 0)
         s = h / w
         xi = ((xc - x0) / w).clamp(0, 1)
         t = xi * (1 - xi)
-        y = y0 + h * (s * xi.square() + d0 * t) / (s + (d0 + d1 - 2 * s) * t)
-        logd = self._log_derivative(xi, s, d0, d1)
-        return torch.where(inside, y, x), torch.where(inside, logd, torch.zeros_like(logd))
+        den = s + (d0 + d1 - 2 * s) * t
+        y = y0 + h * (s * xi.square() + d0 * t) / den
+        logd = self._log_derivative(xi, s, d0, d1, den)
+        inside = flat.abs() <= self.bound
+        return torch.where(inside, y, flat).view_as(x), torch.where(inside, logd, 0.0).view_as(x)
 
     def _quadratic(self, z: Tensor, p: Tensor):
-        xs, ys, ds = self.knots(p)
-        zc = z.clamp(-self.bound, self.bound)
-        x0, w, y0, h, d0, d1 = self._bin(ys, zc, xs, ys, ds)
+        zc = z.reshape(-1).clamp(-self.bound, self.bound)
+        x0, w, y0, h, d0, d1 = self._bin(self._columns(p), zc, 1)
         s, dy = h / w, zc - y0
         slack = d0 + d1 - 2 * s
         return (h * (s - d0) + dy * slack, h * d0 - dy * slack, -s * dy), (x0, w, s, d0, d1)
@@ -119,11 +146,11 @@ class RQSpline(Univariate):
     def quadratic(self, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Coefficients ``(a, b, c)`` of ``a xi^2 + b xi + c = 0`` whose root in ``[0, 1]`` inverts the
         spline at ``z`` clamped into ``[-B, B]`` (exposed for tests of the discriminant)."""
-        return self._quadratic(z, p)[0]
+        return tuple(c.view_as(z) for c in self._quadratic(z, p)[0])
 
     def inverse(self, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         (a, b, c), (x0, w, s, d0, d1) = self._quadratic(z, p)
-        inside = (z >= -self.bound) & (z <= self.bound)
+        flat = z.reshape(-1)
         root = torch.sqrt((b.square() - 4 * a * c).clamp_min(torch.finfo(z.dtype).tiny))
         # the root in [0, 1] is 2c / (-b - root) = (-b + root) / 2a: take the form without cancellation for
         # the sign of b (each denominator is made safe where its branch is not taken, for NaN-free grads)
@@ -131,8 +158,10 @@ class RQSpline(Univariate):
         xi_plus = 2 * c / torch.where(positive, -b - root, -1.0)
         xi_minus = (root - b) / torch.where(positive, 1.0, 2 * a)
         xi = torch.where(positive, xi_plus, xi_minus).clamp(0, 1)
-        logd = -self._log_derivative(xi, s, d0, d1)
-        return torch.where(inside, x0 + xi * w, z), torch.where(inside, logd, torch.zeros_like(logd))
+        den = s + (d0 + d1 - 2 * s) * xi * (1 - xi)
+        logd = -self._log_derivative(xi, s, d0, d1, den)
+        inside = flat.abs() <= self.bound
+        return torch.where(inside, x0 + xi * w, flat).view_as(z), torch.where(inside, logd, 0.0).view_as(z)
 
 
 @TRANSFORMS.register("ElementwiseRQSpline", test_kwargs={"bins": 4, "bound": 2.0})

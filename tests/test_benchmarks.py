@@ -1,0 +1,32 @@
+"""The speed benchmark runs end to end on one small row (no timing is asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_benchmark_writes_rows(tmp_path):
+    out = tmp_path / "speed.json"
+    cmd = [sys.executable, "-m", "benchmarks", "--quick", "--threads", "1", "--repeats", "2", "--json", str(out)]
+    run = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["flow"], r["op"], r["dim"], r["batch"]) for r in rows} == {("realnvp", op, 2, 64) for op in ("log_prob", "train", "sample")}
+    for r in rows:
+        assert r["ms"]["exactflow"] > 0 and r["limit_ms"] > 0
+        assert len(set(r["params"].values())) == 1  # every library built the same size of network
+    assert "| RealNVP | log_prob | 2 | 64 |" in run.stdout
+
+
+def test_bad_option_is_refused(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.speed import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--flows", "glow"])
+    assert "unknown glow" in capsys.readouterr().err
