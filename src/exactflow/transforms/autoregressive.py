@@ -39,8 +39,13 @@ class Univariate:
 
 
 class AffineUnivariate(Univariate):
-    """``z = (x - mu) * exp(-s)`` with ``p = (mu, s_raw)`` and ``s = B tanh(s_raw / B)``
-    (``B = scale_bound``, ``None``: unbounded); log f'(x) = -s."""
+    """``z = x * exp(-s) + t`` with ``p = (t, s_raw)`` and ``s = B tanh(s_raw / B)``
+    (``B = scale_bound``, ``None``: unbounded); log f'(x) = -s.
+
+    The shift acts after the scale, in latent units: dz/dt = 1 whatever the scale, so the network's shift
+    and scale outputs move z independently. With the shift first, ``(x - t) exp(-s)``, the shift's gradient
+    carries the factor exp(-s) and its effective step size follows the learnt scale; in MAF on 8 Gaussians
+    (docs/benchmarks.md, 10 seeds) that form ended 0.07 nats worse in test NLL."""
 
     n_params = 2
 
@@ -58,11 +63,11 @@ class AffineUnivariate(Univariate):
 
     def forward(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         neg_s = self._log_scale(p[..., 1], -1.0)
-        return (x - p[..., 0]) * torch.exp(neg_s), neg_s
+        return torch.addcmul(p[..., 0], x, torch.exp(neg_s)), neg_s
 
     def inverse(self, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         s = self._log_scale(p[..., 1], 1.0)
-        return torch.addcmul(p[..., 0], z, torch.exp(s)), s
+        return (z - p[..., 0]) * torch.exp(s), s
 
     def __repr__(self) -> str:
         return f"AffineUnivariate(scale_bound={self.scale_bound})"
@@ -193,7 +198,7 @@ class MaskedAutoregressive(Bijection):
 class MaskedAffineAutoregressive(MaskedAutoregressive):
     """MAF layer (Papamakarios et al. 2017): affine autoregressive; one-pass forward, D-pass inverse.
 
-    ``z_i = (x_i - mu_i) * exp(-s_i)``, ``(mu_i, s_i)`` from a MADE on ``x_<i`` and the context;
+    ``z_i = x_i * exp(-s_i) + t_i``, ``(t_i, s_i)`` from a MADE on ``x_<i`` and the context;
     log|det dz/dx| = -sum_i s_i, with ``s = B tanh(s_raw / B)``, ``B = scale_bound``.
 
     The MADE keeps its random initialisation by default (``identity_init=False``): on the 2-D benchmarks in
