@@ -13,14 +13,6 @@ from exactflow.testing import check_flow, randomize_
 from exactflow.vae import VAE, binarize, evaluate_vae, fit_vae, load_data
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks run faster on one thread, and far faster on a shared, oversubscribed CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_diag_posterior_is_the_encoders_gaussian():
     vae = VAE(6, latent=3, hidden=(5,), posterior="diag").double()

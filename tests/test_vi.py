@@ -14,14 +14,6 @@ from exactflow.targets import banana, funnel, gaussian_mixture, quadrature_log_z
 from exactflow.vi import fit_reverse_kl, importance_estimate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks run faster on one thread, and far faster on a shared, oversubscribed CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_mixture_log_z_is_recovered_within_0_05():
     torch.manual_seed(0)

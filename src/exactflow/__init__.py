@@ -14,6 +14,6 @@ from .vi import fit_reverse_kl
 
 __version__ = "0.1.0"
 
-__all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "compile", "flows", "transforms",
+__all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "compile", "data", "flows", "transforms",
            "targets", "build", "save", "load", "fit", "evaluate", "standardize", "History", "fit_reverse_kl",
            "__version__"]

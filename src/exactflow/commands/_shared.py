@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,20 @@ from ..data import Dataset
 from ..data import registry as datasets
 
 FILE_SUFFIXES = (".csv", ".npy")
+
+
+def add_threads_option(p: argparse.ArgumentParser) -> None:
+    """The shared ``--threads N`` option (torch's intra-op threads)."""
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; "
+                   "1 is fastest for small networks and on a busy machine)")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` if given; a non-positive count is a one-line error."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be positive, got {args.threads}")
+        torch.set_num_threads(args.threads)
 
 
 def assignments(items: list[str] | None, what: str) -> dict[str, Any]:

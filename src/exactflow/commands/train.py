@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ._shared import FILE_SUFFIXES, assignments, build_data, data_record, describe, device, flow_kwargs
+from ._shared import FILE_SUFFIXES, add_threads_option, apply_threads, assignments, build_data, data_record, describe, device, flow_kwargs
 
 EPILOG = """\
 examples:
@@ -69,8 +69,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, help="stop after this many evaluations without valid improvement")
     p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations/checkpoints (default 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches (default 0)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is fastest for "
-                   "small 2-D flows and on a busy machine)")
+    add_threads_option(p)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
                    help="write the pictures (default on)")
@@ -145,10 +144,7 @@ def train(args: argparse.Namespace) -> dict:
     if not args.data:
         raise ValueError("no data set given: exactflow train DATA (a name from `exactflow list` or a .csv/.npy file)")
     args.steps = args.steps or DEFAULT_STEPS
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be positive, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     world, rank, dev = _distributed(args.device)
     try:
         if rank == 0:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import write_json, write_tensors
+from ._shared import add_threads_option, apply_threads
 
 EXAMPLES = """examples:
   exactflow vae --posterior planar --layers 8 --steps 3000 --out runs/vae-planar
@@ -36,8 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--k", type=int, default=100, help="importance samples per test example for the IWAE bound")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; "
-                   "1 is fastest for these small networks on a busy machine)")
+    add_threads_option(p)
     p.add_argument("--out", default=None, help="folder for result.json and model.safetensors (default runs/vae-<posterior>)")
     p.set_defaults(run=run)
 
@@ -45,10 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..vae import VAE, binarize, evaluate_vae, fit_vae, load_data
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be positive, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     torch.manual_seed(args.seed)
     data = load_data(args.data, levels=args.levels, seed=args.seed)
     train, test = data.train, data.test

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ._shared import add_threads_option, apply_threads
+
 EXAMPLES = """examples:
   exactflow vi --target u1 --flow planar --layers 32 --steps 3000 --out runs/vi-u1
   exactflow vi --target mixture --flow radial --layers 16 --steps 500
@@ -35,8 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=20000, help="draws for the final ELBO / log Z / ESS")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for result.json and density.png (default runs/vi-<target>)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; "
-                   "1 is fastest for these small networks on a busy machine)")
+    add_threads_option(p)
     p.add_argument("--no-plot", action="store_true", help="skip the picture")
     p.set_defaults(run=run)
 
@@ -71,10 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from ..targets import registry as targets
     from ..vi import build_flow, fit_reverse_kl
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be positive, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     torch.manual_seed(args.seed)
     try:
         target = targets.build(args.target, **({} if args.dim is None else {"dim": args.dim}))
