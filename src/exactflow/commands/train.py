@@ -210,6 +210,8 @@ def train(args: argparse.Namespace) -> dict:
         if world > 1:
             import torch.distributed as dist
 
+            if sys.exc_info()[0] is None:
+                dist.barrier()  # leave together: gloo aborts a process whose peer is still connected
             dist.destroy_process_group()
 
 
