@@ -32,3 +32,11 @@ def device(request) -> torch.device:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test starts on one thread, whatever a previous test's ``--threads`` left behind."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)

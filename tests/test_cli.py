@@ -24,13 +24,6 @@ TINY = ["--data-arg", "train=512", "--data-arg", "valid=64", "--data-arg", "test
 PNG, GIF = b"\x89PNG\r\n\x1a\n", b"GIF8"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -14,14 +14,6 @@ from exactflow.training import fit, standardize
 from exactflow.transforms.standardize import Standardize
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread, and far faster on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def data():
