@@ -81,7 +81,7 @@ class MaskedLinear(nn.Linear):
         self._folded, self._key, self._sources = None, (), ()
 
     def masked_weight(self) -> Tensor:
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():  # a compiled graph fuses the product itself
             return self.weight * self.mask
         w, m = self.weight, self.mask
         key = (w.data_ptr(), w._version, m.data_ptr(), m._version, w.dtype, w.device)
