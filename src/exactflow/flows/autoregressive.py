@@ -63,18 +63,28 @@ def _stack(make, features: int, transforms: int, permutation: str, batch_norm: b
     return layers
 
 
+def _made_stack(make, features: int, transforms: int, permutation: str, batch_norm: bool = False) -> list[nn.Module]:
+    """Autoregressive layers ``make(i, order)``. ``permutation="reverse"`` alternates the MADE's order (natural,
+    reversed, ...) instead of flipping the features between layers: the same flow family without a copy of
+    x per layer; the other mixers go between the layers, each MADE in natural order."""
+    if permutation == "reverse":
+        return _stack(lambda i: make(i, "reversed" if i % 2 else "natural"), features, transforms, "none",
+                      batch_norm)
+    return _stack(lambda i: make(i, "natural"), features, transforms, permutation, batch_norm)
+
+
 @FLOWS.register("MAF", test_kwargs={"transforms": 2, "hidden": (16, 16)})
 def MAF(features: int, context: int = 0, transforms: int = 5, hidden: Sequence[int] = (64, 64),
         residual: bool = False, permutation: str = "reverse", batch_norm: bool = False,
         scale_bound: float | None = 3.0, conditional_base: bool = False) -> Flow:
     """MAF (Papamakarios et al. 2017): affine autoregressive layers; one-pass density, D-pass sampling.
 
-    ``transforms`` masked affine autoregressive layers with a ``permutation`` (``"reverse"``, ``"random"`` or
-    ``"lu"``) and optionally batch norm between them. ``log_prob`` is one MADE pass per layer; ``sample`` takes
+    ``transforms`` masked affine autoregressive layers, their MADE orders alternating (``permutation="reverse"``)
+    or with a ``"random"`` permutation or ``"lu"`` linear map between them, optionally with batch norm too. ``log_prob`` is one MADE pass per layer; ``sample`` takes
     D passes per layer."""
-    layers = _stack(lambda i: MaskedAffineAutoregressive(features, context, hidden, residual=residual,
-                                                         scale_bound=scale_bound),
-                    features, transforms, permutation, batch_norm)
+    layers = _made_stack(lambda i, order: MaskedAffineAutoregressive(features, context, hidden, order, residual,
+                                                                     scale_bound=scale_bound),
+                         features, transforms, permutation, batch_norm)
     return _flow(layers, features, context, conditional_base)
 
 
@@ -87,9 +97,9 @@ def IAF(features: int, context: int = 0, transforms: int = 5, hidden: Sequence[i
     ``sample``/``rsample`` and ``sample_and_log_prob`` take one MADE pass per layer, so a variational
     posterior q(x | context) trains by reverse KL on ``sample_and_log_prob``. ``log_prob`` of given data takes
     D passes per layer."""
-    layers = _stack(lambda i: Inverse(MaskedAffineAutoregressive(features, context, hidden, residual=residual,
-                                                                 scale_bound=scale_bound)),
-                    features, transforms, permutation)
+    layers = _made_stack(lambda i, order: Inverse(MaskedAffineAutoregressive(features, context, hidden, order, residual,
+                                                                             scale_bound=scale_bound)),
+                         features, transforms, permutation)
     return _flow(layers, features, context, conditional_base)
 
 
@@ -113,10 +123,11 @@ def NSFAutoregressive(features: int, context: int = 0, transforms: int = 3, hidd
                       conditional_base: bool = False) -> Flow:
     """Neural spline flow, autoregressive form (Durkan et al. 2019): one-pass density, D-pass sampling.
 
-    ``transforms`` rational-quadratic spline layers conditioned by MADEs, with a ``permutation`` between them."""
-    layers = _stack(lambda i: RQSplineAutoregressive(features, context, hidden, bins=bins, bound=bound,
-                                                     residual=residual),
-                    features, transforms, permutation)
+    ``transforms`` rational-quadratic spline layers conditioned by MADEs, their orders alternating
+    (``permutation="reverse"``) or with a ``"random"`` permutation or ``"lu"`` map between them."""
+    layers = _made_stack(lambda i, order: RQSplineAutoregressive(features, context, hidden, bins=bins, bound=bound,
+                                                                 order=order, residual=residual),
+                         features, transforms, permutation)
     return _flow(layers, features, context, conditional_base)
 
 
