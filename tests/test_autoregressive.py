@@ -143,8 +143,8 @@ def test_cached_masked_weights_follow_every_parameter_change():
     for change in (lambda: randomize_(layer), load_other, optimiser_step, to_float):
         before, _ = outputs()
         change()
-        cached, fresh = outputs()
-        assert torch.equal(cached, fresh)
+        cached, fresh = outputs()  # equal up to rounding: without autograd the kernel runs in place
+        torch.testing.assert_close(cached, fresh, rtol=1e-12 if cached.dtype == torch.float64 else 1e-6, atol=0)
         assert cached.dtype != before.dtype or not torch.equal(cached, before)
 
 

@@ -55,15 +55,21 @@ class AffineUnivariate(Univariate):
         self.scale_bound = scale_bound
 
     def _log_scale(self, raw: Tensor, sign: float) -> Tensor:
-        """``sign * s``; ``B tanh(r / B) = 2B sigmoid(2r / B) - B`` (torch's sigmoid is much faster than tanh)."""
+        """``sign * s``; ``B tanh(r / B) = 2B sigmoid(2r / B) - B`` (torch's sigmoid is much faster than tanh).
+        Without autograd the steps run in place on one fresh tensor (at large batches every fresh buffer
+        costs page faults)."""
         bound = self.scale_bound
         if bound is None:
             return raw if sign > 0 else -raw
-        return torch.add(torch.sigmoid(raw * (2 / bound)), -0.5).mul_(2 * bound * sign)
+        if raw.requires_grad:
+            return torch.add(torch.sigmoid(raw * (2 / bound)), -0.5).mul_(2 * bound * sign)
+        return torch.mul(raw, 2 / bound).sigmoid_().sub_(0.5).mul_(2 * bound * sign)
 
     def forward(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         neg_s = self._log_scale(p[..., 1], -1.0)
-        return torch.addcmul(p[..., 0], x, torch.exp(neg_s)), neg_s
+        if neg_s.requires_grad or x.requires_grad:
+            return torch.addcmul(p[..., 0], x, torch.exp(neg_s)), neg_s
+        return torch.exp(neg_s).mul_(x).add_(p[..., 0]), neg_s
 
     def inverse(self, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         s = self._log_scale(p[..., 1], 1.0)
