@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 FLOWS = ("realnvp", "maf", "nsf-ar", "nsf-cp")
 LIBRARIES = ("exactflow", "zuko", "nflows", "normflows")
+COMPILED = "exactflow+compile"  # exactflow after ``exactflow.compile`` (opt-in column: compiling takes seconds per row)
 HIDDEN = (64, 64)
 BINS = 8
 BOUND = 5.0
@@ -38,7 +39,7 @@ class Model:
 
 
 def available(library: str) -> bool:
-    return importlib.util.find_spec(library) is not None
+    return importlib.util.find_spec(library.split("+")[0]) is not None
 
 
 def parameter_count(model: Model) -> int:
@@ -208,14 +209,27 @@ def _normflows(flow: str, features: int) -> Model:
     return Model("normflows", f, f.log_prob, lambda n: f.sample(n)[0])
 
 
-_BUILDERS = {"exactflow": _exactflow, "zuko": _zuko, "nflows": _nflows, "normflows": _normflows}
+def _exactflow_compiled(flow: str, features: int) -> Model:
+    """exactflow's flow after ``exactflow.compile`` (inductor, fixed shapes); the benchmark times its log_prob and train."""
+    import exactflow
+
+    # dynamo keeps one cache per code object and falls back to eager after 8 recompilations: every row's
+    # new flow would count as one, so start each from a clean slate
+    torch._dynamo.reset()
+    model = _exactflow(flow, features)
+    exactflow.compile(model.module, dynamic=False)
+    return Model(COMPILED, model.module, model.log_prob, model.sample)
+
+
+_BUILDERS = {"exactflow": _exactflow, "zuko": _zuko, "nflows": _nflows, "normflows": _normflows,
+             COMPILED: _exactflow_compiled}
 
 
 def build(library: str, flow: str, features: int, seed: int = 0, noise: float = 0.05) -> Model:
     """``flow`` in ``library`` on ``features`` dimensions, every parameter nudged by N(0, noise^2) so
     zero-initialised last layers do not make the transforms identities (the same for every library)."""
     if library not in _BUILDERS:
-        raise ValueError(f"unknown library {library!r}: choose from {', '.join(LIBRARIES)}")
+        raise ValueError(f"unknown library {library!r}: choose from {', '.join(_BUILDERS)}")
     if flow not in FLOWS:
         raise ValueError(f"unknown flow {flow!r}: choose from {', '.join(FLOWS)}")
     torch.manual_seed(seed)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .peers import BINS, FLOWS, HIDDEN, LIBRARIES, Model, available, build, parameter_count
+from .peers import BINS, COMPILED, FLOWS, HIDDEN, LIBRARIES, Model, available, build, parameter_count
 
 OPS = ("log_prob", "train", "sample")
 SLOW_CALL = 2.0  # seconds: calls slower than this are timed once (the peers' autoregressive spline sampling)
@@ -112,17 +112,18 @@ class Row:
     gflop: float | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     timed_once: list[str] = field(default_factory=list)  # libraries whose single call exceeded SLOW_CALL
+    compile_s: float | None = None  # the first (compiling) call of exactflow+compile
 
     @property
     def fastest(self) -> float:
         return min(self.ms.values())
 
-    def speedup(self) -> float | None:
-        """Fastest peer's time / exactflow's time (> 1: exactflow is ahead)."""
-        peers = [t for lib, t in self.ms.items() if lib != "exactflow"]
-        if "exactflow" not in self.ms or not peers:
+    def speedup(self, lib: str = "exactflow") -> float | None:
+        """Fastest peer's time / ``lib``'s time (> 1: that exactflow variant is ahead)."""
+        peers = [t for name, t in self.ms.items() if not name.startswith("exactflow")]
+        if lib not in self.ms or not peers:
             return None
-        return min(peers) / self.ms["exactflow"]
+        return min(peers) / self.ms[lib]
 
 
 def _call(model: Model, op: str, x: torch.Tensor) -> Callable[[], object]:
@@ -151,6 +152,8 @@ def time_row(flow: str, op: str, dim: int, batch: int, libraries: list[str], rep
     when one round would exceed ``budget`` seconds, but at least 3 unless a round exceeds 3 budgets).
     A library whose single call takes over ``SLOW_CALL`` seconds is timed by that one call."""
     models, skipped = {}, {}
+    if op == "sample":  # exactflow.compile is timed on log_prob and train only
+        libraries = [lib for lib in libraries if lib != COMPILED]
     for lib in libraries:
         try:
             models[lib] = build(lib, flow, dim)
@@ -162,6 +165,12 @@ def time_row(flow: str, op: str, dim: int, batch: int, libraries: list[str], rep
         for m in models.values():
             m.module.train()
     inner, once, samples = {}, {}, {}
+    compile_s = None
+    if COMPILED in calls:  # compile first (and once more for train, whose backward compiles on first use)
+        t0 = clock()
+        calls[COMPILED]()
+        compile_s = clock() - t0
+        calls[COMPILED]()
     for lib, fn in calls.items():  # warm-up, and the loop length that makes one measurement last ~20 ms
         t0 = clock()
         fn()
@@ -189,7 +198,7 @@ def time_row(flow: str, op: str, dim: int, batch: int, libraries: list[str], rep
             samples[lib].append((clock() - t0) / k)
     ms = {lib: 1e3 * statistics.median(s) for lib, s in samples.items()}
     row = Row(flow, op, dim, batch, reps, ms, {lib: parameter_count(m) for lib, m in models.items()}, skipped=skipped,
-              timed_once=[lib for lib in calls if lib not in timed])
+              timed_once=[lib for lib in calls if lib not in timed], compile_s=compile_s)
     if limit and ms:
         row.limit_ms, row.gflop = matmul_ms(flow, dim, batch, op)
     return row
@@ -203,15 +212,18 @@ def _fmt_ms(t: float) -> str:
 
 def table(rows: list[Row], libraries: list[str]) -> str:
     """Markdown: median ms per call, ratio to the fastest in brackets, exactflow's lead, the limit."""
-    head = ["flow", "op", "d", "batch", *libraries, "exactflow vs best peer", "limit ms", "of limit"]
+    compiled = COMPILED in libraries
+    head = ["flow", "op", "d", "batch", *libraries, "exactflow vs best peer",
+            *(["compiled vs best peer"] if compiled else []), "limit ms", "of limit"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [PEER_LABELS[row.flow], row.op, str(row.dim), str(row.batch)]
         for lib in libraries:
             t = row.ms.get(lib)
             cells.append("-" if t is None else f"{_fmt_ms(t)} ({t / row.fastest:.2f})")
-        s = row.speedup()
-        cells.append("-" if s is None else f"{s:.2f}x")
+        for lib in ["exactflow", COMPILED] if compiled else ["exactflow"]:
+            s = row.speedup(lib)
+            cells.append("-" if s is None else f"{s:.2f}x")
         if row.limit_ms is None or "exactflow" not in row.ms:
             cells += ["-", "-"]
         else:
@@ -309,6 +321,9 @@ def parse_args(argv: list[str] | None = None):
                         "meaningful with --threads 1)")
     p.add_argument("--json", default="runs/bench/speed.json", help="where the rows go ('' = nowhere)")
     p.add_argument("--figure", default="runs/bench/scaling.png", help="scaling figure ('' = skip it)")
+    p.add_argument("--compile", action="store_true",
+                   help=f"add a '{COMPILED}' column: exactflow after exactflow.compile (inductor), log_prob and "
+                        "train rows; every row compiles afresh (seconds to a minute each), its time goes to the JSON")
     p.add_argument("--quick", action="store_true",
                    help="RealNVP, d=2, batch 64, 3 repeats, no figure: a smoke run of every code path")
     args = p.parse_args(argv)
@@ -331,6 +346,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     clock = CLOCKS[args.clock]
     warnings.filterwarnings("ignore")
     libraries = [lib for lib in args.libs if available(lib)]
+    if args.compile and "exactflow" in libraries:
+        libraries.insert(libraries.index("exactflow") + 1, COMPILED)
     missing = [lib for lib in args.libs if lib not in libraries]
     if missing:
         print(f"not installed (pip install -e '.[bench]'): {', '.join(missing)}")
@@ -344,6 +361,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
                     rows.append(row)
                     cells = ", ".join(f"{lib} {_fmt_ms(t)} ms" for lib, t in row.ms.items())
                     once = f" (timed once: {', '.join(row.timed_once)})" if row.timed_once else ""
+                    if row.compile_s is not None:
+                        once += f" (compiling took {row.compile_s:.1f} s)"
                     print(f"{flow:8s} {op:8s} d={dim:<3d} batch={batch:<5d} x{row.repeats}: {cells}{once}", flush=True)
                     for lib, why in row.skipped.items():
                         print(f"    {lib} skipped: {why}")
@@ -359,14 +378,16 @@ def main(argv: list[str] | None = None) -> list[Row]:
     if args.figure:
         dims = [2, 4, 8, 16, 32, 64, 128, 256]
         batches = [1, 4, 16, 64, 256, 1024, 4096]
-        figure = scaling(args.flows, libraries, dims, batches, dim_batch=1024, batch_dim=8, budget=0.5)
+        eager = [lib for lib in libraries if lib != COMPILED]  # compiling each scaling point would take minutes
+        figure = scaling(args.flows, eager, dims, batches, dim_batch=1024, batch_dim=8, budget=0.5)
         os.makedirs(os.path.dirname(args.figure) or ".", exist_ok=True)
         plot_scaling(figure, args.figure)
         print(f"\nscaling figure: {args.figure}")
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         payload = {"machine": machine(), "versions": versions(["exactflow", *libraries]), "args": vars(args),
-                   "rows": [{**asdict(r), "speedup_vs_best_peer": r.speedup()} for r in rows], "scaling": figure}
+                   "rows": [{**asdict(r), "speedup_vs_best_peer": r.speedup(),
+                             "compiled_speedup_vs_best_peer": r.speedup(COMPILED)} for r in rows], "scaling": figure}
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=1)
         print(f"rows: {args.json}")

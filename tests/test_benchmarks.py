@@ -30,3 +30,17 @@ def test_bad_option_is_refused(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--flows", "glow"])
     assert "unknown glow" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compiled_column_times_log_prob_and_train(tmp_path):
+    out = tmp_path / "speed.json"
+    cmd = [sys.executable, "-m", "benchmarks", "--quick", "--compile", "--libs", "exactflow", "--threads", "1",
+           "--repeats", "2", "--json", str(out)]
+    run = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    rows = {r["op"]: r for r in json.loads(out.read_text())["rows"]}
+    for op in ("log_prob", "train"):
+        assert rows[op]["ms"]["exactflow+compile"] > 0 and rows[op]["compile_s"] > 0
+    assert "exactflow+compile" not in rows["sample"]["ms"]
+    assert "compiled vs best peer" in run.stdout

@@ -208,8 +208,10 @@ def compile_flow(flow: Flow, **options) -> Flow:
     (they raise ``ValueError``, which a compiled graph should not contain), so the API, the parameters
     and ``state_dict`` are unchanged. The results equal eager ones up to floating-point reassociation.
     Compilation happens on the first call of each kind (and again for new input shapes, unless
-    ``dynamic=True``). A compiled flow cannot be pickled whole; save its ``state_dict``. Exported as
-    ``exactflow.compile``.
+    ``dynamic=True``). Dynamo keeps one cache for all flows (they share the code compiled) and runs eager
+    after ``torch._dynamo.config.recompile_limit`` (8) compilations of it: compiling many flows or shapes in
+    one process needs ``torch._dynamo.reset()`` in between. A compiled flow cannot be pickled whole; save its
+    ``state_dict``. Exported as ``exactflow.compile``.
     """
     if not isinstance(flow, Flow):
         raise ValueError(f"compile expects an exactflow Flow, got {type(flow).__name__}")
