@@ -8,9 +8,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MLP", "MADE", "MaskedLinear", "made_degrees"]
+__all__ = ["MLP", "MADE", "MaskedLinear", "made_degrees", "param_rows"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "elu": nn.ELU, "gelu": nn.GELU}
+
+
+def param_rows(h: Tensor, weight: Tensor, bias: Tensor, features: int, params: int) -> Tensor:
+    """A last linear layer whose ``features * params`` outputs are ordered (feature, parameter), computed
+    parameter-major: returns ``(params, features * batch)``, row ``k`` holding parameter ``k`` of every
+    (feature, batch) pair in that order, i.e. ``out.view(batch, features, params)`` rearranged as
+    ``[k, f * batch + b]``. Elementwise kernels then read contiguous rows without a transposed copy of
+    the (large) parameter tensor."""
+    w = weight.view(features, params, -1).transpose(0, 1).reshape(features * params, -1)
+    b = bias.view(features, params).t().reshape(-1, 1)
+    return torch.addmm(b, w, h.t()).view(params, -1)
 
 
 class MLP(nn.Sequential):
@@ -40,13 +51,23 @@ class MLP(nn.Sequential):
     def forward(self, x: Tensor) -> Tensor:
         # the layers called directly (no per-module __call__); ReLU in place on the fresh linear output
         for m in self._modules.values():
-            if type(m) is nn.Linear:
-                x = F.linear(x, m.weight, m.bias)
-            elif type(m) is nn.ReLU:
-                x = torch.relu_(x)
-            else:
-                x = m(x)
+            x = self._apply_layer(m, x)
         return x
+
+    @staticmethod
+    def _apply_layer(m: nn.Module, x: Tensor) -> Tensor:
+        if type(m) is nn.Linear:
+            return F.linear(x, m.weight, m.bias)
+        if type(m) is nn.ReLU:
+            return torch.relu_(x)
+        return m(x)
+
+    def rows(self, x: Tensor, features: int, params: int) -> Tensor:
+        """The output, read as ``(batch, features, params)``, laid out parameter-major as :func:`param_rows`."""
+        *body, last = self._modules.values()
+        for m in body:
+            x = self._apply_layer(m, x)
+        return param_rows(x, last.weight, last.bias, features, params)
 
 
 def join_context(x: Tensor, context: Tensor | None) -> Tensor:
@@ -197,7 +218,8 @@ class MADE(nn.Module):
         (for ``residual=True``: the input layer, then the two layers of each block)."""
         return [getattr(self, f"hidden_degrees_{i}") for i in range(len(self.layers))]
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None, rows: bool = False) -> Tensor:
+        """``(batch, D, params)``, or with ``rows=True`` the same numbers as ``(params, D * batch)`` (:func:`param_rows`)."""
         # layers applied functionally (masked weights folded once under no_grad, see MaskedLinear); no
         # per-call module slicing or sub-module __call__, ReLU in place on fresh linear outputs
         relu = type(self.act) is nn.ReLU
@@ -211,5 +233,7 @@ class MADE(nn.Module):
         else:
             for layer in layers[1:]:
                 h = F.linear(act(h), layer.masked_weight(), layer.bias)
+        if rows:
+            return param_rows(act(h), self.out.masked_weight(), self.out.bias, self.features, self.params)
         out = F.linear(act(h), self.out.masked_weight(), self.out.bias)
         return out.reshape(x.shape[0], self.features, self.params)

@@ -28,10 +28,17 @@ class Univariate:
     give the identity. Kernels hold no tensors; conditioners produce ``p``."""
 
     n_params: int = 0
+    #: True when the kernel works on its parameters as rows ``(n_params, N)`` (:meth:`forward_rows`), so a
+    #: conditioner should lay them out that way instead of ``(..., n_params)`` (saves a transposed copy)
+    param_rows: bool = False
 
     def forward(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         """``(z, log f'(x))``, both shaped like ``x``."""
         raise NotImplementedError
+
+    def forward_rows(self, x: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` on a flat ``x`` of N values with the parameters as ``rows`` ``(n_params, N)``."""
+        return self.forward(x, rows.t())
 
     def inverse(self, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         """``(x, log (f^-1)'(z))``, both shaped like ``z``."""
@@ -114,6 +121,10 @@ class MaskedAutoregressive(Bijection):
         return self.net.order
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.univariate.param_rows:  # kernel on (feature, batch)-ordered values: x and z transposed (small)
+            n = x.shape[0]
+            z, logd = self.univariate.forward_rows(x.t().reshape(-1), self.net(x, context, rows=True))
+            return z.view(self.features, n).t().contiguous(), logd.view(self.features, n).sum(0)
         z, logd = self.univariate.forward(x, self.net(x, context))
         return z, logd.sum(-1)
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import Bijection
-from ..nets import MLP
+from ..nets import MLP, join_context
 from ..registry import TRANSFORMS
 from .autoregressive import MaskedAutoregressive, Univariate
 from .coupling import Coupling
@@ -124,9 +124,12 @@ class RQSpline(Univariate):
         return torch.log(s.square() * num / den.square())
 
     def forward(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
-        flat = x.reshape(-1)
+        z, logd = self.forward_rows(x.reshape(-1), self._columns(p))
+        return z.view_as(x), logd.view_as(x)
+
+    def forward_rows(self, flat: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
         xc = flat.clamp(-self.bound, self.bound)
-        x0, w, y0, h, d0, d1 = self._bin(self._columns(p), xc, 0)
+        x0, w, y0, h, d0, d1 = self._bin(rows, xc, 0)
         s = h / w
         xi = ((xc - x0) / w).clamp(0, 1)
         t = xi * (1 - xi)
@@ -134,11 +137,11 @@ class RQSpline(Univariate):
         y = y0 + h * (s * xi.square() + d0 * t) / den
         logd = self._log_derivative(xi, s, d0, d1, den)
         inside = flat.abs() <= self.bound
-        return torch.where(inside, y, flat).view_as(x), torch.where(inside, logd, 0.0).view_as(x)
+        return torch.where(inside, y, flat), torch.where(inside, logd, 0.0)
 
-    def _quadratic(self, z: Tensor, p: Tensor):
-        zc = z.reshape(-1).clamp(-self.bound, self.bound)
-        x0, w, y0, h, d0, d1 = self._bin(self._columns(p), zc, 1)
+    def _quadratic(self, flat: Tensor, rows: Tensor):
+        zc = flat.clamp(-self.bound, self.bound)
+        x0, w, y0, h, d0, d1 = self._bin(rows, zc, 1)
         s, dy = h / w, zc - y0
         slack = d0 + d1 - 2 * s
         return (h * (s - d0) + dy * slack, h * d0 - dy * slack, -s * dy), (x0, w, s, d0, d1)
@@ -146,12 +149,16 @@ class RQSpline(Univariate):
     def quadratic(self, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Coefficients ``(a, b, c)`` of ``a xi^2 + b xi + c = 0`` whose root in ``[0, 1]`` inverts the
         spline at ``z`` clamped into ``[-B, B]`` (exposed for tests of the discriminant)."""
-        return tuple(c.view_as(z) for c in self._quadratic(z, p)[0])
+        return tuple(c.view_as(z) for c in self._quadratic(z.reshape(-1), self._columns(p))[0])
 
     def inverse(self, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
-        (a, b, c), (x0, w, s, d0, d1) = self._quadratic(z, p)
-        flat = z.reshape(-1)
-        root = torch.sqrt((b.square() - 4 * a * c).clamp_min(torch.finfo(z.dtype).tiny))
+        x, logd = self.inverse_rows(z.reshape(-1), self._columns(p))
+        return x.view_as(z), logd.view_as(z)
+
+    def inverse_rows(self, flat: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`inverse` on a flat ``z`` of N values with the parameters as ``rows`` ``(n_params, N)``."""
+        (a, b, c), (x0, w, s, d0, d1) = self._quadratic(flat, rows)
+        root = torch.sqrt((b.square() - 4 * a * c).clamp_min(torch.finfo(flat.dtype).tiny))
         # the root in [0, 1] is 2c / (-b - root) = (-b + root) / 2a: take the form without cancellation for
         # the sign of b (each denominator is made safe where its branch is not taken, for NaN-free grads)
         positive = b >= 0
@@ -161,7 +168,7 @@ class RQSpline(Univariate):
         den = s + (d0 + d1 - 2 * s) * xi * (1 - xi)
         logd = -self._log_derivative(xi, s, d0, d1, den)
         inside = flat.abs() <= self.bound
-        return torch.where(inside, x0 + xi * w, flat).view_as(z), torch.where(inside, logd, 0.0).view_as(z)
+        return torch.where(inside, x0 + xi * w, flat), torch.where(inside, logd, 0.0)
 
 
 @TRANSFORMS.register("ElementwiseRQSpline", test_kwargs={"bins": 4, "bound": 2.0})
@@ -220,13 +227,14 @@ class RQSplineCoupling(Coupling):
         """Features in an order where the Jacobian is lower triangular: the fixed part first."""
         return torch.cat([self.idx_id, self.idx_tr])
 
-    def _map(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        z, logd = self.spline.forward(x, params.reshape(*x.shape, -1))
-        return z, logd.sum(-1)
-
-    def _unmap(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        x, logd = self.spline.inverse(z, params.reshape(*z.shape, -1))
-        return x, logd.sum(-1)
+    def step(self, x_id: Tensor, x_tr: Tensor, context: Tensor | None, inverse: bool = False) -> tuple[Tensor, Tensor]:
+        # the spline runs on (feature, batch)-ordered values: the network lays its parameters out as rows
+        # (no transposed copy of them) and only x_tr and the result are transposed
+        n, d = x_tr.shape
+        rows = self.net.rows(x_id if context is None else join_context(x_id, context), d, self.spline.n_params)
+        kernel = self.spline.inverse_rows if inverse else self.spline.forward_rows
+        y, logd = kernel(x_tr.t().reshape(-1), rows)
+        return y.view(d, n).t().contiguous(), logd.view(d, n).sum(0)
 
     def extra_repr(self) -> str:
         return f"spline={self.spline!r}"
