@@ -5,8 +5,8 @@ mini-batches (Adam, lr 1e-3, batch 512) and the same sizes (3 transforms, hidden
 [-5, 5]); the table reports the test NLL in nats of the final model (lower is better), as the mean and
 standard deviation over ``--seeds`` when several are given.
 
-    python benchmarks/nll_vs_zuko.py --models MAF --seeds 0 1 2     # tables in docs/benchmarks.md
-    python benchmarks/nll_vs_zuko.py --models NSF
+    python benchmarks/nll_vs_zuko.py --models MAF --seeds $(seq 0 19)    # tables in docs/benchmarks.md
+    python benchmarks/nll_vs_zuko.py --models NSF --seeds $(seq 0 9)
     python benchmarks/nll_vs_zuko.py --steps 5 --libs exactflow --datasets moons   # smoke run
 """
 
