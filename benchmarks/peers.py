@@ -210,7 +210,7 @@ def _normflows(flow: str, features: int) -> Model:
 
 
 def _exactflow_compiled(flow: str, features: int) -> Model:
-    """exactflow's flow after ``exactflow.compile`` (inductor, fixed shapes); the benchmark times its log_prob and train."""
+    """exactflow's flow after ``exactflow.compile`` (inductor, fixed shapes)."""
     import exactflow
 
     # dynamo keeps one cache per code object and falls back to eager after 8 recompilations: every row's

@@ -21,6 +21,9 @@ from ..registry import TRANSFORMS
 
 __all__ = ["Univariate", "AffineUnivariate", "MaskedAutoregressive", "MaskedAffineAutoregressive", "IAF"]
 
+#: the incremental sampler runs when D * batch reaches this (and D > 2); below it D plain passes cost less
+INCREMENTAL_MIN_SIZE = 2048
+
 
 class Univariate:
     """A strictly increasing scalar map ``z = f(x; p)`` applied elementwise, with ``n_params`` parameters
@@ -130,7 +133,8 @@ class MaskedAutoregressive(Bijection):
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         # the incremental sampler needs no gradients and a plain MADE; it pays off once D * batch is not tiny
-        if torch.is_grad_enabled() or self.net.residual or self.features <= 2 or self.features * z.shape[0] < 2048:
+        if (torch.is_grad_enabled() or self.net.residual or self.features <= 2
+                or self.features * z.shape[0] < INCREMENTAL_MIN_SIZE):
             return self._inverse_passes(z, context)
         return self._inverse_incremental(z, context)
 
