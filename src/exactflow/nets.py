@@ -219,7 +219,8 @@ class MADE(nn.Module):
         return [getattr(self, f"hidden_degrees_{i}") for i in range(len(self.layers))]
 
     def forward(self, x: Tensor, context: Tensor | None = None, rows: bool = False) -> Tensor:
-        """``(batch, D, params)``, or with ``rows=True`` the same numbers as ``(params, D * batch)`` (:func:`param_rows`)."""
+        """``(batch, D, params)``, or with ``rows=True`` the same numbers as ``(params, D * batch)``
+        (:func:`param_rows`)."""
         # layers applied functionally (masked weights folded once under no_grad, see MaskedLinear); no
         # per-call module slicing or sub-module __call__, ReLU in place on fresh linear outputs
         relu = type(self.act) is nn.ReLU

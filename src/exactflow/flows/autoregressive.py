@@ -80,8 +80,8 @@ def MAF(features: int, context: int = 0, transforms: int = 5, hidden: Sequence[i
     """MAF (Papamakarios et al. 2017): affine autoregressive layers; one-pass density, D-pass sampling.
 
     ``transforms`` masked affine autoregressive layers, their MADE orders alternating (``permutation="reverse"``)
-    or with a ``"random"`` permutation or ``"lu"`` linear map between them, optionally with batch norm too. ``log_prob`` is one MADE pass per layer; ``sample`` takes
-    D passes per layer."""
+    or with a ``"random"`` permutation or ``"lu"`` linear map between them, optionally with batch norm too.
+    ``log_prob`` is one MADE pass per layer; ``sample`` takes D passes per layer."""
     layers = _made_stack(lambda i, order: MaskedAffineAutoregressive(features, context, hidden, order, residual,
                                                                      scale_bound=scale_bound),
                          features, transforms, permutation, batch_norm)

@@ -40,8 +40,9 @@ class Univariate:
         raise NotImplementedError
 
     def forward_rows(self, x: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`forward` on a flat ``x`` of N values with the parameters as ``rows`` ``(n_params, N)``."""
-        return self.forward(x, rows.t())
+        """:meth:`forward` on a flat ``x`` of N values with the parameters as ``rows`` ``(n_params, N)``
+        (kernels with :attr:`param_rows` set)."""
+        raise NotImplementedError
 
     def inverse(self, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         """``(x, log (f^-1)'(z))``, both shaped like ``z``."""
