@@ -175,7 +175,7 @@ def time_row(flow: str, op: str, dim: int, batch: int, libraries: list[str], rep
             m.module.train()
     inner, once, samples = {}, {}, {}
     compile_s = None
-    if COMPILED in calls:  # compile first (and once more for train, whose backward compiles on first use)
+    if COMPILED in calls:  # the compiling call, timed on its own, then one more untimed call
         t0 = clock()
         calls[COMPILED]()
         compile_s = clock() - t0

@@ -55,7 +55,6 @@ def test_compile_inductor_matches_eager():
     _check_same(eager, compiled, 1e-5)
 
 
-
 @pytest.mark.parametrize("name", ["MAF", "NSFAutoregressive"])
 def test_compile_traces_masked_flows_in_one_graph_without_gradients(name):
     # under no_grad the eager MADE caches its folded masked weights; the compiled graph must not trace that cache

@@ -5,7 +5,7 @@ import torch
 
 from exactflow.flows import registry as flows
 from exactflow.testing import randomize_
-from exactflow.transforms.splines import RQSpline, RQSplineCoupling
+from exactflow.transforms.splines import RQSpline, RQSplineAutoregressive, RQSplineCoupling
 
 BOUND = 3.0
 
@@ -131,3 +131,16 @@ def test_bad_spline_settings_are_named():
         RQSpline(bins=4).forward(torch.zeros(3), torch.zeros(3, 5))
     with pytest.raises(ValueError, match="mask"):
         RQSplineCoupling(1)
+
+
+def test_autoregressive_spline_reads_parameter_rows_like_the_plain_layout():
+    # the layer takes the parameter-major path (no transposed copy); it must equal the (..., params) path
+    torch.manual_seed(0)
+    layer = RQSplineAutoregressive(3, context=2, hidden=(8, 8), bins=4, bound=2.0, order="reversed").double()
+    randomize_(layer, 0.5)
+    assert layer.univariate.param_rows
+    x, c = 2 * torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+    z, ladj = layer(x, c)
+    z_ref, logd = layer.univariate.forward(x, layer.net(x, c))
+    torch.testing.assert_close(z, z_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ladj, logd.sum(-1), rtol=1e-12, atol=1e-12)

@@ -78,7 +78,7 @@ class AffineUnivariate(Univariate):
 
     def forward(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         neg_s = self._log_scale(p[..., 1], -1.0)
-        if neg_s.requires_grad or x.requires_grad:
+        if neg_s.requires_grad or x.requires_grad or neg_s.shape != x.shape or neg_s.dtype != x.dtype:
             return torch.addcmul(p[..., 0], x, torch.exp(neg_s)), neg_s
         return torch.exp(neg_s).mul_(x).add_(p[..., 0]), neg_s
 

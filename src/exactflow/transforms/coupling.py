@@ -39,7 +39,7 @@ def coupling_mask(features: int, mask: str | Tensor = "half", flip: bool = False
 
 class Coupling(Bijection):
     """Shared mechanics: split by mask, run the conditioner on ``(x_id, context)``, apply an elementwise
-    map with ``params_per_feature`` parameters to ``x_tr``, merge back. Subclasses give ``_map``/``_unmap``."""
+    map with ``params_per_feature`` parameters to ``x_tr``, merge back. Subclasses give ``_map``/``_unmap`` (or their own :meth:`step`)."""
 
     params_per_feature = 1
 
@@ -71,10 +71,6 @@ class Coupling(Bijection):
         if self.fixed_first is None:
             return torch.cat([x_id, y_tr], -1)[:, self.merge]
         return torch.cat([x_id, y_tr] if self.fixed_first else [y_tr, x_id], -1)
-
-    def _split(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        x_id, x_tr = self._parts(x)
-        return x_id, x_tr, self.net(x_id if context is None else join_context(x_id, context))
 
     def step(self, x_id: Tensor, x_tr: Tensor, context: Tensor | None, inverse: bool = False) -> tuple[Tensor, Tensor]:
         """The coupling on its two parts: the new transformed part and the log-det (``inverse`` for latent -> data)."""

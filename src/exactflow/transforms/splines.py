@@ -41,6 +41,8 @@ class RQSpline(Univariate):
     (``min_derivative + softplus``). All-zero parameters give the identity.
     """
 
+    param_rows = True
+
     def __init__(self, bins: int = 8, bound: float = 5.0, min_width: float = 1e-3, min_height: float = 1e-3,
                  min_derivative: float = 1e-3):
         if bins < 1:
