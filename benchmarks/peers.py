@@ -26,6 +26,9 @@ COMPILED = "exactflow+compile"  # exactflow after ``exactflow.compile`` (opt-in 
 HIDDEN = (64, 64)
 BINS = 8
 BOUND = 5.0
+# the MADE and spline options of nflows' layers (normflows wraps the same layers)
+NFLOWS_MADE = {"hidden_features": HIDDEN[0], "num_blocks": len(HIDDEN) - 1, "use_residual_blocks": False}
+NFLOWS_SPLINE = {"num_bins": BINS, "tails": "linear", "tail_bound": BOUND}
 
 
 @dataclass
@@ -121,8 +124,7 @@ def _nflows(flow: str, features: int) -> Model:
         ReversePermutation,
     )
 
-    made = {"hidden_features": HIDDEN[0], "num_blocks": len(HIDDEN) - 1, "use_residual_blocks": False}
-    spline = {"num_bins": BINS, "tails": "linear", "tail_bound": BOUND}
+    made, spline = NFLOWS_MADE, NFLOWS_SPLINE
     layers: list[nn.Module] = []
     if flow in ("maf", "nsf-ar"):
         for i in range(5):
@@ -182,8 +184,7 @@ def _normflows(flow: str, features: int) -> Model:
         p.inv_perm.copy_(p.perm)
         return p
 
-    made = {"hidden_features": HIDDEN[0], "num_blocks": len(HIDDEN) - 1, "use_residual_blocks": False}
-    spline = {"num_bins": BINS, "tails": "linear", "tail_bound": BOUND}
+    made, spline = NFLOWS_MADE, NFLOWS_SPLINE
     layers: list[nn.Module] = []
     if flow in ("maf", "nsf-ar"):
         for i in range(5):
