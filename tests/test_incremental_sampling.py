@@ -70,3 +70,27 @@ def test_flow_sample_equals_the_differentiable_sampler(name):
     torch.manual_seed(7)
     slow = flow.rsample(500).detach()  # gradients on: D passes
     torch.testing.assert_close(fast, slow, atol=1e-10, rtol=1e-10)
+
+
+def test_cached_sampler_plan_follows_parameter_changes():
+    """The incremental sampler caches its sorted weight blocks; in-place updates (optimiser steps,
+    ``load_state_dict``), dtype changes and pickling must not leave it stale."""
+    import pickle
+
+    layer = MaskedAffineAutoregressive(6, context=2, hidden=(16, 16))
+    randomize_(layer, 0.4)
+    z, c = torch.randn(400, 6), torch.randn(400, 2)
+    loose = {"atol": 1e-4, "rtol": 1e-4}  # float32 rounding; a stale plan is off by far more
+    with torch.no_grad():
+        layer._inverse_incremental(z, c)  # builds the plan
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        torch.testing.assert_close(layer._inverse_incremental(z, c)[0], layer._inverse_passes(z, c)[0], **loose)
+        other = MaskedAffineAutoregressive(6, context=2, hidden=(16, 16))
+        randomize_(other, 0.4)
+        layer.load_state_dict(other.state_dict())
+        torch.testing.assert_close(layer._inverse_incremental(z, c)[0], other._inverse_passes(z, c)[0], **loose)
+        layer.double()
+        zd, cd = z.double(), c.double()
+        torch.testing.assert_close(layer._inverse_incremental(zd, cd)[0], layer._inverse_passes(zd, cd)[0])
+        assert "_plan" not in pickle.loads(pickle.dumps(layer)).__dict__

@@ -49,6 +49,10 @@ class Univariate:
         """``(x, log (f^-1)'(z))``, both shaped like ``z``."""
         raise NotImplementedError
 
+    def inverse_rows(self, z: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`inverse` on a flat ``z`` of N values with the parameters as ``rows`` ``(n_params, N)``."""
+        return self.inverse(z, rows.t())
+
 
 class _BoundedAffine(torch.autograd.Function):
     """``(z, -s)`` with ``z = x exp(-s) + t``, ``s = B tanh(r / B)``, ``p = (t, r)`` in the last dimension, as one
@@ -118,6 +122,12 @@ class AffineUnivariate(Univariate):
         s = self._log_scale(p[..., 1], 1.0)
         return (z - p[..., 0]) * torch.exp(s), s
 
+    def inverse_rows(self, z: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        s = self._log_scale(rows[1], 1.0)
+        if s.requires_grad or z.requires_grad:
+            return (z - rows[0]) * torch.exp(s), s
+        return torch.exp(s).mul_(z - rows[0]), s
+
     def __repr__(self) -> str:
         return f"AffineUnivariate(scale_bound={self.scale_bound})"
 
@@ -178,71 +188,95 @@ class MaskedAutoregressive(Bijection):
             x, logd = self.univariate.inverse(z, self.net(x, context))
         return x, logd.sum(-1)
 
+    def _sampler_plan(self) -> tuple[list[list[Tensor]], list[list[tuple[int, int, int]]], list[Tensor]]:
+        """The MADE's weights laid out for :meth:`_inverse_incremental`, cached until a parameter changes.
+
+        Every layer's units are sorted by degree and each weight matrix gets its bias as a leading column
+        (the states carry a leading row of ones), the first layer's columns ordered (bias, context, features in
+        degree order). Returns, per layer and step t, the weight block of the units of degree t over the
+        inputs already final, the spans ``(first unit, last unit + 1, inputs used)`` and the output blocks."""
+        net = self.net
+        tracing = torch.compiler.is_compiling()
+        if not tracing:
+            sources = (*net.parameters(), *net.buffers())
+            key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
+            cached = getattr(self, "_plan", None)
+            if cached is not None and cached[0] == key:
+                return cached[2]
+        d, ctx, params = self.features, net.context_features, net.params
+        order = net.order
+        columns = torch.cat([order, torch.arange(d, d + ctx, device=order.device)])
+        degrees = net.hidden_degrees
+        blocks, spans, prev, prev_ends = [], [], None, None
+        for layer, g in zip(net.layers, degrees):
+            o = torch.argsort(g, stable=True)
+            ends = torch.searchsorted(g[o], torch.arange(d + 1, device=g.device), right=True).tolist()
+            w = layer.masked_weight()[o]
+            if prev is None:  # inputs (1, context, features in degree order): step t uses 1 + ctx + t of them
+                w = torch.cat([w[:, columns[d:]], w[:, columns[:d]]], 1)
+                used = [1 + ctx + t for t in range(d)]
+            else:
+                w = w[:, prev]
+                used = [1 + prev_ends[t] for t in range(d)]
+            w = torch.cat([layer.bias[o].unsqueeze(1), w], 1)
+            span = [((ends[t - 1] if t else 0), ends[t], used[t]) for t in range(d)]
+            blocks.append([w[lo:hi, :k] for lo, hi, k in span])
+            spans.append(span)
+            prev, prev_ends = o, ends
+        rows = (order.unsqueeze(1) * params + torch.arange(params, device=order.device)).flatten()
+        w_out = torch.cat([net.out.bias[rows].unsqueeze(1), net.out.masked_weight()[rows][:, prev]], 1)
+        outputs = [w_out[t * params:(t + 1) * params, : 1 + prev_ends[t]] for t in range(d)]
+        plan = (blocks, spans, outputs)
+        if not tracing:  # the sources are kept aliased so their storage cannot be reused under the same key
+            self._plan = (key, tuple(t.detach() for t in sources), plan)
+        return plan
+
     @torch.no_grad()
     def _inverse_incremental(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """The same inverse in about one MADE pass of arithmetic (no gradients; plain, non-residual MADE).
 
-        A hidden unit of degree m depends only on the features of degree <= m, so once the feature of degree
-        t - 1 is known, the units of degree t - 1 are final and nothing else changes: step t adds that
-        feature's column to the first layer (a rank-1 update), computes the units of degree t - 1 of each
-        deeper layer from the final units below, then the parameters of the feature of degree t from the
-        final units of the last layer, and inverts that one feature. Hidden units are sorted by degree, so
-        each step touches contiguous blocks; states are kept as ``(units, batch)`` for contiguous rows.
+        A hidden unit of degree m depends only on the features of degree <= m. With the features and every
+        layer's units sorted by degree, step t (finding the feature of degree t + 1) computes, per layer, only
+        the block of units of degree t from the final units below (the first layer from the context and the
+        features of degree <= t), then that feature's parameters from the final units of the last layer, and
+        inverts that one feature. Every weight is used once in all. States are ``(1 + units, batch)`` with a
+        row of ones that applies the biases inside the products, so each block is one product into a
+        contiguous slab of rows (:meth:`_sampler_plan` holds the blocks).
         """
         net, d, n = self.net, self.features, z.shape[0]
-        params = net.params
-        degrees = net.hidden_degrees
-        sort = [torch.argsort(g, stable=True) for g in degrees]
-        # ends[l][m] = number of units of layer l with degree <= m (sorted, so units of degree m are a block)
-        ends = [torch.searchsorted(g[o], torch.arange(d + 1, device=g.device), right=True).tolist()
-                for g, o in zip(degrees, sort)]
-        weights, biases, prev = [], [], None
-        for layer, o in zip(net.layers, sort):
-            w = layer.masked_weight()[o]
-            weights.append(w if prev is None else w[:, prev].contiguous())
-            biases.append(layer.bias[o].unsqueeze(1))
-            prev = o
-        w_in = weights[0][:, :d].t().contiguous()  # row j: first-layer weights of feature j
-        w_out = net.out.masked_weight()[:, prev].contiguous()  # (D * params, units)
-        b_out = net.out.bias.unsqueeze(1)
-        act = net.act
-        relu = type(act) is torch.nn.ReLU
-        if context is None:
-            pre = biases[0].expand(-1, n).contiguous()  # first-layer pre-activations at x = 0
-        else:
-            pre = torch.addmm(biases[0], weights[0][:, d:], context.to(z.dtype).t())
-        hidden = [z.new_empty(w.shape[0], n) for w in weights]
-        zt = z.t().contiguous()
-        xt = torch.empty_like(zt)
+        blocks, spans, outputs = self._sampler_plan()
+        ctx = net.context_features
+        inputs = z.new_empty(1 + ctx + d, n)  # rows: 1, context, then the features in degree order
+        inputs[0] = 1
+        if context is not None:
+            inputs[1:1 + ctx] = context.t()
+        states = [inputs]
+        for span in spans:
+            h = z.new_empty(1 + span[-1][1], n)
+            h[0] = 1
+            states.append(h)
+        xs = inputs[1 + ctx:]
+        zs = z.t()[net.order]  # (D, batch), row t: the feature of degree t + 1
+        relu = type(net.act) is torch.nn.ReLU
+        inverse = self.univariate.inverse_rows
         ladj = z.new_zeros(n)
-        order = net.order.tolist()
-        for t in range(d):  # find the feature of degree t + 1; units of degree t are complete
-            if t:
-                j, lo = order[t - 1], ends[0][t - 1]
-                pre[lo:].addr_(w_in[j, lo:], xt[j])
-            lo, hi = (ends[0][t - 1] if t else 0), ends[0][t]
-            if hi > lo:
-                hidden[0][lo:hi] = act(pre[lo:hi])
-            for l in range(1, len(weights)):
-                lo, hi = (ends[l][t - 1] if t else 0), ends[l][t]
+        for t in range(d):  # the units of degree t are complete once the features of degree <= t are known
+            for l in range(len(blocks)):
+                lo, hi, k = spans[l][t]
                 if hi > lo:
-                    below = ends[l - 1][t]
-                    block = torch.addmm(biases[l][lo:hi], weights[l][lo:hi, :below], hidden[l - 1][:below],
-                                        out=hidden[l][lo:hi])
+                    block = torch.mm(blocks[l][t], states[l][:k], out=states[l + 1][1 + lo:1 + hi])
                     if relu:
                         block.relu_()
                     else:
-                        block.copy_(act(block))
-            i, known = order[t], ends[-1][t]
-            rows = slice(i * params, (i + 1) * params)
-            if known:
-                theta = torch.addmm(b_out[rows], w_out[rows, :known], hidden[-1][:known])  # (params, batch)
-            else:
-                theta = b_out[rows].expand(params, n)
-            xi, logd = self.univariate.inverse(zt[i].unsqueeze(1), theta.t().unsqueeze(1))
-            xt[i] = xi[:, 0]
-            ladj += logd[:, 0]
-        return xt.t(), ladj
+                        block.copy_(net.act(block))
+            w = outputs[t]
+            x, logd = inverse(zs[t], torch.mm(w, states[-1][: w.shape[1]]))
+            xs[t] = x
+            ladj += logd
+        return xs[net.input_degrees - 1].t(), ladj
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_plan"}
 
     def extra_repr(self) -> str:
         return f"features={self.features}, univariate={self.univariate!r}"
