@@ -22,8 +22,8 @@ from ..registry import TRANSFORMS
 
 __all__ = ["Univariate", "AffineUnivariate", "MaskedAutoregressive", "MaskedAffineAutoregressive", "IAF"]
 
-#: the incremental sampler runs when D * batch reaches this (and D > 2); below it D plain passes cost less
-INCREMENTAL_MIN_SIZE = 2048
+#: the incremental sampler runs when D * batch reaches this (and D >= 2); below it D plain passes cost as little
+INCREMENTAL_MIN_SIZE = 256
 
 
 class Univariate:
@@ -176,7 +176,7 @@ class MaskedAutoregressive(Bijection):
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         # the incremental sampler needs no gradients and a plain MADE; it pays off once D * batch is not tiny
-        if (torch.is_grad_enabled() or self.net.residual or self.features <= 2
+        if (torch.is_grad_enabled() or self.net.residual or self.features < 2
                 or self.features * z.shape[0] < INCREMENTAL_MIN_SIZE):
             return self._inverse_passes(z, context)
         return self._inverse_incremental(z, context)
