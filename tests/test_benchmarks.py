@@ -49,5 +49,5 @@ def test_incremental_sampler_is_left_eager_in_the_compiled_column(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     from benchmarks.speed import compiled_sampler
 
-    assert compiled_sampler("nsf-cp", 64, 4096) and compiled_sampler("maf", 2, 4096)
-    assert compiled_sampler("maf", 8, 64) and not compiled_sampler("maf", 8, 4096)
+    assert compiled_sampler("nsf-cp", 64, 4096) and compiled_sampler("maf", 1, 4096)
+    assert compiled_sampler("maf", 8, 16) and not compiled_sampler("maf", 8, 64) and not compiled_sampler("maf", 2, 4096)
