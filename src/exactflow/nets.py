@@ -8,9 +8,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MLP", "MADE", "MaskedLinear", "made_degrees", "param_rows"]
+__all__ = ["MLP", "MADE", "MaskedLinear", "linear", "made_degrees", "param_rows"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "elu": nn.ELU, "gelu": nn.GELU}
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``x W^T + b``. Without autograd as a product and an in-place bias add: at small batches that is
+    faster than ``addmm``, whose bias is first copied into the output."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return F.linear(x, weight, bias)
+    return torch.mm(x, weight.t()).add_(bias)
+
+
+def _rows_order(t: Tensor, features: int, params: int) -> Tensor:
+    """The rows of ``t`` (``features * params``, in (feature, parameter) order) in (parameter, feature) order."""
+    return t.view(features, params, -1).transpose(0, 1).reshape(features * params, *t.shape[1:])
 
 
 def param_rows(h: Tensor, weight: Tensor, bias: Tensor, features: int, params: int) -> Tensor:
@@ -19,9 +32,8 @@ def param_rows(h: Tensor, weight: Tensor, bias: Tensor, features: int, params: i
     (feature, batch) pair in that order, i.e. ``out.view(batch, features, params)`` rearranged as
     ``[k, f * batch + b]``. Elementwise kernels then read contiguous rows without a transposed copy of
     the (large) parameter tensor."""
-    w = weight.view(features, params, -1).transpose(0, 1).reshape(features * params, -1)
-    b = bias.view(features, params).t().reshape(-1, 1)
-    return torch.addmm(b, w, h.t()).view(params, -1)
+    w, b = _rows_order(weight, features, params), _rows_order(bias, features, params)
+    return torch.addmm(b.unsqueeze(1), w, h.t()).view(params, -1)
 
 
 class MLP(nn.Sequential):
@@ -57,7 +69,7 @@ class MLP(nn.Sequential):
     @staticmethod
     def _apply_layer(m: nn.Module, x: Tensor) -> Tensor:
         if type(m) is nn.Linear:
-            return F.linear(x, m.weight, m.bias)
+            return linear(x, m.weight, m.bias)
         if type(m) is nn.ReLU:
             return torch.relu_(x)
         return m(x)
@@ -107,12 +119,14 @@ class MaskedLinear(nn.Linear):
         w, m = self.weight, self.mask
         key = (w.data_ptr(), w._version, m.data_ptr(), m._version, w.dtype, w.device)
         if self._folded is None or key != self._key:
-            # keep aliases of the sources so their storage cannot be freed and reused under our key
-            self._folded, self._key, self._sources = (w * m).detach(), key, (w.detach(), m.detach())
+            # keep aliases of the sources so their storage cannot be freed and reused under our key; stored
+            # transposed (W^T contiguous), the layout the product x W^T reads fastest
+            folded = (w * m).detach().t().contiguous().t()
+            self._folded, self._key, self._sources = folded, key, (w.detach(), m.detach())
         return self._folded
 
     def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.linear(x, self.masked_weight(), self.bias)
+        return linear(x, self.masked_weight(), self.bias)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_folded": None, "_key": (), "_sources": ()}
@@ -200,6 +214,31 @@ class MADE(nn.Module):
                 nn.init.zeros_(second.bias)
         self.layers = nn.ModuleList(layers)
 
+    def _inference_weights(self, rows: bool) -> list[tuple[Tensor, Tensor]]:
+        """``(W^T, b)`` per layer with the masks folded in and ``W^T`` contiguous, for the forward without
+        autograd, cached until a weight, bias or mask changes (storage or version counter); with ``rows`` the
+        last layer is ``(W, b)`` in :func:`param_rows` order, for ``W h^T + b``. One cache check per call, not
+        one per layer."""
+        sources = [t for m in (*self.layers, self.out) for t in (m._parameters["weight"], m._parameters["bias"],
+                                                                  m._buffers["mask"])]
+        key = (rows, *((t.data_ptr(), t._version) for t in sources))
+        cached = self.__dict__.get("_inference")
+        if cached is not None and cached[0] == key:
+            return cached[2]
+        with torch.no_grad():
+            folded = [(w * m).t().contiguous() for w, m in zip(sources[::3], sources[2::3])]
+            weights = [(w_t, b) for w_t, b in zip(folded, sources[1::3])]
+            if rows:
+                w_t, b = weights[-1]
+                weights[-1] = (_rows_order(w_t.t(), self.features, self.params).contiguous(),
+                               _rows_order(b, self.features, self.params).unsqueeze(1))
+        # the sources stay aliased in the cache so their storage cannot be reused under the same key
+        self.__dict__["_inference"] = (key, [t.detach() for t in sources], weights)
+        return weights
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_inference"}
+
     def _hidden_degrees(self, width: int) -> Tensor:
         if self.context_features:  # degree-0 units see the context only and feed the first feature
             return torch.arange(width) % self.features
@@ -224,17 +263,25 @@ class MADE(nn.Module):
         # layers applied functionally (masked weights folded once under no_grad, see MaskedLinear); no
         # per-call module slicing or sub-module __call__, ReLU in place on fresh linear outputs
         relu = type(self.act) is nn.ReLU
+        if relu and not self.residual and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            *body, (w_last, b_last) = self._inference_weights(rows)
+            h = join_context(x, context)
+            for w_t, b in body:
+                h = torch.mm(h, w_t).add_(b).relu_()
+            if rows:
+                return torch.mm(w_last, h.t()).add_(b_last).view(self.params, -1)
+            return torch.mm(h, w_last).add_(b_last).view(x.shape[0], self.features, self.params)
         act = torch.relu_ if relu else self.act  # on fresh outputs only
         layers = list(self.layers)
-        h = F.linear(join_context(x, context), layers[0].masked_weight(), layers[0].bias)
+        h = linear(join_context(x, context), layers[0].masked_weight(), layers[0].bias)
         if self.residual:
             for first, second in zip(layers[1::2], layers[2::2]):
-                inner = act(F.linear(torch.relu(h) if relu else self.act(h), first.masked_weight(), first.bias))
-                h = h + F.linear(inner, second.masked_weight(), second.bias)
+                inner = act(linear(torch.relu(h) if relu else self.act(h), first.masked_weight(), first.bias))
+                h = h + linear(inner, second.masked_weight(), second.bias)
         else:
             for layer in layers[1:]:
-                h = F.linear(act(h), layer.masked_weight(), layer.bias)
+                h = linear(act(h), layer.masked_weight(), layer.bias)
         if rows:
             return param_rows(act(h), self.out.masked_weight(), self.out.bias, self.features, self.params)
-        out = F.linear(act(h), self.out.masked_weight(), self.out.bias)
+        out = linear(act(h), self.out.masked_weight(), self.out.bias)
         return out.reshape(x.shape[0], self.features, self.params)
