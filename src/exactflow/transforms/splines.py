@@ -69,6 +69,19 @@ class RQSpline(Univariate):
             raise ValueError(f"spline parameters have {p.shape[-1]} entries per element: expected {self.n_params}")
         return p.reshape(-1, self.n_params).t().contiguous()
 
+    def _constants(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(2B m, 2B (1 - K m), -B + 2B j m for j = 1..K-1)``, ``m`` the minimum width (row 0) and height
+        (row 1), as tensors on ``v``'s dtype and device, made once per dtype and device."""
+        key = (v.dtype, v.device)
+        cached = self.__dict__.setdefault("_consts", {})
+        if key not in cached:
+            twice = 2 * self.bound
+            mins = torch.tensor([[self.min_width], [self.min_height]], dtype=v.dtype, device=v.device)  # (2, 1)
+            steps = torch.arange(1, self.bins, dtype=v.dtype, device=v.device).unsqueeze(1)  # (K - 1, 1)
+            knots = (twice * mins).unsqueeze(1) * steps - self.bound  # (2, K - 1, 1)
+            cached[key] = (twice * mins, twice * (1 - self.bins * mins), knots)
+        return cached[key]
+
     def _bin(self, cols: Tensor, v: Tensor, kind: int) -> tuple[Tensor, ...]:
         """The bin holding ``v`` (``(N,)``, inside ``[-B, B]``) along the x knots (``kind`` 0) or the y knots (1),
         and that bin's ``(x_k, w, y_k, h, d_k, d_{k+1})``; a value on a knot goes to the bin it starts.
@@ -78,25 +91,23 @@ class RQSpline(Univariate):
         ``x_k = -B + 2B (k m + (1 - K m) S_k)`` with ``S_k`` the softmax mass of bins ``< k`` and ``m`` the minimum size.
         """
         k, bound, n = self.bins, self.bound, v.shape[0]
-        mins = v.new_tensor([[self.min_width], [self.min_height]])  # (2, 1): x then y
         if k == 1:
             left = v.new_full((2, n), -bound)
             size = v.new_full((2, n), 2 * bound)
             d0 = d1 = v.new_ones(n)
             return left[0], size[0], left[1], size[1], d0, d1
+        mins, scale, knot_base = self._constants(v)
         soft = torch.softmax(cols[: 2 * k].view(2, k, n), dim=1)
         mass = torch.cumsum(soft[:, : k - 1], dim=1)  # (2, K - 1, N): S_1 .. S_{K-1}
-        m, a = (self.min_width, self.min_height)[kind], 1 - k * (self.min_width, self.min_height)[kind]
-        steps = torch.arange(1, k, dtype=v.dtype, device=v.device).unsqueeze(1)
-        inner = torch.add(steps * (2 * bound * m) - bound, mass[kind], alpha=2 * bound * a)  # knots 1 .. K-1
+        a = 1 - k * (self.min_width, self.min_height)[kind]
+        inner = torch.add(knot_base[kind], mass[kind], alpha=2 * bound * a)  # knots 1 .. K-1
         idx = (v >= inner).sum(0, keepdim=True)  # (1, N)
         prev = (idx - 1).clamp_min(0)
         first = idx == 0
         soft_k = torch.gather(soft, 1, idx.expand(2, 1, n)).squeeze(1)  # (2, N)
         mass_k = torch.gather(mass, 1, prev.expand(2, 1, n)).squeeze(1).masked_fill(first, 0.0)
-        scale = 1 - k * mins
-        left = (idx * mins + scale * mass_k) * (2 * bound) - bound  # x_k, y_k
-        size = (mins + scale * soft_k) * (2 * bound)  # w, h
+        left = torch.addcmul(torch.mul(idx, mins).sub_(bound), scale, mass_k)  # x_k, y_k
+        size = torch.addcmul(mins, scale, soft_k)  # w, h
         raw = torch.gather(cols[2 * k :], 0, torch.cat([prev, idx.clamp_max(k - 2)]))  # d_k, d_{k+1} before softplus
         d = F.softplus(raw + self._shift) + self.min_derivative
         d0 = d[0].masked_fill(first[0], 1.0)
@@ -120,10 +131,20 @@ class RQSpline(Univariate):
         return torch.cat([-ends, inner, ends], dim=-1)
 
     @staticmethod
-    def _log_derivative(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor, den: Tensor) -> Tensor:
-        """log dy/dx = log(s^2 (d_{k+1} xi^2 + 2 s t + d_k (1 - xi)^2) / den^2), in one log."""
-        num = d1 * xi.square() + 2 * s * xi * (1 - xi) + d0 * (1 - xi).square()
-        return torch.log(s.square() * num / den.square())
+    def _in_bin(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(1 - xi, xi^2, t, den)`` at the position ``xi`` in the bin: ``t = xi (1 - xi)`` (not
+        ``xi - xi^2``, which cancels near ``xi = 1``) and ``den = s + (d_k + d_{k+1} - 2 s) t``."""
+        rest = torch.rsub(xi, 1)
+        t = xi * rest
+        return rest, xi.square(), t, torch.addcmul(s, torch.add(d0, d1).sub_(s, alpha=2), t)
+
+    @staticmethod
+    def _log_derivative(rest: Tensor, xi2: Tensor, t: Tensor, s: Tensor, d0: Tensor, d1: Tensor,
+                        den: Tensor) -> Tensor:
+        """log dy/dx = log(s^2 (d_{k+1} xi^2 + 2 s t + d_k (1 - xi)^2) / den^2), in one log (``rest = 1 - xi``)."""
+        num = torch.addcmul(torch.addcmul(d1 * xi2, s, t, value=2), d0, rest.square())
+        ratio = s / den
+        return torch.log(num * ratio * ratio)
 
     def forward(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         z, logd = self.forward_rows(x.reshape(-1), self._columns(p))
@@ -134,10 +155,9 @@ class RQSpline(Univariate):
         x0, w, y0, h, d0, d1 = self._bin(rows, xc, 0)
         s = h / w
         xi = ((xc - x0) / w).clamp(0, 1)
-        t = xi * (1 - xi)
-        den = s + (d0 + d1 - 2 * s) * t
-        y = y0 + h * (s * xi.square() + d0 * t) / den
-        logd = self._log_derivative(xi, s, d0, d1, den)
+        rest, xi2, t, den = self._in_bin(xi, s, d0, d1)
+        y = torch.addcmul(y0, h, torch.addcmul(s * xi2, d0, t) / den)  # y_k + h (s xi^2 + d_k t) / den
+        logd = self._log_derivative(rest, xi2, t, s, d0, d1, den)
         inside = flat.abs() <= self.bound
         return torch.where(inside, y, flat), torch.where(inside, logd, 0.0)
 
@@ -167,10 +187,10 @@ class RQSpline(Univariate):
         xi_plus = 2 * c / torch.where(positive, -b - root, -1.0)
         xi_minus = (root - b) / torch.where(positive, 1.0, 2 * a)
         xi = torch.where(positive, xi_plus, xi_minus).clamp(0, 1)
-        den = s + (d0 + d1 - 2 * s) * xi * (1 - xi)
-        logd = -self._log_derivative(xi, s, d0, d1, den)
+        rest, xi2, t, den = self._in_bin(xi, s, d0, d1)
+        logd = -self._log_derivative(rest, xi2, t, s, d0, d1, den)
         inside = flat.abs() <= self.bound
-        return torch.where(inside, x0 + xi * w, flat), torch.where(inside, logd, 0.0)
+        return torch.where(inside, torch.addcmul(x0, xi, w), flat), torch.where(inside, logd, 0.0)
 
 
 @TRANSFORMS.register("ElementwiseRQSpline", test_kwargs={"bins": 4, "bound": 2.0})
