@@ -29,7 +29,7 @@ def check_input(x: Tensor, event_shape: torch.Size | tuple, ref: Tensor | None, 
             raise ValueError(f"device mismatch: {what} is on {x.device} but the flow is on {ref.device}")
     # one reduction: the sum is finite when every entry is (a non-finite sum of finite values, an overflow,
     # is told apart by the exact check)
-    if not math.isfinite(float(x.sum())) and not torch.isfinite(x).all():
+    if not math.isfinite(float(x.detach().sum())) and not torch.isfinite(x).all():
         bad = "NaN" if torch.isnan(x).any() else "inf"
         raise ValueError(f"{what} contains {bad} values ({int((~torch.isfinite(x)).sum())} non-finite entries)")
 
