@@ -259,13 +259,14 @@ def test_preset_options_keep_the_contract(name, kwargs):
 
 def test_fused_affine_kernel_matches_autograd_and_gradcheck(monkeypatch):
     """Above ``FUSED_AFFINE_MIN_SIZE`` the affine kernel runs as one autograd node with a hand-written backward:
-    same values and gradients as the plain autograd graph, and ``gradcheck`` in float64."""
+    same values and gradients as the plain autograd graph, ``gradcheck`` and ``gradgradcheck`` in float64."""
     import exactflow.transforms.autoregressive as ar
 
     kernel = ar.AffineUnivariate(scale_bound=2.0)
     x = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
     p = (2 * torch.randn(7, 3, 2, dtype=torch.float64)).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda a, b: ar._BoundedAffine.apply(a, b, 2.0), (x, p))
+    assert torch.autograd.gradgradcheck(lambda a, b: ar._BoundedAffine.apply(a, b, 2.0), (x, p))
 
     layer = MaskedAffineAutoregressive(16, context=2, hidden=(32, 32)).double()
     randomize_(layer)

@@ -14,7 +14,6 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..core import Bijection, Inverse
 from ..nets import MADE
@@ -58,22 +57,28 @@ class _BoundedAffine(torch.autograd.Function):
     """``(z, -s)`` with ``z = x exp(-s) + t``, ``s = B tanh(r / B)``, ``p = (t, r)`` in the last dimension, as one
     autograd node. Backward by hand: ``dz/dt = 1``, ``dz/dx = exp(-s)``, and with ``u = sigmoid(2r / B)`` (so
     ``-s = B - 2Bu``) ``d(-s)/dr = -4u(1 - u)``, the gradient of ``p`` formed as one tensor (autograd's graph
-    here has eight nodes and zero-fills a tensor the size of ``p`` per parameter)."""
+    here has eight nodes and zero-fills a tensor the size of ``p`` per parameter). Under ``create_graph`` the
+    backward recomputes ``u`` and ``exp(-s)`` from the inputs, so the gradient is differentiable again."""
 
     @staticmethod
     def forward(ctx, x: Tensor, p: Tensor, bound: float) -> tuple[Tensor, Tensor]:
         u = torch.mul(p[..., 1], 2 / bound).sigmoid_()
         neg_s = torch.mul(u, -2 * bound).add_(bound)
         e = torch.exp(neg_s)
-        ctx.save_for_backward(x, u, e)
+        ctx.save_for_backward(x, p, u, e)
+        ctx.bound = bound
         return torch.addcmul(p[..., 0], x, e), neg_s
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_z: Tensor, grad_neg_s: Tensor) -> tuple[Tensor, Tensor, None]:
-        x, u, e = ctx.saved_tensors
-        grad_r = torch.addcmul(grad_neg_s, grad_z, x * e)  # d/d(-s): z through x e^{-s}, and the log-det
-        grad_r.mul_(torch.addcmul(u, u, u, value=-1)).mul_(-4)
+        x, p, u, e = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: the same formulas, differentiable in x and p
+            u = torch.sigmoid(p[..., 1] * (2 / ctx.bound))
+            e = torch.exp(ctx.bound - 2 * ctx.bound * u)
+            grad_r = (grad_neg_s + grad_z * x * e) * (u * (1 - u)) * -4
+        else:
+            grad_r = torch.addcmul(grad_neg_s, grad_z, x * e)  # d/d(-s): z through x e^{-s}, and the log-det
+            grad_r.mul_(torch.addcmul(u, u, u, value=-1)).mul_(-4)
         return grad_z * e, torch.stack((grad_z.expand_as(x), grad_r), -1), None
 
 
