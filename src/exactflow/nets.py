@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Sequence
 
 import torch
@@ -11,6 +12,44 @@ from torch import Tensor, nn
 __all__ = ["MLP", "MADE", "MaskedLinear", "linear", "made_degrees", "param_rows"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "elu": nn.ELU, "gelu": nn.GELU}
+
+
+#: scratch buffers are kept only up to this many elements each (16 MiB in float32); larger ones are allocated as usual
+SCRATCH_MAX = 1 << 22
+
+
+class _Scratch(threading.local):
+    """Per-thread scratch matrices for values that never leave a computation without autograd (the hidden
+    activations of a network, the sampler's states). Each is keyed by its shape, dtype, device, inference
+    mode and a slot naming its role, so consecutive layers alternate between two buffers and every network
+    shares them. A fresh large tensor costs its page faults on every call: reusing them made an MLP about a
+    third faster at batch 4096."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple, Tensor] = {}
+
+    def get(self, rows: int, cols: int, like: Tensor, slot: object) -> Tensor | None:
+        """A ``(rows, cols)`` buffer of ``like``'s dtype and device for ``slot`` (its contents are garbage), or
+        None above :data:`SCRATCH_MAX` elements."""
+        if rows * cols > SCRATCH_MAX:
+            return None
+        key = (rows, cols, like.dtype, like.device, torch.is_inference_mode_enabled(), slot)
+        buf = self.buffers.get(key)
+        if buf is None:
+            if len(self.buffers) >= 32:  # many shapes in turn: start over rather than hold them all
+                self.buffers.clear()
+            buf = self.buffers[key] = torch.empty(rows, cols, dtype=like.dtype, device=like.device)
+        return buf
+
+
+scratch = _Scratch()
+
+
+def relu_layer(h: Tensor, weight_t: Tensor, bias: Tensor, slot: int) -> Tensor:
+    """``relu(h W^T + b)`` without autograd into the scratch buffer of ``slot`` (alternate 0 and 1 between
+    consecutive layers, so a layer never writes over its own input). Not for results that leave the pass."""
+    out = scratch.get(h.shape[0], weight_t.shape[1], h, ("hidden", slot))
+    return torch.mm(h, weight_t, out=out).add_(bias).relu_()
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -33,7 +72,9 @@ def param_rows(h: Tensor, weight: Tensor, bias: Tensor, features: int, params: i
     ``[k, f * batch + b]``. Elementwise kernels then read contiguous rows without a transposed copy of
     the (large) parameter tensor."""
     w, b = _rows_order(weight, features, params), _rows_order(bias, features, params)
-    return torch.addmm(b.unsqueeze(1), w, h.t()).view(params, -1)
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return torch.addmm(b.unsqueeze(1), w, h.t()).view(params, -1)
+    return torch.mm(w, h.t()).add_(b.unsqueeze(1)).view(params, -1)
 
 
 class MLP(nn.Sequential):
@@ -59,8 +100,21 @@ class MLP(nn.Sequential):
             nn.init.zeros_(last.bias)
         layers.append(last)
         super().__init__(*layers)
+        self.relu = activation == "relu"
+
+    def _inference_body(self, x: Tensor) -> Tensor | None:
+        """The hidden layers without autograd (ReLU only) through scratch buffers; None when this does not apply."""
+        if not self.relu or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return None
+        for i, m in enumerate(list(self._modules.values())[:-1:2]):
+            x = relu_layer(x, m.weight.t(), m.bias, i % 2)
+        return x
 
     def forward(self, x: Tensor) -> Tensor:
+        h = self._inference_body(x)
+        if h is not None:
+            last = self[-1]
+            return linear(h, last.weight, last.bias)
         # the layers called directly (no per-module __call__); ReLU in place on the fresh linear output
         for m in self._modules.values():
             x = self._apply_layer(m, x)
@@ -77,9 +131,12 @@ class MLP(nn.Sequential):
     def rows(self, x: Tensor, features: int, params: int) -> Tensor:
         """The output, read as ``(batch, features, params)``, laid out parameter-major as :func:`param_rows`."""
         *body, last = self._modules.values()
-        for m in body:
-            x = self._apply_layer(m, x)
-        return param_rows(x, last.weight, last.bias, features, params)
+        h = self._inference_body(x)
+        if h is None:
+            h = x
+            for m in body:
+                h = self._apply_layer(m, h)
+        return param_rows(h, last.weight, last.bias, features, params)
 
 
 def join_context(x: Tensor, context: Tensor | None) -> Tensor:
@@ -266,8 +323,8 @@ class MADE(nn.Module):
         if relu and not self.residual and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             *body, (w_last, b_last) = self._inference_weights(rows)
             h = join_context(x, context)
-            for w_t, b in body:
-                h = torch.mm(h, w_t).add_(b).relu_()
+            for i, (w_t, b) in enumerate(body):
+                h = relu_layer(h, w_t, b, i % 2)
             if rows:
                 return torch.mm(w_last, h.t()).add_(b_last).view(self.params, -1)
             return torch.mm(h, w_last).add_(b_last).view(x.shape[0], self.features, self.params)
