@@ -136,3 +136,43 @@ def test_log_prob_units_match_gaussian_log_density():
     flow = Flow(flows["RealNVP"](features=2, transforms=1, hidden=(4,)).transform, StandardNormal(2))
     x = torch.zeros(1, 2)
     assert flow.log_prob(x).item() == pytest.approx(-math.log(2 * math.pi), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["RealNVP", "MAF", "NSF", "NSFAutoregressive"])
+def test_scratch_buffers_of_the_no_grad_path_never_leak_into_results(name):
+    """Without autograd the hidden activations live in shared per-thread scratch buffers: results must not
+    alias them (a later call leaves an earlier result alone), inference mode and no_grad can alternate, and
+    threads sharing one flow get their own buffers."""
+    import threading
+
+    flow = flows[name](features=4, transforms=3, hidden=(16, 16))
+    randomize_(flow, 0.3)
+    xs = [torch.randn(300, 4) for _ in range(4)]
+    reference = [flow.log_prob(x).detach() for x in xs]  # the autograd path, no scratch
+    with torch.no_grad():
+        first = flow.log_prob(xs[0])
+        for x in xs[1:]:
+            flow.log_prob(x)
+        torch.testing.assert_close(first, reference[0])
+    with torch.inference_mode():
+        torch.testing.assert_close(flow.log_prob(xs[1]), reference[1])
+    with torch.no_grad():
+        torch.testing.assert_close(flow.log_prob(xs[2]), reference[2])
+    results, errors = {}, []
+
+    def run(i):
+        try:
+            with torch.no_grad():
+                for _ in range(20):
+                    results[i] = flow.log_prob(xs[i])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i in range(4):
+        torch.testing.assert_close(results[i], reference[i])
