@@ -82,6 +82,10 @@ class _BoundedAffine(torch.autograd.Function):
         return grad_z * e, torch.stack((grad_z.expand_as(x), grad_r), -1), None
 
 
+#: up to this many elements a fresh buffer is cheap (the allocator reuses it, no page faults): the no-grad affine
+#: kernel then takes the form with fewer ops; above it the in-place form with fewer fresh buffers
+SMALL = 32768
+
 #: below this many elements the autograd graph of the affine kernel is cheaper than :class:`_BoundedAffine`
 #: (per-call Python overhead of a custom autograd function); above it the fused backward wins
 FUSED_AFFINE_MIN_SIZE = 16384
@@ -112,14 +116,18 @@ class AffineUnivariate(Univariate):
             return raw if sign > 0 else -raw
         if raw.requires_grad:
             return torch.add(torch.sigmoid(raw * (2 / bound)), -0.5).mul_(2 * bound * sign)
-        return torch.mul(raw, 2 / bound).sigmoid_().sub_(0.5).mul_(2 * bound * sign)
+        u = torch.mul(raw, 2 / bound).sigmoid_()
+        if raw.numel() <= SMALL:  # one op fewer, one small buffer more
+            return torch.rsub(u, bound, alpha=2 * bound) if sign < 0 else torch.sub(u, 0.5, alpha=1).mul_(2 * bound)
+        return u.sub_(0.5).mul_(2 * bound * sign)
 
     def forward(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         if (self.scale_bound is not None and torch.is_grad_enabled() and x.numel() >= FUSED_AFFINE_MIN_SIZE
                 and p.shape[:-1] == x.shape and not torch.compiler.is_compiling()):
             return _BoundedAffine.apply(x, p, self.scale_bound)
         neg_s = self._log_scale(p[..., 1], -1.0)
-        if neg_s.requires_grad or x.requires_grad or neg_s.shape != x.shape or neg_s.dtype != x.dtype:
+        if (neg_s.requires_grad or x.requires_grad or neg_s.shape != x.shape or neg_s.dtype != x.dtype
+                or x.numel() <= SMALL):
             return torch.addcmul(p[..., 0], x, torch.exp(neg_s)), neg_s
         return torch.exp(neg_s).mul_(x).add_(p[..., 0]), neg_s
 
