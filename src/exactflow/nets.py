@@ -20,9 +20,8 @@ SCRATCH_MAX = 1 << 22
 
 class _Scratch(threading.local):
     """Per-thread scratch matrices for values that never leave a computation without autograd (the hidden
-    activations of a network, the sampler's states). Each is keyed by its shape, dtype, device, inference
-    mode and a slot naming its role, so consecutive layers alternate between two buffers and every network
-    shares them. A fresh large tensor costs its page faults on every call: reusing them made an MLP about a
+    activations of a network). Each is keyed by its shape, dtype, device, inference mode and a slot naming
+    its role, so consecutive layers alternate between two buffers and every network shares them. A fresh large tensor costs its page faults on every call: reusing them made an MLP about a
     third faster at batch 4096."""
 
     def __init__(self) -> None:
@@ -100,11 +99,11 @@ class MLP(nn.Sequential):
             nn.init.zeros_(last.bias)
         layers.append(last)
         super().__init__(*layers)
-        self.relu = activation == "relu"
+        self.all_relu = activation == "relu"
 
     def _inference_body(self, x: Tensor) -> Tensor | None:
         """The hidden layers without autograd (ReLU only) through scratch buffers; None when this does not apply."""
-        if not self.relu or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if not self.all_relu or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return None
         for i, m in enumerate(list(self._modules.values())[:-1:2]):
             x = relu_layer(x, m.weight.t(), m.bias, i % 2)

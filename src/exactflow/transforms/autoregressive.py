@@ -114,26 +114,25 @@ class AffineUnivariate(Univariate):
         bound = self.scale_bound
         if bound is None:
             return raw if sign > 0 else -raw
-        if raw.requires_grad:
-            return torch.add(torch.sigmoid(raw * (2 / bound)), -0.5).mul_(2 * bound * sign)
-        u = torch.mul(raw, 2 / bound).sigmoid_()
-        if raw.numel() <= SMALL:  # one op fewer, one small buffer more
-            return torch.rsub(u, bound, alpha=2 * bound) if sign < 0 else torch.sub(u, 0.5, alpha=1).mul_(2 * bound)
-        return u.sub_(0.5).mul_(2 * bound * sign)
+        if raw.requires_grad or raw.numel() <= SMALL:  # sign (2Bu - B) = -sign B - (-sign 2B) u in one op
+            return torch.rsub(torch.sigmoid(raw * (2 / bound)), -sign * bound, alpha=-sign * 2 * bound)
+        return torch.mul(raw, 2 / bound).sigmoid_().sub_(0.5).mul_(2 * bound * sign)
 
     def forward(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         if (self.scale_bound is not None and torch.is_grad_enabled() and x.numel() >= FUSED_AFFINE_MIN_SIZE
                 and p.shape[:-1] == x.shape and not torch.compiler.is_compiling()):
             return _BoundedAffine.apply(x, p, self.scale_bound)
-        neg_s = self._log_scale(p[..., 1], -1.0)
+        shift, raw = p.unbind(-1)  # one autograd node for both (two selects would zero-fill one tensor each)
+        neg_s = self._log_scale(raw, -1.0)
         if (neg_s.requires_grad or x.requires_grad or neg_s.shape != x.shape or neg_s.dtype != x.dtype
                 or x.numel() <= SMALL):
-            return torch.addcmul(p[..., 0], x, torch.exp(neg_s)), neg_s
-        return torch.exp(neg_s).mul_(x).add_(p[..., 0]), neg_s
+            return torch.addcmul(shift, x, torch.exp(neg_s)), neg_s
+        return torch.exp(neg_s).mul_(x).add_(shift), neg_s
 
     def inverse(self, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
-        s = self._log_scale(p[..., 1], 1.0)
-        return (z - p[..., 0]) * torch.exp(s), s
+        shift, raw = p.unbind(-1)
+        s = self._log_scale(raw, 1.0)
+        return (z - shift) * torch.exp(s), s
 
     def inverse_rows(self, z: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
         s = self._log_scale(rows[1], 1.0)
@@ -213,7 +212,7 @@ class MaskedAutoregressive(Bijection):
         if not tracing:
             sources = (*net.parameters(), *net.buffers())
             key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
-            cached = getattr(self, "_plan", None)
+            cached = self.__dict__.get("_plan")
             if cached is not None and cached[0] == key:
                 return cached[2]
         d, ctx, params = self.features, net.context_features, net.params

@@ -172,5 +172,5 @@ class AffineCoupling(Coupling):
         bound = self.scale_bound
         if bound is None:
             return torch.addcmul(shift, z, torch.exp(raw)), raw.sum(-1)
-        s = torch.sigmoid(raw * (2 / bound)).sub(0.5).mul_(2 * bound)  # B tanh(raw / B)
+        s = torch.rsub(torch.sigmoid(raw * (2 / bound)), -bound, alpha=-2 * bound)  # B tanh(raw / B) = 2B u - B
         return torch.addcmul(shift, z, torch.exp(s)), s.sum(-1)
