@@ -145,12 +145,16 @@ def test_scratch_buffers_of_the_no_grad_path_never_leak_into_results(name):
     threads sharing one flow get their own buffers."""
     import threading
 
+    from exactflow.nets import SCRATCH_MIN, scratch
+
     flow = flows[name](features=4, transforms=3, hidden=(16, 16))
     randomize_(flow, 0.3)
-    xs = [torch.randn(300, 4) for _ in range(4)]
+    xs = [torch.randn(SCRATCH_MIN // 16 + 100, 4) for _ in range(4)]  # hidden activations above SCRATCH_MIN
     reference = [flow.log_prob(x).detach() for x in xs]  # the autograd path, no scratch
+    scratch.buffers.clear()
     with torch.no_grad():
         first = flow.log_prob(xs[0])
+        assert scratch.buffers  # the scratch path was taken
         for x in xs[1:]:
             flow.log_prob(x)
         torch.testing.assert_close(first, reference[0])

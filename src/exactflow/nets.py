@@ -14,8 +14,9 @@ __all__ = ["MLP", "MADE", "MaskedLinear", "linear", "made_degrees", "param_rows"
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "elu": nn.ELU, "gelu": nn.GELU}
 
 
-#: scratch buffers are kept only up to this many elements each (16 MiB in float32); larger ones are allocated as usual
-SCRATCH_MAX = 1 << 22
+#: scratch buffers are used from above SCRATCH_MIN elements (below, a fresh tensor costs no page faults and the
+#: lookup would cost more than it saves) up to SCRATCH_MAX (16 MiB in float32; larger ones are allocated as usual)
+SCRATCH_MIN, SCRATCH_MAX = 1 << 15, 1 << 22
 
 
 class _Scratch(threading.local):
@@ -29,8 +30,8 @@ class _Scratch(threading.local):
 
     def get(self, rows: int, cols: int, like: Tensor, slot: object) -> Tensor | None:
         """A ``(rows, cols)`` buffer of ``like``'s dtype and device for ``slot`` (its contents are garbage), or
-        None above :data:`SCRATCH_MAX` elements."""
-        if rows * cols > SCRATCH_MAX:
+        None outside (:data:`SCRATCH_MIN`, :data:`SCRATCH_MAX`] elements."""
+        if not SCRATCH_MIN < rows * cols <= SCRATCH_MAX:  # small tensors are recycled by the allocator anyway
             return None
         key = (rows, cols, like.dtype, like.device, torch.is_inference_mode_enabled(), slot)
         buf = self.buffers.get(key)
