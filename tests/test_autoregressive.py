@@ -283,3 +283,70 @@ def test_fused_affine_kernel_matches_autograd_and_gradcheck(monkeypatch):
         layer.zero_grad()
     for fused, plain in zip(*results):
         torch.testing.assert_close(fused, plain, rtol=1e-10, atol=1e-10)
+
+
+def test_fast_paths_keep_the_general_behaviour():
+    """The no-grad and fused fast paths fall back or follow every change where the plain code would."""
+    import pickle
+
+    from exactflow.nets import MLP, MaskedLinear
+
+    # spline constants first made in inference mode are plain tensors: a later training step works
+    nsf = flows["NSF"](features=4, transforms=2, hidden=(16, 16))
+    with torch.inference_mode():
+        nsf.sample(10)
+    nsf.log_prob(torch.randn(8, 4)).mean().backward()
+
+    # the fused affine kernel steps aside inside torch.func transforms (it has no vmap rule or jvp)
+    layer = MaskedAffineAutoregressive(4, hidden=(8, 8))
+    randomize_(layer, 0.3)
+    x = torch.randn(5000, 4)  # above FUSED_AFFINE_MIN_SIZE
+    params = dict(layer.named_parameters())
+    buffers = dict(layer.named_buffers())
+
+    def loss(p):
+        z, ladj = torch.func.functional_call(layer, {**p, **buffers}, (x,))
+        return (z.square().sum() + ladj.sum()) / len(x)
+
+    grads = torch.func.grad(loss)(params)
+    reference = torch.autograd.grad(loss(params), list(params.values()))
+    for g, r in zip(grads.values(), reference):
+        torch.testing.assert_close(g, r)
+
+    # refresh() after writes through .data reaches the MADE's no-grad cache and the sampler's plan
+    z = torch.randn(300, 4)
+    with torch.no_grad():
+        layer(x[:300]), layer.inverse(z)  # build both caches
+        for m in (*layer.net.layers, layer.net.out):
+            m.weight.data.mul_(1.5)
+        layer.net.refresh()
+        torch.testing.assert_close(layer(x[:300])[0], layer(x[:300].clone().requires_grad_())[0].detach())
+        torch.testing.assert_close(layer.inverse(z)[0], layer._inverse_passes(z, None)[0], rtol=1e-4, atol=1e-4)
+
+    # a conditional layer called without its context fails clearly, at every batch size
+    conditional = MaskedAffineAutoregressive(4, context=2, hidden=(8, 8))
+    for n in (3, 300):
+        with torch.no_grad(), pytest.raises(ValueError, match="context"):
+            conditional.inverse(torch.randn(n, 4))
+
+    # inputs F.linear accepts keep working without autograd: no bias, 1-D and 3-D inputs
+    with torch.no_grad():
+        masked = MaskedLinear(3, 2, torch.ones(2, 3), bias=False)
+        torch.testing.assert_close(masked(torch.ones(4, 3)), torch.ones(4, 3) @ masked.weight.t())
+        mlp = MLP(3, 2, (8,), zero_last=False)
+        for shape in ((3,), (4, 5, 3)):
+            v = torch.randn(shape)
+            torch.testing.assert_close(mlp(v), torch.nn.Sequential(*mlp)(v))
+
+    # a parametrised weight (weight norm) goes through the MADE's no-grad path
+    made = MADE(4, 2, (8, 8))
+    torch.nn.utils.parametrizations.weight_norm(made.layers[0])
+    with torch.no_grad():
+        v = torch.randn(6, 4)
+        torch.testing.assert_close(made(v), made(v.clone().requires_grad_()).detach())
+
+    # a compiled module still pickles (the caches are dropped, nn.Module's own state handling kept)
+    compiled = MADE(3, 2, (8,))
+    compiled.compile()
+    pickle.dumps(compiled)
+    pickle.dumps(layer)

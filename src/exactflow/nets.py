@@ -55,7 +55,7 @@ def relu_layer(h: Tensor, weight_t: Tensor, bias: Tensor, slot: int) -> Tensor:
 def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """``x W^T + b``. Without autograd as a product and an in-place bias add: at small batches that is
     faster than ``addmm``, whose bias is first copied into the output."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dim() != 2 or bias is None:
         return F.linear(x, weight, bias)
     return torch.mm(x, weight.t()).add_(bias)
 
@@ -100,13 +100,16 @@ class MLP(nn.Sequential):
             nn.init.zeros_(last.bias)
         layers.append(last)
         super().__init__(*layers)
-        self.all_relu = activation == "relu"
 
     def _inference_body(self, x: Tensor) -> Tensor | None:
-        """The hidden layers without autograd (ReLU only) through scratch buffers; None when this does not apply."""
-        if not self.all_relu or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        """The hidden layers without autograd through scratch buffers, for 2-D input and Linear/ReLU layers
+        with biases; None when this does not apply."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dim() != 2:
             return None
-        for i, m in enumerate(list(self._modules.values())[:-1:2]):
+        modules = list(self._modules.values())
+        if not all(type(m) is nn.ReLU for m in modules[1::2]) or any(m.bias is None for m in modules[:-1:2]):
+            return None
+        for i, m in enumerate(modules[:-1:2]):
             x = relu_layer(x, m.weight.t(), m.bias, i % 2)
         return x
 
@@ -165,10 +168,12 @@ class MaskedLinear(nn.Linear):
         self._folded: Tensor | None = None
         self._key: tuple = ()
         self._sources: tuple = ()
+        self.generation = 0  # bumped by refresh(): the caches built on this layer (MADE, sampler) key on it
 
     def refresh(self) -> None:
-        """Drop the cached masked weight (needed only after writes through ``weight.data``)."""
+        """Drop the cached masked weight, and those built on it (needed only after writes through ``weight.data``)."""
         self._folded, self._key, self._sources = None, (), ()
+        self.generation += 1
 
     def masked_weight(self) -> Tensor:
         if torch.is_grad_enabled() or torch.compiler.is_compiling():  # a compiled graph fuses the product itself
@@ -186,7 +191,7 @@ class MaskedLinear(nn.Linear):
         return linear(x, self.masked_weight(), self.bias)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_folded": None, "_key": (), "_sources": ()}
+        return {**super().__getstate__(), "_folded": None, "_key": (), "_sources": ()}
 
 
 def made_degrees(features: int, order: str | Tensor = "natural", seed: int | None = None) -> Tensor:
@@ -212,6 +217,14 @@ def made_degrees(features: int, order: str | Tensor = "natural", seed: int | Non
     degrees = torch.empty(features, dtype=torch.long)
     degrees[perm] = torch.arange(1, features + 1)
     return degrees
+
+
+def _weight_bias_mask(m: MaskedLinear) -> tuple[Tensor, Tensor, Tensor]:
+    """A masked layer's tensors, read from the module's dicts where they are plain (attribute access through
+    ``nn.Module.__getattr__`` costs about a microsecond each); a parametrised weight is computed as usual."""
+    params = m._parameters
+    weight, bias = params.get("weight"), params.get("bias")
+    return (m.weight if weight is None else weight), (m.bias if bias is None else bias), m._buffers["mask"]
 
 
 class MADE(nn.Module):
@@ -276,9 +289,8 @@ class MADE(nn.Module):
         autograd, cached until a weight, bias or mask changes (storage or version counter); with ``rows`` the
         last layer is ``(W, b)`` in :func:`param_rows` order, for ``W h^T + b``. One cache check per call, not
         one per layer."""
-        sources = [t for m in (*self.layers, self.out) for t in (m._parameters["weight"], m._parameters["bias"],
-                                                                  m._buffers["mask"])]
-        key = (rows, *((t.data_ptr(), t._version) for t in sources))
+        sources = [t for m in (*self.layers, self.out) for t in _weight_bias_mask(m)]
+        key = (rows, self.generation(), *((t.data_ptr(), t._version) for t in sources))
         cached = self.__dict__.get("_inference")
         if cached is not None and cached[0] == key:
             return cached[2]
@@ -293,8 +305,19 @@ class MADE(nn.Module):
         self.__dict__["_inference"] = (key, [t.detach() for t in sources], weights)
         return weights
 
+    def generation(self) -> int:
+        """Sum of the layers' :attr:`MaskedLinear.generation`: it changes whenever one of them is refreshed."""
+        return sum(m.generation for m in (*self.layers, self.out))
+
+    def refresh(self) -> None:
+        """Drop every cached masked weight (needed only after writes through ``.data``)."""
+        for m in (*self.layers, self.out):
+            m.refresh()
+
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_inference"}
+        state = super().__getstate__()
+        state.pop("_inference", None)
+        return state
 
     def _hidden_degrees(self, width: int) -> Tensor:
         if self.context_features:  # degree-0 units see the context only and feed the first feature
@@ -320,7 +343,8 @@ class MADE(nn.Module):
         # layers applied functionally (masked weights folded once under no_grad, see MaskedLinear); no
         # per-call module slicing or sub-module __call__, ReLU in place on fresh linear outputs
         relu = type(self.act) is nn.ReLU
-        if relu and not self.residual and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        if (relu and not self.residual and x.dim() == 2 and not torch.is_grad_enabled()
+                and not torch.compiler.is_compiling()):
             *body, (w_last, b_last) = self._inference_weights(rows)
             h = join_context(x, context)
             for i, (w_t, b) in enumerate(body):

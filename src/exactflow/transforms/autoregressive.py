@@ -91,6 +91,16 @@ SMALL = 32768
 FUSED_AFFINE_MIN_SIZE = 16384
 
 
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
+def _plain_autograd() -> bool:
+    """True outside ``torch.func`` transforms and forward-mode AD: where :class:`_BoundedAffine`'s hand-written
+    backward is all that is asked for (it has no vmap rule and no jvp); inside them the plain graph runs."""
+    return (_functorch_active is not None and not _functorch_active()
+            and getattr(torch.autograd.forward_ad, "_current_level", 0) < 0)
+
+
 class AffineUnivariate(Univariate):
     """``z = x * exp(-s) + t`` with ``p = (t, s_raw)`` and ``s = B tanh(s_raw / B)``
     (``B = scale_bound``, ``None``: unbounded); log f'(x) = -s.
@@ -120,7 +130,7 @@ class AffineUnivariate(Univariate):
 
     def forward(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         if (self.scale_bound is not None and torch.is_grad_enabled() and x.numel() >= FUSED_AFFINE_MIN_SIZE
-                and p.shape[:-1] == x.shape and not torch.compiler.is_compiling()):
+                and p.shape[:-1] == x.shape and not torch.compiler.is_compiling() and _plain_autograd()):
             return _BoundedAffine.apply(x, p, self.scale_bound)
         shift, raw = p.unbind(-1)  # one autograd node for both (two selects would zero-fill one tensor each)
         neg_s = self._log_scale(raw, -1.0)
@@ -187,6 +197,9 @@ class MaskedAutoregressive(Bijection):
         return z, logd.sum(-1)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if (context is None) != (self.net.context_features == 0):
+            raise ValueError(f"this layer takes a context of {self.net.context_features} features (0: none), "
+                             f"got {'none' if context is None else tuple(context.shape)}")
         # the incremental sampler needs no gradients and a plain MADE; it pays off once D * batch is not tiny
         if (torch.is_grad_enabled() or self.net.residual or self.features < 2
                 or self.features * z.shape[0] < INCREMENTAL_MIN_SIZE):
@@ -211,7 +224,7 @@ class MaskedAutoregressive(Bijection):
         tracing = torch.compiler.is_compiling()
         if not tracing:
             sources = (*net.parameters(), *net.buffers())
-            key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
+            key = (net.generation(), *((t.data_ptr(), t._version, t.dtype, t.device) for t in sources))
             cached = self.__dict__.get("_plan")
             if cached is not None and cached[0] == key:
                 return cached[2]
@@ -288,7 +301,9 @@ class MaskedAutoregressive(Bijection):
         return xs[net.input_degrees - 1].t(), ladj
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_plan"}
+        state = super().__getstate__()
+        state.pop("_plan", None)
+        return state
 
     def extra_repr(self) -> str:
         return f"features={self.features}, univariate={self.univariate!r}"

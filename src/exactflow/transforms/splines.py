@@ -71,15 +71,17 @@ class RQSpline(Univariate):
 
     def _constants(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(2B m, 2B (1 - K m), -B + 2B j m for j = 1..K-1)``, ``m`` the minimum width (row 0) and height
-        (row 1), as tensors on ``v``'s dtype and device, made once per dtype and device."""
+        (row 1), as tensors on ``v``'s dtype and device, made once per dtype and device (as plain tensors even
+        inside inference mode: autograd saves them in later training steps)."""
         key = (v.dtype, v.device)
         cached = self.__dict__.setdefault("_consts", {})
         if key not in cached:
             twice = 2 * self.bound
-            mins = torch.tensor([[self.min_width], [self.min_height]], dtype=v.dtype, device=v.device)  # (2, 1)
-            steps = torch.arange(1, self.bins, dtype=v.dtype, device=v.device).unsqueeze(1)  # (K - 1, 1)
-            knots = (twice * mins).unsqueeze(1) * steps - self.bound  # (2, K - 1, 1)
-            cached[key] = (twice * mins, twice * (1 - self.bins * mins), knots)
+            with torch.inference_mode(False):
+                mins = torch.tensor([[self.min_width], [self.min_height]], dtype=v.dtype, device=v.device)  # (2, 1)
+                steps = torch.arange(1, self.bins, dtype=v.dtype, device=v.device).unsqueeze(1)  # (K - 1, 1)
+                knots = (twice * mins).unsqueeze(1) * steps - self.bound  # (2, K - 1, 1)
+                cached[key] = (twice * mins, twice * (1 - self.bins * mins), knots)
         return cached[key]
 
     def _bin(self, cols: Tensor, v: Tensor, kind: int) -> tuple[Tensor, ...]:
