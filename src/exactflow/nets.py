@@ -289,8 +289,14 @@ class MADE(nn.Module):
         autograd, cached until a weight, bias or mask changes (storage or version counter); with ``rows`` the
         last layer is ``(W, b)`` in :func:`param_rows` order, for ``W h^T + b``. One cache check per call, not
         one per layer."""
-        sources = [t for m in (*self.layers, self.out) for t in _weight_bias_mask(m)]
-        key = (rows, self.generation(), *((t.data_ptr(), t._version) for t in sources))
+        modules = self._modules
+        sources, key = [], [rows]
+        for m in (*modules["layers"]._modules.values(), modules["out"]):  # dict reads: no Module.__getattr__
+            tensors = _weight_bias_mask(m)
+            sources += tensors
+            key.append(m.generation)
+            key += [(t.data_ptr(), t._version) for t in tensors]
+        key = tuple(key)
         cached = self.__dict__.get("_inference")
         if cached is not None and cached[0] == key:
             return cached[2]
@@ -342,7 +348,7 @@ class MADE(nn.Module):
         (:func:`param_rows`)."""
         # layers applied functionally (masked weights folded once under no_grad, see MaskedLinear); no
         # per-call module slicing or sub-module __call__, ReLU in place on fresh linear outputs
-        relu = type(self.act) is nn.ReLU
+        relu = type(self._modules["act"]) is nn.ReLU
         if (relu and not self.residual and x.dim() == 2 and not torch.is_grad_enabled()
                 and not torch.compiler.is_compiling()):
             *body, (w_last, b_last) = self._inference_weights(rows)
