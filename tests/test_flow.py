@@ -151,7 +151,7 @@ def test_scratch_buffers_of_the_no_grad_path_never_leak_into_results(name):
     randomize_(flow, 0.3)
     xs = [torch.randn(SCRATCH_MIN // 16 + 100, 4) for _ in range(4)]  # hidden activations above SCRATCH_MIN
     reference = [flow.log_prob(x).detach() for x in xs]  # the autograd path, no scratch
-    scratch.buffers.clear()
+    scratch.clear()
     with torch.no_grad():
         first = flow.log_prob(xs[0])
         assert scratch.buffers  # the scratch path was taken
@@ -180,3 +180,17 @@ def test_scratch_buffers_of_the_no_grad_path_never_leak_into_results(name):
     assert not errors
     for i in range(4):
         torch.testing.assert_close(results[i], reference[i])
+
+
+def test_scratch_buffers_are_bounded():
+    from exactflow import nets
+
+    scratch = nets.scratch
+    scratch.clear()
+    like = torch.zeros(1)
+    for rows in range(40):  # 40 shapes of 2M elements each: more than SCRATCH_TOTAL together
+        assert scratch.get(2048 + rows, 1024, like, "test") is not None
+        assert scratch.held <= nets.SCRATCH_TOTAL
+    assert scratch.get(10, 10, like, "test") is None  # small: the allocator recycles those anyway
+    assert scratch.get(nets.SCRATCH_MAX + 1, 1, like, "test") is None
+    scratch.clear()
