@@ -209,6 +209,12 @@ class MaskedAutoregressive(Bijection):
     def _inverse_passes(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """D full MADE passes ``x <- f^-1(z; MADE(x))`` from ``x = 0`` (differentiable; any MADE)."""
         x = torch.zeros_like(z)
+        if self.univariate.param_rows:  # the kernel on (feature, batch)-ordered rows, as in forward
+            n, flat = z.shape[0], z.t().reshape(-1)
+            for _ in range(self.features):
+                xt, logd = self.univariate.inverse_rows(flat, self.net(x, context, rows=True))
+                x = xt.view(self.features, n).t()
+            return x.contiguous(), logd.view(self.features, n).sum(0)
         for _ in range(self.features):
             x, logd = self.univariate.inverse(z, self.net(x, context))
         return x, logd.sum(-1)
