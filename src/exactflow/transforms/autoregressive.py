@@ -144,12 +144,6 @@ class AffineUnivariate(Univariate):
         s = self._log_scale(raw, 1.0)
         return (z - shift) * torch.exp(s), s
 
-    def inverse_rows(self, z: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-        s = self._log_scale(rows[1], 1.0)
-        if s.requires_grad or z.requires_grad:
-            return (z - rows[0]) * torch.exp(s), s
-        return torch.exp(s).mul_(z - rows[0]), s
-
     def __repr__(self) -> str:
         return f"AffineUnivariate(scale_bound={self.scale_bound})"
 
