@@ -294,13 +294,13 @@ class MADE(nn.Module):
                 nn.init.zeros_(second.bias)
         self.layers = nn.ModuleList(layers)
 
-    def _inference_weights(self, rows: bool) -> list[tuple[Tensor, Tensor]]:
+    def _inference_weights(self, layout: str) -> list[tuple[Tensor, Tensor]]:
         """``(W^T, b)`` per layer with the masks folded in and ``W^T`` contiguous, for the forward without
-        autograd, cached until a weight, bias or mask changes (storage or version counter); with ``rows`` the
-        last layer is ``(W, b)`` in :func:`param_rows` order, for ``W h^T + b``. One cache check per call, not
-        one per layer."""
+        autograd, cached until a weight, bias or mask changes (storage or version counter); the last layer's
+        outputs in ``layout`` order (:meth:`forward`; ``"rows"``: ``(W, b)`` for ``W h^T + b``). One cache check
+        per call, not one per layer."""
         modules = self._modules
-        sources, key = [], [rows]
+        sources, key = [], [layout]
         for m in (*modules["layers"]._modules.values(), modules["out"]):  # dict reads: no Module.__getattr__
             tensors = _weight_bias_mask(m)
             sources += tensors
@@ -313,10 +313,10 @@ class MADE(nn.Module):
         with torch.no_grad():
             folded = [(w * m).t().contiguous() for w, m in zip(sources[::3], sources[2::3])]
             weights = [(w_t, b) for w_t, b in zip(folded, sources[1::3])]
-            if rows:
-                w_t, b = weights[-1]
-                weights[-1] = (_rows_order(w_t.t(), self.features, self.params).contiguous(),
-                               _rows_order(b, self.features, self.params).unsqueeze(1))
+            if layout != "features":
+                w, b = _rows_order(weights[-1][0].t(), self.features, self.params), weights[-1][1]
+                b = _rows_order(b, self.features, self.params)
+                weights[-1] = (w.contiguous(), b.unsqueeze(1)) if layout == "rows" else (w.t().contiguous(), b)
         # the sources stay aliased in the cache so their storage cannot be reused under the same key
         self.__dict__["_inference"] = (key, [t.detach() for t in sources], weights)
         return weights
@@ -353,21 +353,25 @@ class MADE(nn.Module):
         (for ``residual=True``: the input layer, then the two layers of each block)."""
         return [getattr(self, f"hidden_degrees_{i}") for i in range(len(self.layers))]
 
-    def forward(self, x: Tensor, context: Tensor | None = None, rows: bool = False) -> Tensor:
-        """``(batch, D, params)``, or with ``rows=True`` the same numbers as ``(params, D * batch)``
+    def forward(self, x: Tensor, context: Tensor | None = None, layout: str = "features") -> Tensor:
+        """The parameters, ``(batch, D, params)``. ``layout`` is their order in memory: ``"features"``
+        (contiguous), ``"params"`` (the same shape as a view of ``(batch, params, D)``, so each parameter is a
+        ``(batch, D)`` slice with contiguous rows), or ``"rows"``: the same numbers as ``(params, D * batch)``
         (:func:`param_rows`)."""
         # layers applied functionally (masked weights folded once under no_grad, see MaskedLinear); no
         # per-call module slicing or sub-module __call__, ReLU in place on fresh linear outputs
         relu = type(self._modules["act"]) is nn.ReLU
+        n, d, k = x.shape[0], self.features, self.params
         if (relu and not self.residual and x.dim() == 2 and not torch.is_grad_enabled()
                 and not torch.compiler.is_compiling()):
-            *body, (w_last, b_last) = self._inference_weights(rows)
+            *body, (w_last, b_last) = self._inference_weights(layout)
             h = join_context(x, context)
             for i, (w_t, b) in enumerate(body):
                 h = relu_layer(h, w_t, b, i % 2)
-            if rows:
-                return torch.mm(w_last, h.t()).add_(b_last).view(self.params, -1)
-            return torch.mm(h, w_last).add_(b_last).view(x.shape[0], self.features, self.params)
+            if layout == "rows":
+                return torch.mm(w_last, h.t()).add_(b_last).view(k, -1)
+            out = torch.mm(h, w_last).add_(b_last)
+            return out.view(n, d, k) if layout == "features" else out.view(n, k, d).transpose(1, 2)
         act = torch.relu_ if relu else self.act  # on fresh outputs only
         layers = list(self.layers)
         h = linear(join_context(x, context), layers[0].masked_weight(), layers[0].bias)
@@ -378,7 +382,9 @@ class MADE(nn.Module):
         else:
             for layer in layers[1:]:
                 h = linear(act(h), layer.masked_weight(), layer.bias)
-        if rows:
-            return param_rows(act(h), self.out.masked_weight(), self.out.bias, self.features, self.params)
-        out = linear(act(h), self.out.masked_weight(), self.out.bias)
-        return out.reshape(x.shape[0], self.features, self.params)
+        if layout == "rows":
+            return param_rows(act(h), self.out.masked_weight(), self.out.bias, d, k)
+        if layout == "params":
+            w, b = _rows_order(self.out.masked_weight(), d, k), _rows_order(self.out.bias, d, k)
+            return linear(act(h), w, b).view(n, k, d).transpose(1, 2)
+        return linear(act(h), self.out.masked_weight(), self.out.bias).view(n, d, k)

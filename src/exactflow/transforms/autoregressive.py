@@ -21,6 +21,12 @@ from ..registry import TRANSFORMS
 
 __all__ = ["Univariate", "AffineUnivariate", "MaskedAutoregressive", "MaskedAffineAutoregressive", "IAF"]
 
+#: from this many features and values on, the forward without autograd has the MADE lay the kernel's parameters
+#: out parameter-major (each a ``(batch, D)`` slice with contiguous rows): elementwise ops on the interleaved
+#: ``(..., 2)`` layout do not vectorise (MAF log_prob at d = 64, batch 4096: 8% faster; with autograd no gain)
+PARAM_MAJOR_MIN_FEATURES = 16
+PARAM_MAJOR_MIN_SIZE = 16384
+
 #: the incremental sampler runs when D * batch reaches this (and D >= 2); below it D plain passes cost as little
 INCREMENTAL_MIN_SIZE = 256
 
@@ -185,9 +191,11 @@ class MaskedAutoregressive(Bijection):
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self.univariate.param_rows:  # kernel on (feature, batch)-ordered values: x and z transposed (small)
             n = x.shape[0]
-            z, logd = self.univariate.forward_rows(x.t().reshape(-1), self.net(x, context, rows=True))
+            z, logd = self.univariate.forward_rows(x.t().reshape(-1), self.net(x, context, layout="rows"))
             return z.view(self.features, n).t().contiguous(), logd.view(self.features, n).sum(0)
-        z, logd = self.univariate.forward(x, self.net(x, context))
+        wide = (self.features >= PARAM_MAJOR_MIN_FEATURES and x.numel() >= PARAM_MAJOR_MIN_SIZE
+                and not torch.is_grad_enabled())
+        z, logd = self.univariate.forward(x, self.net(x, context, layout="params" if wide else "features"))
         return z, logd.sum(-1)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -206,7 +214,7 @@ class MaskedAutoregressive(Bijection):
         if self.univariate.param_rows:  # the kernel on (feature, batch)-ordered rows, as in forward
             n, flat = z.shape[0], z.t().reshape(-1)
             for _ in range(self.features):
-                xt, logd = self.univariate.inverse_rows(flat, self.net(x, context, rows=True))
+                xt, logd = self.univariate.inverse_rows(flat, self.net(x, context, layout="rows"))
                 x = xt.view(self.features, n).t()
             return x.contiguous(), logd.view(self.features, n).sum(0)
         for _ in range(self.features):
