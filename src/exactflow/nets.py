@@ -58,7 +58,8 @@ scratch = _Scratch()
 def relu_layer(h: Tensor, weight_t: Tensor, bias: Tensor, slot: int) -> Tensor:
     """``relu(h W^T + b)`` without autograd into the scratch buffer of ``slot`` (alternate 0 and 1 between
     consecutive layers, so a layer never writes over its own input). Not for results that leave the pass."""
-    out = scratch.get(h.shape[0], weight_t.shape[1], h, ("hidden", slot))
+    rows, cols = h.shape[0], weight_t.shape[1]
+    out = scratch.get(rows, cols, h, ("hidden", slot)) if rows * cols > SCRATCH_MIN else None
     return torch.mm(h, weight_t, out=out).add_(bias).relu_()
 
 
@@ -111,45 +112,56 @@ class MLP(nn.Sequential):
         layers.append(last)
         super().__init__(*layers)
 
-    def _inference_body(self, x: Tensor) -> Tensor | None:
-        """The hidden layers without autograd through scratch buffers, for 2-D input and Linear/ReLU layers
-        with biases; None when this does not apply."""
+    def _relu_layers(self) -> list[tuple[Tensor, Tensor]] | None:
+        """``(weight, bias)`` of every Linear layer when the network is Linear, ReLU, ..., Linear with biases
+        (the form the functional paths below run), else None. The check of the layer types is cached on them
+        (a changed Sequential is checked again); the tensors are read afresh from the modules' dicts."""
+        modules = tuple(self._modules.values())
+        kinds = tuple(map(type, modules))
+        cached = self.__dict__.get("_kinds")
+        if cached is None or cached[0] != kinds:
+            plain = (len(kinds) % 2 == 1 and all(k is nn.Linear for k in kinds[::2])
+                     and all(k is nn.ReLU for k in kinds[1::2]))
+            self.__dict__["_kinds"] = cached = (kinds, plain)
+        if not cached[1]:
+            return None
+        layers = [_weight_bias(m) for m in modules[::2]]
+        return None if any(b is None for _, b in layers) else layers
+
+    def _hidden(self, x: Tensor, layers: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """The hidden layers of a ReLU network (:meth:`_relu_layers`): without autograd through scratch buffers."""
         if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dim() != 2:
-            return None
-        modules = list(self._modules.values())
-        if not all(type(m) is nn.ReLU for m in modules[1::2]) or any(m.bias is None for m in modules[:-1:2]):
-            return None
-        for i, m in enumerate(modules[:-1:2]):
-            x = relu_layer(x, m.weight.t(), m.bias, i % 2)
+            for w, b in layers:
+                x = torch.relu_(F.linear(x, w, b))
+            return x
+        for i, (w, b) in enumerate(layers):
+            x = relu_layer(x, w.t(), b, i % 2)
         return x
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self._inference_body(x)
-        if h is not None:
-            last = self[-1]
-            return linear(h, last.weight, last.bias)
-        # the layers called directly (no per-module __call__); ReLU in place on the fresh linear output
-        for m in self._modules.values():
-            x = self._apply_layer(m, x)
-        return x
-
-    @staticmethod
-    def _apply_layer(m: nn.Module, x: Tensor) -> Tensor:
-        if type(m) is nn.Linear:
-            return linear(x, m.weight, m.bias)
-        if type(m) is nn.ReLU:
-            return torch.relu_(x)
-        return m(x)
+        layers = self._relu_layers()
+        if layers is None:  # any other network: module by module
+            for m in self._modules.values():
+                x = m(x)
+            return x
+        *body, (w, b) = layers
+        return linear(self._hidden(x, body), w, b)
 
     def rows(self, x: Tensor, features: int, params: int) -> Tensor:
         """The output, read as ``(batch, features, params)``, laid out parameter-major as :func:`param_rows`."""
-        *body, last = self._modules.values()
-        h = self._inference_body(x)
-        if h is None:
-            h = x
+        layers = self._relu_layers()
+        if layers is None:
+            *body, last = self._modules.values()
             for m in body:
-                h = self._apply_layer(m, h)
-        return param_rows(h, last.weight, last.bias, features, params)
+                x = m(x)
+            return param_rows(x, last.weight, last.bias, features, params)
+        *body, (w, b) = layers
+        return param_rows(self._hidden(x, body), w, b, features, params)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_kinds", None)
+        return state
 
 
 def join_context(x: Tensor, context: Tensor | None) -> Tensor:
@@ -229,12 +241,17 @@ def made_degrees(features: int, order: str | Tensor = "natural", seed: int | Non
     return degrees
 
 
-def _weight_bias_mask(m: MaskedLinear) -> tuple[Tensor, Tensor, Tensor]:
-    """A masked layer's tensors, read from the module's dicts where they are plain (attribute access through
-    ``nn.Module.__getattr__`` costs about a microsecond each); a parametrised weight is computed as usual."""
+def _weight_bias(m: nn.Linear) -> tuple[Tensor, Tensor | None]:
+    """A linear layer's weight and bias, read from the module's dict where they are plain (attribute access
+    through ``nn.Module.__getattr__`` costs about a microsecond each); a parametrised one is computed as usual."""
     params = m._parameters
     weight, bias = params.get("weight"), params.get("bias")
-    return (m.weight if weight is None else weight), (m.bias if bias is None else bias), m._buffers["mask"]
+    return (m.weight if weight is None else weight), (m.bias if bias is None and "bias" not in params else bias)
+
+
+def _weight_bias_mask(m: MaskedLinear) -> tuple[Tensor, Tensor | None, Tensor]:
+    """:func:`_weight_bias` and the mask of a masked layer."""
+    return (*_weight_bias(m), m._buffers["mask"])
 
 
 class MADE(nn.Module):
