@@ -390,18 +390,25 @@ class MADE(nn.Module):
             out = torch.mm(h, w_last).add_(b_last)
             return out.view(n, d, k) if layout == "features" else out.view(n, k, d).transpose(1, 2)
         act = torch.relu_ if relu else self.act  # on fresh outputs only
-        layers = list(self.layers)
-        h = linear(join_context(x, context), layers[0].masked_weight(), layers[0].bias)
+        *hidden, (w_out, b_out) = self._masked_layers()
+        h = linear(join_context(x, context), *hidden[0])
         if self.residual:
-            for first, second in zip(layers[1::2], layers[2::2]):
-                inner = act(linear(torch.relu(h) if relu else self.act(h), first.masked_weight(), first.bias))
-                h = h + linear(inner, second.masked_weight(), second.bias)
+            for first, second in zip(hidden[1::2], hidden[2::2]):
+                h = h + linear(act(linear(torch.relu(h) if relu else self.act(h), *first)), *second)
         else:
-            for layer in layers[1:]:
-                h = linear(act(h), layer.masked_weight(), layer.bias)
+            for w, b in hidden[1:]:
+                h = linear(act(h), w, b)
         if layout == "rows":
-            return param_rows(act(h), self.out.masked_weight(), self.out.bias, d, k)
+            return param_rows(act(h), w_out, b_out, d, k)
         if layout == "params":
-            w, b = _rows_order(self.out.masked_weight(), d, k), _rows_order(self.out.bias, d, k)
-            return linear(act(h), w, b).view(n, k, d).transpose(1, 2)
-        return linear(act(h), self.out.masked_weight(), self.out.bias).view(n, d, k)
+            return linear(act(h), _rows_order(w_out, d, k), _rows_order(b_out, d, k)).view(n, k, d).transpose(1, 2)
+        return linear(act(h), w_out, b_out).view(n, d, k)
+
+    def _masked_layers(self) -> list[tuple[Tensor, Tensor]]:
+        """``(W * M, b)`` of every layer, the output layer last: formed in the graph with autograd (or when
+        compiling), else the layers' cached folds (:meth:`MaskedLinear.masked_weight`)."""
+        modules = self._modules
+        layers = (*modules["layers"]._modules.values(), modules["out"])
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return [(w * mask, b) for w, b, mask in map(_weight_bias_mask, layers)]
+        return [(m.masked_weight(), m.bias) for m in layers]
