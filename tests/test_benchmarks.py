@@ -51,3 +51,10 @@ def test_incremental_sampler_is_left_eager_in_the_compiled_column(monkeypatch):
 
     assert compiled_sampler("nsf-cp", 64, 4096) and compiled_sampler("maf", 1, 4096)
     assert compiled_sampler("maf", 8, 16) and not compiled_sampler("maf", 8, 64) and not compiled_sampler("maf", 2, 4096)
+
+
+def test_eager_floor_script_runs():
+    cmd = [sys.executable, "benchmarks/eager_floor.py", "--repeats", "1", "--threads", "1"]
+    run = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "maf train step" in run.stdout and "realnvp train step" in run.stdout
