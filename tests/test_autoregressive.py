@@ -117,6 +117,8 @@ def test_made_layouts_hold_the_same_numbers(grad):
     assert by_params.shape == ref.shape and by_params.transpose(1, 2).is_contiguous()
     torch.testing.assert_close(by_params, ref)
     torch.testing.assert_close(rows, ref.permute(2, 1, 0).reshape(3, -1))
+    with pytest.raises(ValueError, match="layout"):
+        made(x, c, layout="columns")
 
 
 def test_wide_maf_log_prob_without_grad_matches_the_graph():

@@ -58,8 +58,7 @@ scratch = _Scratch()
 def relu_layer(h: Tensor, weight_t: Tensor, bias: Tensor, slot: int) -> Tensor:
     """``relu(h W^T + b)`` without autograd into the scratch buffer of ``slot`` (alternate 0 and 1 between
     consecutive layers, so a layer never writes over its own input). Not for results that leave the pass."""
-    rows, cols = h.shape[0], weight_t.shape[1]
-    out = scratch.get(rows, cols, h, ("hidden", slot)) if rows * cols > SCRATCH_MIN else None
+    out = scratch.get(h.shape[0], weight_t.shape[1], h, ("hidden", slot))
     return torch.mm(h, weight_t, out=out).add_(bias).relu_()
 
 
@@ -129,7 +128,7 @@ class MLP(nn.Sequential):
         return None if any(b is None for _, b in layers) else layers
 
     def _hidden(self, x: Tensor, layers: list[tuple[Tensor, Tensor]]) -> Tensor:
-        """The hidden layers of a ReLU network (:meth:`_relu_layers`): without autograd through scratch buffers."""
+        """The hidden layers of a ReLU network (:meth:`_relu_layers`); without autograd through scratch buffers."""
         if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dim() != 2:
             for w, b in layers:
                 x = torch.relu_(F.linear(x, w, b))
@@ -254,6 +253,10 @@ def _weight_bias_mask(m: MaskedLinear) -> tuple[Tensor, Tensor | None, Tensor]:
     return (*_weight_bias(m), m._buffers["mask"])
 
 
+#: the memory orders :meth:`MADE.forward` can give its output in
+MADE_LAYOUTS = ("features", "params", "rows")
+
+
 class MADE(nn.Module):
     """Masked MLP (Germain et al. 2015): ``(batch, D) [+ context (batch, c)] -> (batch, D, params)`` where
     output ``[:, i, :]`` depends only on the inputs that precede feature ``i`` in the order (and on the context).
@@ -331,8 +334,8 @@ class MADE(nn.Module):
             folded = [(w * m).t().contiguous() for w, m in zip(sources[::3], sources[2::3])]
             weights = [(w_t, b) for w_t, b in zip(folded, sources[1::3])]
             if layout != "features":
-                w, b = _rows_order(weights[-1][0].t(), self.features, self.params), weights[-1][1]
-                b = _rows_order(b, self.features, self.params)
+                w_t, b = weights[-1]
+                w, b = _rows_order(w_t.t(), self.features, self.params), _rows_order(b, self.features, self.params)
                 weights[-1] = (w.contiguous(), b.unsqueeze(1)) if layout == "rows" else (w.t().contiguous(), b)
         # the sources stay aliased in the cache so their storage cannot be reused under the same key
         self.__dict__["_inference"] = (key, [t.detach() for t in sources], weights)
@@ -377,6 +380,8 @@ class MADE(nn.Module):
         (:func:`param_rows`)."""
         # layers applied functionally (masked weights folded once under no_grad, see MaskedLinear); no
         # per-call module slicing or sub-module __call__, ReLU in place on fresh linear outputs
+        if layout not in MADE_LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}: use one of {MADE_LAYOUTS}")
         relu = type(self._modules["act"]) is nn.ReLU
         n, d, k = x.shape[0], self.features, self.params
         if (relu and not self.residual and x.dim() == 2 and not torch.is_grad_enabled()
