@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from exactflow.transforms.autoregressive import INCREMENTAL_MIN_SIZE
+from exactflow.backend import INCREMENTAL_MIN_SIZE
 
 from .peers import BINS, COMPILED, FLOWS, HIDDEN, LIBRARIES, Model, available, build, parameter_count
 

@@ -1,14 +1,19 @@
 """Public numerical verification: run the same checks exactflow runs on its own transforms.
 
-``check_bijection(b, x)`` checks, in float64 on randomised parameters:
-round trip both ways (and log-dets that cancel), log|det| against ``slogdet`` of the autograd
-Jacobian in both directions, batch independence, shapes, float32 in/out, gradients reaching every
-parameter and the input, and a ``state_dict`` round trip. ``check_flow(flow, x)`` checks a
-:class:`~exactflow.Flow`. Both raise ``AssertionError`` naming the object and the failed property.
+``check_bijection(b, x)`` checks, in float64 on randomised parameters, the reference maths of ``b``
+(:mod:`exactflow.backend` switched off): round trip both ways (and log-dets that cancel), log|det| against
+``slogdet`` of the autograd Jacobian in both directions, batch independence, shapes, float32 in/out, gradients
+reaching every parameter and the input, and a ``state_dict`` round trip. Then every route the fast backend can
+take is compared with that reference: with and without autograd, in inference mode, on a batch above every
+size threshold, after a weight update through ``.data`` and through ``load_state_dict``, and on a copy made
+inside inference mode. ``check_flow(flow, x)`` checks a :class:`~exactflow.Flow` likewise. Both work on a copy
+(the module given keeps its dtype and train/eval mode) and raise ``AssertionError`` naming the object and the
+failed property.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 from typing import Callable
@@ -16,6 +21,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from . import backend
 from .core import Bijection
 from .distributions import Flow
 
@@ -26,12 +32,26 @@ class CheckError(AssertionError):
     pass
 
 
+#: float32 against float64: float32 rounds at 6e-8 relative; a check's values pass through at most a few hundred
+#: roundings (network layers, spline bins, a D-pass sampler), each amplified by the map's local condition number
+#: (below about 10 for the randomised test models), so 1e-3 of each value's size leaves a wide margin and is still
+#: far below any error in the maths. The absolute part is 1e-3 of the tensor's RMS: a value near zero that is a
+#: difference of large terms (a log-det summed over features) carries the rounding of those terms, not its own.
+FLOAT32_RTOL = 1e-3
+
+
 def _close(name: str, what: str, got: Tensor, want: Tensor, atol: float, rtol: float = 1e-5) -> None:
     if got.shape != want.shape:
         raise CheckError(f"{name}: {what}: shape {tuple(got.shape)} != expected {tuple(want.shape)}")
     if not torch.allclose(got, want, atol=atol, rtol=rtol):
         err = (got - want).abs().max().item()
-        raise CheckError(f"{name}: {what}: max abs error {err:.3g} exceeds atol {atol:.1g}")
+        raise CheckError(f"{name}: {what}: max abs error {err:.3g} exceeds atol {atol:.1g} + rtol {rtol:.1g} * |value|")
+
+
+def _close32(name: str, what: str, got: Tensor, want: Tensor) -> None:
+    """``got`` (float32) against ``want`` (float64) with the float32 tolerance of :data:`FLOAT32_RTOL`."""
+    scale = want.square().mean().sqrt().item() if want.numel() else 0.0
+    _close(name, what, got.to(want.dtype), want, FLOAT32_RTOL * max(scale, 1e-3), FLOAT32_RTOL)
 
 
 @torch.no_grad()
@@ -81,14 +101,27 @@ def check_bijection(
     name: str | None = None,
     jacobian_rows: int = 2,
 ) -> None:
-    """Verify ``b`` on the batch ``x`` (float64 recommended; ``b`` is converted to ``x``'s dtype).
+    """Verify ``b`` on the batch ``x`` (float64 recommended; a copy of ``b`` in ``x``'s dtype is checked).
 
-    ``atol`` is the float64 tolerance; float32 is compared with a looser, derived one. ``b`` is used
+    ``atol`` is the float64 tolerance; float32 is compared with a looser, derived one. The copy runs
     in eval mode; call :func:`warm_up` and :func:`randomize_` first for data-dependent layers.
+
+    Example:
+        >>> from exactflow.transforms import registry
+        >>> layer = randomize_(registry["MaskedAffineAutoregressive"](features=3, hidden=(8, 8)))
+        >>> check_bijection(layer, torch.randn(8, 3, dtype=torch.float64))
     """
     name = name or type(b).__name__
     repr(b)
-    b = b.to(x.dtype).eval()
+    b = copy.deepcopy(b).to(x.dtype).eval()
+    with backend.reference():
+        w = _check_reference(name, b, x, context, atol, jacobian_rows)
+    _check_fast_paths(name, b, x, w, context, atol)
+
+
+def _check_reference(name: str, b: Bijection, x: Tensor, context: Tensor | None, atol: float,
+                     jacobian_rows: int) -> Tensor:
+    """The checks of the maths itself (run on the reference); returns latent points inside the codomain."""
     n = x.shape[0]
 
     # shapes, dtypes, finiteness
@@ -144,9 +177,10 @@ def check_bijection(
         z32, l32 = b32(x32, c32)
         if z32.dtype != torch.float32 or l32.dtype != torch.float32:
             raise CheckError(f"{name}: float32 input gives {z32.dtype}/{l32.dtype} output")
-        _close(name, "float32 forward agrees with float64", z32.double(), z, 1e-3, 1e-3)
-        x32r, _ = b32.inverse(z32, c32)
-        _close(name, "float32 round trip", x32r.double(), x, 1e-3, 1e-3)
+        _close32(name, "float32 forward agrees with float64", z32, z)
+        _close32(name, "float32 log-det agrees with float64", l32, ladj)
+        x32r, _ = b32.inverse(z.float(), c32)
+        _close32(name, "float32 inverse agrees with float64", x32r, x)
 
     # gradients reach every parameter, the input and the context, both directions
     xg = x.clone().requires_grad_(True)
@@ -165,17 +199,96 @@ def check_bijection(
     randomize_(clone, 1.0)
     clone.load_state_dict(torch.load(buffer, weights_only=True))
     z2, l2 = clone.eval()(x, context)
-    _close(name, "state_dict round trip", z2, z, 0.0, 0.0)
-    _close(name, "state_dict round trip (log-det)", l2, ladj, 0.0, 0.0)
+    if not (torch.equal(z2, z) and torch.equal(l2, ladj)):
+        raise CheckError(f"{name}: state_dict round trip changes the output")
+    return w.detach()
+
+
+def _outputs(b: Bijection, x: Tensor, w: Tensor, context: Tensor | None) -> list[Tensor]:
+    return [*b(x, context), *b.inverse(w, context)]
+
+
+_MODES = {"autograd": contextlib.nullcontext, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
+_OUTPUTS = ("forward", "forward log-det", "inverse", "inverse log-det")
+
+
+def _agree(name: str, what: str, got: list[Tensor], want: list[Tensor], atol: float) -> None:
+    for label, g, r in zip(_OUTPUTS, got, want):
+        if g.dtype == torch.float32 and r.dtype == torch.float64:
+            _close32(name, f"{what}: {label}", g, r)
+        else:
+            _close(name, f"{what}: {label}", g, r, atol)
+
+
+def _check_fast_paths(name: str, b: Bijection, x: Tensor, w: Tensor, context: Tensor | None, atol: float) -> None:
+    """Every route of :mod:`exactflow.backend` equals the reference maths: with and without autograd and in
+    inference mode (values and gradients), on a batch above every size threshold, after weight updates through
+    ``.data`` and ``load_state_dict``, and on a copy made inside inference mode."""
+    with backend.reference():
+        want = _outputs(b, x, w, context)
+    for mode, scope in _MODES.items():
+        with scope():
+            _agree(name, f"{mode} equals the reference", _outputs(b, x, w, context), want, atol)
+
+    params = [p for p in b.parameters() if p.requires_grad]
+    if params:
+        weights = [torch.randn_like(t) for t in want]
+        grads = []
+        for scope in (contextlib.nullcontext, backend.reference):
+            with scope():
+                loss = sum((t * v).sum() for t, v in zip(_outputs(b, x, w, context), weights))
+                grads.append(torch.autograd.grad(loss, params, allow_unused=True))
+        for (label, _), g, r in zip(b.named_parameters(), *grads):
+            if (g is None) != (r is None) or (g is not None and not torch.allclose(g, r, atol=atol * 10, rtol=1e-4)):
+                raise CheckError(f"{name}: the gradient for {label} differs from the reference's")
+
+    if backend.covers(b) and x.dim() == 2:  # a batch that takes every size-dependent route
+        gen = torch.Generator().manual_seed(0)
+        i, j = (torch.randint(x.shape[0], (backend.large_batch(x.shape[1]),), generator=gen) for _ in range(2))
+        big = (0.5 * (x[i] + x[j]), 0.5 * (w[i] + w[j]), None if context is None else context[i])
+        with backend.reference(), torch.no_grad():
+            want_big = _outputs(b, *big[:2], big[2])
+        for mode in ("no_grad", "inference_mode"):
+            with _MODES[mode]():
+                _agree(name, f"{mode} on a batch of {len(i)} equals the reference", _outputs(b, *big[:2], big[2]),
+                       want_big, atol)
+        with torch.no_grad():
+            rows = [_outputs(b, big[0][k:k + 1], big[1][k:k + 1], None if context is None else big[2][k:k + 1])
+                    for k in (0, len(i) - 1)]
+        for k, row in zip((0, len(i) - 1), rows):
+            _agree(name, f"row {k} of a batch of {len(i)} equals that row alone", row, [t[k:k + 1] for t in want_big], atol)
+
+    if params:  # user actions on the weights are seen by the next call, whatever was computed before
+        moved = copy.deepcopy(b)
+        with torch.no_grad():
+            _outputs(moved, x, w, context)
+        for p in moved.parameters():
+            p.data.mul_(0.9)
+        fresh = copy.deepcopy(b)
+        fresh.load_state_dict(moved.state_dict())
+        with backend.reference():
+            want_moved = _outputs(fresh, x, w, context)
+        with torch.no_grad():
+            _agree(name, "after a weight update through .data", _outputs(moved, x, w, context), want_moved, atol)
+            moved.load_state_dict(b.state_dict())
+            _agree(name, "after load_state_dict", _outputs(moved, x, w, context), want, atol)
+
+    with torch.inference_mode():  # built (or loaded) inside inference mode, as a serving process does
+        served = copy.deepcopy(b)
+        _agree(name, "a copy made in inference mode", _outputs(served, x, w, context), want, atol)
+    with torch.no_grad():
+        _agree(name, "a copy made in inference mode, later under no_grad", _outputs(served, x, w, context), want, atol)
 
 
 def check_flow(flow: Flow, x: Tensor, context: Tensor | None = None, atol: float = 1e-6, name: str | None = None) -> None:
     """Verify a :class:`Flow` on ``x``: its transform passes :func:`check_bijection`; ``log_prob``
     equals base log-density plus log-det; sample shapes follow the documented rule;
-    ``sample_and_log_prob`` agrees with ``log_prob`` of the samples; gradients reach every parameter."""
+    ``sample_and_log_prob`` agrees with ``log_prob`` of the samples; the sampler (small and large batches, with
+    and without autograd) equals the reference one; gradients reach every parameter. Works on a copy."""
     name = name or type(flow.transform).__name__
-    flow = flow.to(x.dtype).eval()
+    flow = copy.deepcopy(flow).to(x.dtype).eval()
     check_bijection(flow.transform, x, context, atol=atol, name=name)
+    _check_sampler(name, flow, context, atol)
     n = x.shape[0]
     lp = flow.log_prob(x, context)
     z, ladj = flow.transform(x, context)
@@ -200,3 +313,21 @@ def check_flow(flow: Flow, x: Tensor, context: Tensor | None = None, atol: float
 
     loss = -flow.log_prob(x, context).mean()
     _grads(name, flow, loss, {})
+
+
+def _check_sampler(name: str, flow: Flow, context: Tensor | None, atol: float) -> None:
+    """``sample`` and ``rsample`` from the same latents equal the reference sampler, at a small batch and (for
+    vector flows with a fast path) at one above every size threshold."""
+    sizes = [5]
+    if backend.covers(flow) and len(flow.event_shape) == 1:
+        sizes.append(backend.large_batch(flow.event_shape[0]) // (1 if context is None else 3) + 1)
+    ctx = None if context is None else context[:3]
+    for n in sizes:
+        draws = {}
+        for label, scope, draw in (("reference", backend.reference, flow.sample), ("sample", contextlib.nullcontext,
+                                   flow.sample), ("rsample", contextlib.nullcontext, flow.rsample)):
+            with torch.random.fork_rng(), scope():
+                torch.manual_seed(0)
+                draws[label] = draw(n, ctx).detach()
+        for label in ("sample", "rsample"):
+            _close(name, f"{label}({n}) equals the reference sampler", draws[label], draws["reference"], atol * 10, 1e-5)

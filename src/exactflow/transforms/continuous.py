@@ -83,6 +83,8 @@ class CNF(Bijection):
         """``(v(x, t), div v(x, t))``; the divergence only when ``logdet``."""
         if not logdet:
             return self.velocity(x, t, context), None
+        if torch.is_inference_mode_enabled():
+            return self._dynamics_forward_mode(x, t, context, noise)
         with torch.enable_grad():
             xg = x if x.requires_grad else x.detach().requires_grad_(True)
             v = self.velocity(xg, t, context)
@@ -96,6 +98,24 @@ class CNF(Bijection):
         if not create_graph:
             v, div = v.detach(), div.detach()
         return v, div
+
+    def _dynamics_forward_mode(self, x: Tensor, t: Tensor, context: Tensor | None,
+                               noise: Tensor | None) -> tuple[Tensor, Tensor]:
+        """:meth:`_dynamics` inside inference mode, where autograd cannot run: the same divergence by
+        forward-mode derivatives (``torch.func``), which accept inference tensors."""
+        with torch.inference_mode(False), torch.no_grad():
+            x = x.clone()
+            ctx = None if context is None else context.clone()
+            v = self.velocity(x, t, ctx)
+            if noise is not None:
+                jv = torch.func.jvp(lambda y: self.velocity(y, t, ctx), (x,), (noise.clone(),))[1]
+                return v, (jv * noise).sum(-1)
+
+            def row(xi: Tensor, ci: Tensor | None) -> Tensor:
+                return self.velocity(xi[None], t, None if ci is None else ci[None])[0]
+
+            jac = torch.func.vmap(torch.func.jacfwd(row), in_dims=(0, None if ctx is None else 0))(x, ctx)
+            return v, torch.diagonal(jac, dim1=1, dim2=2).sum(-1)
 
     def integrate(self, x: Tensor, t0: float, t1: float, context: Tensor | None = None,
                   logdet: bool = True) -> tuple[Tensor, Tensor]:

@@ -11,7 +11,23 @@ from ..core import Bijection
 from ..nets import MLP
 from ..registry import TRANSFORMS
 
-__all__ = ["ElementwiseAffine"]
+__all__ = ["ElementwiseAffine", "bounded_log_scale"]
+
+
+def bounded_log_scale(raw: Tensor, bound: float | None) -> Tensor:
+    """The smoothly bounded log-scale of the affine layers: ``s = B tanh(raw / B)`` (``raw`` itself when
+    ``B = bound`` is None), so ``exp(s)`` stays in ``(e^-B, e^B)`` and never overflows; ``ds/draw = 1`` at 0.
+
+    Computed as the equal ``2B sigmoid(2 raw / B) - B`` (torch's sigmoid is several times faster than its tanh
+    on the CPU). Every affine coupling and autoregressive layer calls this one function.
+
+    Example:
+        >>> bounded_log_scale(torch.tensor([0.0, 100.0]), 3.0)
+        tensor([0., 3.])
+    """
+    if bound is None:
+        return raw
+    return torch.rsub(torch.sigmoid(raw * (2 / bound)), -bound, alpha=-2 * bound)  # -B - (-2B) u
 
 
 @TRANSFORMS.register("ElementwiseAffine")

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import backend
 from ..core import Bijection
 from ..nets import MLP, join_context
 from ..registry import TRANSFORMS
@@ -39,9 +40,14 @@ class RQSpline(Univariate):
     Parameters per element (``3 bins - 1``): unnormalised bin widths and heights (softmax, then at least
     ``min_width``/``min_height`` of the interval) and the interior knot derivatives
     (``min_derivative + softplus``). All-zero parameters give the identity.
-    """
 
-    param_rows = True
+    Example:
+        >>> spline = RQSpline(bins=4, bound=2.0)
+        >>> x, p = torch.linspace(-3, 3, 5), torch.randn(5, spline.n_params)
+        >>> z, logd = spline.forward(x, p)
+        >>> torch.allclose(spline.inverse(z, p)[0], x, atol=1e-5)
+        True
+    """
 
     def __init__(self, bins: int = 8, bound: float = 5.0, min_width: float = 1e-3, min_height: float = 1e-3,
                  min_derivative: float = 1e-3):
@@ -56,65 +62,11 @@ class RQSpline(Univariate):
         self.bins, self.bound = bins, float(bound)
         self.min_width, self.min_height, self.min_derivative = min_width, min_height, min_derivative
         self.n_params = 3 * bins - 1
-        # softplus(raw + shift) + min_derivative = 1 at raw = 0
-        self._shift = math.log(math.expm1(1 - min_derivative))
+        #: softplus(raw + shift) + min_derivative = 1 at raw = 0
+        self.derivative_shift = math.log(math.expm1(1 - min_derivative))
 
     def __repr__(self) -> str:
         return f"RQSpline(bins={self.bins}, bound={self.bound})"
-
-    def _columns(self, p: Tensor) -> Tensor:
-        """``p`` as ``(3K - 1, N)``: one contiguous row per parameter, so every op below runs along rows
-        of N elements (softmax along a short last dimension is very slow on CPU)."""
-        if p.shape[-1] != self.n_params:
-            raise ValueError(f"spline parameters have {p.shape[-1]} entries per element: expected {self.n_params}")
-        return p.reshape(-1, self.n_params).t().contiguous()
-
-    def _constants(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(2B m, 2B (1 - K m), -B + 2B j m for j = 1..K-1)``, ``m`` the minimum width (row 0) and height
-        (row 1), as tensors on ``v``'s dtype and device, made once per dtype and device (as plain tensors even
-        inside inference mode: autograd saves them in later training steps)."""
-        key = (v.dtype, v.device)
-        cached = self.__dict__.setdefault("_consts", {})
-        if key not in cached:
-            twice = 2 * self.bound
-            with torch.inference_mode(False):
-                mins = torch.tensor([[self.min_width], [self.min_height]], dtype=v.dtype, device=v.device)  # (2, 1)
-                steps = torch.arange(1, self.bins, dtype=v.dtype, device=v.device).unsqueeze(1)  # (K - 1, 1)
-                knots = (twice * mins).unsqueeze(1) * steps - self.bound  # (2, K - 1, 1)
-                cached[key] = (twice * mins, twice * (1 - self.bins * mins), knots)
-        return cached[key]
-
-    def _bin(self, cols: Tensor, v: Tensor, kind: int) -> tuple[Tensor, ...]:
-        """The bin holding ``v`` (``(N,)``, inside ``[-B, B]``) along the x knots (``kind`` 0) or the y knots (1),
-        and that bin's ``(x_k, w, y_k, h, d_k, d_{k+1})``; a value on a knot goes to the bin it starts.
-
-        Only the softmax over the bins and its running sum are formed for every bin; the knot positions,
-        sizes and derivatives of the one bin in use are gathered and finished on ``(N,)`` vectors:
-        ``x_k = -B + 2B (k m + (1 - K m) S_k)`` with ``S_k`` the softmax mass of bins ``< k`` and ``m`` the minimum size.
-        """
-        k, bound, n = self.bins, self.bound, v.shape[0]
-        if k == 1:
-            left = v.new_full((2, n), -bound)
-            size = v.new_full((2, n), 2 * bound)
-            d0 = d1 = v.new_ones(n)
-            return left[0], size[0], left[1], size[1], d0, d1
-        mins, scale, knot_base = self._constants(v)
-        soft = torch.softmax(cols[: 2 * k].view(2, k, n), dim=1)
-        mass = torch.cumsum(soft[:, : k - 1], dim=1)  # (2, K - 1, N): S_1 .. S_{K-1}
-        a = 1 - k * (self.min_width, self.min_height)[kind]
-        inner = torch.add(knot_base[kind], mass[kind], alpha=2 * bound * a)  # knots 1 .. K-1
-        idx = (v >= inner).sum(0, keepdim=True)  # (1, N)
-        prev = (idx - 1).clamp_min(0)
-        first = idx == 0
-        soft_k = torch.gather(soft, 1, idx.expand(2, 1, n)).squeeze(1)  # (2, N)
-        mass_k = torch.gather(mass, 1, prev.expand(2, 1, n)).squeeze(1).masked_fill(first, 0.0)
-        left = torch.addcmul(torch.mul(idx, mins).sub_(bound), scale, mass_k)  # x_k, y_k
-        size = torch.addcmul(mins, scale, soft_k)  # w, h
-        raw = torch.gather(cols[2 * k :], 0, torch.cat([prev, idx.clamp_max(k - 2)]))  # d_k, d_{k+1} before softplus
-        d = F.softplus(raw + self._shift) + self.min_derivative
-        d0 = d[0].masked_fill(first[0], 1.0)
-        d1 = d[1].masked_fill(idx[0] == k - 1, 1.0)
-        return left[0], size[0], left[1], size[1], d0, d1
 
     def knots(self, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Knot positions ``x_k``, values ``y_k`` and derivatives ``d_k``, each ``(*batch, K + 1)``."""
@@ -123,7 +75,7 @@ class RQSpline(Univariate):
             raise ValueError(f"spline parameters have {p.shape[-1]} entries per element: expected {self.n_params}")
         w, h, d = p.split([k, k, k - 1], dim=-1)
         one = p.new_ones((*p.shape[:-1], 1))
-        derivs = torch.cat([one, self.min_derivative + F.softplus(d + self._shift), one], dim=-1)
+        derivs = torch.cat([one, self.min_derivative + F.softplus(d + self.derivative_shift), one], dim=-1)
         return self._knots(w, self.min_width), self._knots(h, self.min_height), derivs
 
     def _knots(self, raw: Tensor, minimum: float) -> Tensor:
@@ -132,67 +84,59 @@ class RQSpline(Univariate):
         ends = raw.new_full((*raw.shape[:-1], 1), self.bound)
         return torch.cat([-ends, inner, ends], dim=-1)
 
-    @staticmethod
-    def _in_bin(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(1 - xi, xi^2, t, den)`` at the position ``xi`` in the bin: ``t = xi (1 - xi)`` (not
-        ``xi - xi^2``, which cancels near ``xi = 1``) and ``den = s + (d_k + d_{k+1} - 2 s) t``."""
-        rest = torch.rsub(xi, 1)
-        t = xi * rest
-        return rest, xi.square(), t, torch.addcmul(s, torch.add(d0, d1).sub_(s, alpha=2), t)
+    def _bin(self, v: Tensor, p: Tensor, along_y: bool) -> tuple[Tensor, ...]:
+        """``(x_k, w, y_k, h, d_k, d_{k+1})`` of the bin holding ``v`` (clamped into ``[-B, B]``) along the x
+        knots (or the y knots); a value on a knot goes to the bin it starts."""
+        xk, yk, dk = self.knots(p)
+        knots = yk if along_y else xk
+        idx = torch.searchsorted(knots[..., 1:-1].contiguous(), v.unsqueeze(-1).contiguous(), right=True)
+
+        def at(t: Tensor, shift: int = 0) -> Tensor:
+            return torch.gather(t, -1, idx + shift).squeeze(-1)
+
+        x0, y0 = at(xk), at(yk)
+        return x0, at(xk, 1) - x0, y0, at(yk, 1) - y0, at(dk), at(dk, 1)
 
     @staticmethod
-    def _log_derivative(rest: Tensor, xi2: Tensor, t: Tensor, s: Tensor, d0: Tensor, d1: Tensor,
-                        den: Tensor) -> Tensor:
-        """log dy/dx = log(s^2 (d_{k+1} xi^2 + 2 s t + d_k (1 - xi)^2) / den^2), in one log (``rest = 1 - xi``)."""
-        num = torch.addcmul(torch.addcmul(d1 * xi2, s, t, value=2), d0, rest.square())
-        ratio = s / den
-        return torch.log(num * ratio * ratio)
+    def _log_derivative(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor) -> Tensor:
+        """log dy/dx = log(s^2 (d_{k+1} xi^2 + 2 s xi (1 - xi) + d_k (1 - xi)^2) / den^2)."""
+        t = xi * (1 - xi)  # not xi - xi^2, which cancels near xi = 1
+        den = s + (d0 + d1 - 2 * s) * t
+        return 2 * torch.log(s) + torch.log(d1 * xi**2 + 2 * s * t + d0 * (1 - xi) ** 2) - 2 * torch.log(den)
 
     def forward(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
-        z, logd = self.forward_rows(x.reshape(-1), self._columns(p))
-        return z.view_as(x), logd.view_as(x)
-
-    def forward_rows(self, flat: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-        xc = flat.clamp(-self.bound, self.bound)
-        x0, w, y0, h, d0, d1 = self._bin(rows, xc, 0)
+        xc = x.clamp(-self.bound, self.bound)
+        x0, w, y0, h, d0, d1 = self._bin(xc, p, along_y=False)
         s = h / w
         xi = ((xc - x0) / w).clamp(0, 1)
-        rest, xi2, t, den = self._in_bin(xi, s, d0, d1)
-        y = torch.addcmul(y0, h, torch.addcmul(s * xi2, d0, t) / den)  # y_k + h (s xi^2 + d_k t) / den
-        logd = self._log_derivative(rest, xi2, t, s, d0, d1, den)
-        inside = flat.abs() <= self.bound
-        return torch.where(inside, y, flat), torch.where(inside, logd, 0.0)
+        t = xi * (1 - xi)
+        y = y0 + h * (s * xi**2 + d0 * t) / (s + (d0 + d1 - 2 * s) * t)
+        inside = x.abs() <= self.bound
+        return torch.where(inside, y, x), torch.where(inside, self._log_derivative(xi, s, d0, d1), 0.0)
 
-    def _quadratic(self, flat: Tensor, rows: Tensor):
-        zc = flat.clamp(-self.bound, self.bound)
-        x0, w, y0, h, d0, d1 = self._bin(rows, zc, 1)
+    def quadratic(self, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Coefficients ``(a, b, c)`` of ``a xi^2 + b xi + c = 0`` whose root in ``[0, 1]`` inverts the
+        spline at ``z`` clamped into ``[-B, B]``."""
+        return self._quadratic(z.clamp(-self.bound, self.bound), p)[0]
+
+    def _quadratic(self, zc: Tensor, p: Tensor):
+        x0, w, y0, h, d0, d1 = self._bin(zc, p, along_y=True)
         s, dy = h / w, zc - y0
         slack = d0 + d1 - 2 * s
         return (h * (s - d0) + dy * slack, h * d0 - dy * slack, -s * dy), (x0, w, s, d0, d1)
 
-    def quadratic(self, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Coefficients ``(a, b, c)`` of ``a xi^2 + b xi + c = 0`` whose root in ``[0, 1]`` inverts the
-        spline at ``z`` clamped into ``[-B, B]`` (exposed for tests of the discriminant)."""
-        return tuple(c.view_as(z) for c in self._quadratic(z.reshape(-1), self._columns(p))[0])
-
     def inverse(self, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
-        x, logd = self.inverse_rows(z.reshape(-1), self._columns(p))
-        return x.view_as(z), logd.view_as(z)
-
-    def inverse_rows(self, flat: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`inverse` on a flat ``z`` of N values with the parameters as ``rows`` ``(n_params, N)``."""
-        (a, b, c), (x0, w, s, d0, d1) = self._quadratic(flat, rows)
-        root = torch.sqrt((b.square() - 4 * a * c).clamp_min(torch.finfo(flat.dtype).tiny))
-        # the root in [0, 1] is 2c / (-b - root) = (-b + root) / 2a: take the form without cancellation for
-        # the sign of b (each denominator is made safe where its branch is not taken, for NaN-free grads)
+        (a, b, c), (x0, w, s, d0, d1) = self._quadratic(z.clamp(-self.bound, self.bound), p)
+        root = torch.sqrt((b**2 - 4 * a * c).clamp_min(torch.finfo(z.dtype).tiny))
+        # the root in [0, 1] is 2c / (-b - root) = (-b + root) / 2a: the form without cancellation for the
+        # sign of b (each denominator made safe where its branch is not taken, for NaN-free gradients)
         positive = b >= 0
         xi_plus = 2 * c / torch.where(positive, -b - root, -1.0)
         xi_minus = (root - b) / torch.where(positive, 1.0, 2 * a)
         xi = torch.where(positive, xi_plus, xi_minus).clamp(0, 1)
-        rest, xi2, t, den = self._in_bin(xi, s, d0, d1)
-        logd = -self._log_derivative(rest, xi2, t, s, d0, d1, den)
-        inside = flat.abs() <= self.bound
-        return torch.where(inside, torch.addcmul(x0, xi, w), flat), torch.where(inside, logd, 0.0)
+        inside = z.abs() <= self.bound
+        return (torch.where(inside, x0 + xi * w, z),
+                torch.where(inside, -self._log_derivative(xi, s, d0, d1), 0.0))
 
 
 @TRANSFORMS.register("ElementwiseRQSpline", test_kwargs={"bins": 4, "bound": 2.0})
@@ -252,13 +196,13 @@ class RQSplineCoupling(Coupling):
         return torch.cat([self.idx_id, self.idx_tr])
 
     def step(self, x_id: Tensor, x_tr: Tensor, context: Tensor | None, inverse: bool = False) -> tuple[Tensor, Tensor]:
-        # the spline runs on (feature, batch)-ordered values: the network lays its parameters out as rows
-        # (no transposed copy of them) and only x_tr and the result are transposed
-        n, d = x_tr.shape
-        rows = self.net.rows(x_id if context is None else join_context(x_id, context), d, self.spline.n_params)
-        kernel = self.spline.inverse_rows if inverse else self.spline.forward_rows
-        y, logd = kernel(x_tr.t().reshape(-1), rows)
-        return y.view(d, n).t().contiguous(), logd.view(d, n).sum(0)
+        fast = backend.run(self, "step", x_id, x_tr, context, inverse)
+        if fast is not None:
+            return fast
+        params = self.net(x_id if context is None else join_context(x_id, context))
+        params = params.view(*x_tr.shape, self.spline.n_params)
+        y, logd = (self.spline.inverse if inverse else self.spline.forward)(x_tr, params)
+        return y, logd.sum(-1)
 
     def extra_repr(self) -> str:
         return f"spline={self.spline!r}"
