@@ -83,26 +83,23 @@ class CNF(Bijection):
         """``(v(x, t), div v(x, t))``; the divergence only when ``logdet``."""
         if not logdet:
             return self.velocity(x, t, context), None
-        if torch.is_inference_mode_enabled():
+        if not create_graph:  # no graph is kept: forward mode, which also runs on inference-mode weights
             return self._dynamics_forward_mode(x, t, context, noise)
-        with torch.enable_grad():
-            xg = x if x.requires_grad else x.detach().requires_grad_(True)
-            v = self.velocity(xg, t, context)
-            if noise is None:
-                basis = torch.eye(self.features, dtype=v.dtype, device=v.device).unsqueeze(1).expand(-1, *v.shape)
-                rows = torch.autograd.grad(v, xg, basis, create_graph=create_graph, is_grads_batched=True)[0]
-                div = torch.diagonal(rows, dim1=0, dim2=2).sum(-1)  # rows[i, b, j] = dv_i/dx_j at row b
-            else:
-                vjp = torch.autograd.grad((v * noise).sum(), xg, create_graph=create_graph)[0]
-                div = (vjp * noise).sum(-1)
-        if not create_graph:
-            v, div = v.detach(), div.detach()
+        xg = x if x.requires_grad else x.detach().requires_grad_(True)
+        v = self.velocity(xg, t, context)
+        if noise is None:
+            basis = torch.eye(self.features, dtype=v.dtype, device=v.device).unsqueeze(1).expand(-1, *v.shape)
+            rows = torch.autograd.grad(v, xg, basis, create_graph=True, is_grads_batched=True)[0]
+            div = torch.diagonal(rows, dim1=0, dim2=2).sum(-1)  # rows[i, b, j] = dv_i/dx_j at row b
+        else:
+            vjp = torch.autograd.grad((v * noise).sum(), xg, create_graph=True)[0]
+            div = (vjp * noise).sum(-1)
         return v, div
 
     def _dynamics_forward_mode(self, x: Tensor, t: Tensor, context: Tensor | None,
                                noise: Tensor | None) -> tuple[Tensor, Tensor]:
-        """:meth:`_dynamics` inside inference mode, where autograd cannot run: the same divergence by
-        forward-mode derivatives (``torch.func``), which accept inference tensors."""
+        """:meth:`_dynamics` without a graph: the same divergence by forward-mode derivatives (``torch.func``),
+        which also accept tensors made in inference mode (autograd cannot record those)."""
         with torch.inference_mode(False), torch.no_grad():
             x = x.clone()
             ctx = None if context is None else context.clone()
