@@ -7,18 +7,22 @@ A flow built by :func:`build` carries ``flow.spec = {"flow": name, "kwargs": {..
 - tensors: ``model.<key>`` (the state dict), plus any extra tensors of the caller
   (optimizer moments, RNG states, best weights when training);
 - header metadata ``"exactflow"``: JSON with the format number, the exactflow version, the spec,
-  free-form ``info`` (training configuration, data set and splits, history, optimizer scalars) and
-  the SHA-256 of all tensor bytes.
+  the flow's floating dtype and free-form ``info`` (training configuration, data set and splits,
+  history, optimizer scalars);
+- header metadata ``"exactflow.sha256"``: the SHA-256 of the ``"exactflow"`` JSON and of every
+  tensor (name, dtype, shape, bytes), so an edited spec is caught like a flipped weight.
 
-Writing is atomic: a temporary file in the same folder, flushed and ``fsync``-ed, then
-``os.replace``; a crash leaves either the old checkpoint or the new one, never a mix.
+Writing is atomic: a temporary file in the same folder (named after the writing process), flushed
+and ``fsync``-ed, then ``os.replace``; a crash leaves either the old checkpoint or the new one,
+never a mix, and the next write of the same file removes temporary files whose process is gone.
 :func:`load` rebuilds the flow from the registries and refuses, with a ``ValueError`` naming the
-problem, files that are corrupted, truncated, from another format, or whose keys or shapes do not
-match the flow their spec builds.
+problem, files that are corrupted, truncated, edited, from another format, or whose keys or shapes
+do not match the flow their spec builds.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -31,11 +35,14 @@ from torch import Tensor, nn
 
 from .core import Compose
 from .distributions import Flow
+from .validation import check_device
 
 __all__ = ["FORMAT", "build", "info", "load", "load_state", "prepend", "read", "rebuild", "resolve", "save", "write_json"]
 
-FORMAT = 1
+FORMAT = 2
 MODEL = "model."
+HEADER, CHECKSUM = "exactflow", "exactflow.sha256"
+REQUIRED = ("format", "version", "spec", "dtype", "info")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -86,8 +93,10 @@ def rebuild(spec: dict) -> Flow:
     return flow
 
 
-def _digest(tensors: dict[str, Tensor]) -> str:
+def _digest(header: str, tensors: dict[str, Tensor]) -> str:
+    """SHA-256 of the header JSON text and of every tensor's name, dtype, shape and bytes."""
     h = hashlib.sha256()
+    h.update(f"{len(header)}:{header};".encode())
     for key in sorted(tensors):
         t = tensors[key]
         h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
@@ -95,9 +104,31 @@ def _digest(tensors: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (always True where that cannot be asked safely)."""
+    if os.name != "posix" or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.<name>.<pid>.*.tmp`` files of earlier writes of ``path`` whose process is gone (killed mid-write)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if not pid.isdigit() or not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
@@ -147,11 +178,19 @@ def save(path: str | Path, flow: Flow, info: dict | None = None, extra: dict[str
             raise ValueError(f"extra tensor {key!r} clashes with the model's keys (prefix {MODEL!r})")
         tensors[key] = value
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-    header = {"format": FORMAT, "version": __version__, "spec": spec, "info": _jsonable(info or {}),
-              "sha256": _digest(tensors)}
+    header = json.dumps({"format": FORMAT, "version": __version__, "spec": spec,
+                         "dtype": str(_dtype(flow)).removeprefix("torch."), "info": _jsonable(info or {})})
     path = Path(path)
-    _write_atomic(path, to_bytes(tensors, metadata={"exactflow": json.dumps(header)}))
+    _write_atomic(path, to_bytes(tensors, metadata={HEADER: header, CHECKSUM: _digest(header, tensors)}))
     return path
+
+
+def _dtype(flow: nn.Module) -> torch.dtype:
+    """The dtype of the flow's first floating parameter or buffer (torch's default if it has none)."""
+    for t in (*flow.parameters(), *flow.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.get_default_dtype()
 
 
 def resolve(path: str | Path) -> Path:
@@ -168,7 +207,8 @@ def resolve(path: str | Path) -> Path:
 
 
 def read(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
-    """The header and all tensors of a checkpoint, after checking format and checksum."""
+    """The header and all tensors of a checkpoint, after checking format, checksum (header and tensors) and
+    that the header holds every key :data:`REQUIRED`."""
     from safetensors import SafetensorError
     from safetensors.torch import load as from_bytes
 
@@ -180,17 +220,25 @@ def read(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
         meta = json.loads(data[8 : 8 + n]).get("__metadata__") or {}
     except (SafetensorError, ValueError, UnicodeDecodeError, RuntimeError) as err:
         raise ValueError(f"{path}: corrupted or truncated checkpoint ({err})") from None
-    if "exactflow" not in meta:
+    if HEADER not in meta:
         raise ValueError(f"{path}: a safetensors file, but not an exactflow checkpoint (no 'exactflow' header)")
     try:
-        header = json.loads(meta["exactflow"])
+        header = json.loads(meta[HEADER])
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: corrupted checkpoint header ({err})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: corrupted checkpoint header (not a JSON object)")
     if header.get("format") != FORMAT:
+        hint = " (its checksum does not cover the header, so it cannot be verified: train it again)" \
+            if header.get("format") == 1 else ""
         raise ValueError(f"{path}: checkpoint format {header.get('format')!r} (exactflow {header.get('version')}); "
-                         f"this exactflow reads format {FORMAT}")
-    if _digest(tensors) != header.get("sha256"):
-        raise ValueError(f"{path}: checksum mismatch, the tensor data are corrupted")
+                         f"this exactflow reads format {FORMAT} only{hint}")
+    if _digest(meta[HEADER], tensors) != meta.get(CHECKSUM):
+        raise ValueError(f"{path}: checksum mismatch, the file was changed or corrupted after it was written "
+                         "(tensors or header)")
+    missing = [key for key in REQUIRED if key not in header]
+    if missing:
+        raise ValueError(f"{path}: the checkpoint header lacks {', '.join(map(repr, missing))}")
     return header, tensors
 
 
@@ -215,13 +263,19 @@ def load_state(flow: nn.Module, tensors: dict[str, Tensor], prefix: str = MODEL,
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Flow:
-    """Rebuild the saved flow from the registries and load its weights (no pickle); returns it in eval mode."""
+    """Rebuild the saved flow from the registries and load its weights (no pickle); returns it in eval mode,
+    in the dtype it was saved in, on ``device`` (a ``ValueError`` if torch does not know it or it is absent)."""
+    device = check_device(device)
     header, tensors = read(path)
+    dtype = getattr(torch, str(header["dtype"]), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"{resolve(path)}: the header's dtype {header['dtype']!r} is not a floating torch dtype")
     try:
         flow = rebuild(header["spec"])
     except ValueError as err:
         raise ValueError(f"{resolve(path)}: cannot rebuild the saved flow (saved by exactflow "
                          f"{header.get('version')}): {err}") from None
+    flow.to(dtype)
     load_state(flow, tensors, where=f"{resolve(path)} (saved by exactflow {header.get('version')})")
     return flow.to(device).eval()
 

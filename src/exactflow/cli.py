@@ -9,7 +9,9 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 EXAMPLES = """\
 examples:
@@ -82,17 +84,51 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str] | None, args:
         raise ValueError(f"{args.config}: unknown option(s) {', '.join(unknown)} for '{args.command}'; "
                          f"known: {', '.join(sorted(known))}")
     for key, value in config.items():
-        action = known[key]
-        if action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction):
-            if isinstance(value, dict):
-                value = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in value.items()]
-            elif not isinstance(value, list):
-                value = [value]
-            value = [v if action.type is None or not isinstance(v, str) else action.type(v) for v in value]
-        elif isinstance(value, str) and action.type is not None:
-            value = action.type(value)
+        try:
+            value = _config_value(known[key], value)
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as err:
+            raise ValueError(f"{args.config}: option {key} = {value!r}: {err}") from None
         sub.set_defaults(**{key: value})
     return parser.parse_args(argv)
+
+
+def _config_value(action: argparse.Action, value: Any) -> Any:
+    """A config file's ``value`` for ``action``, converted and checked as argparse would check it on the command
+    line (type, choices); a ``ValueError`` says what was expected."""
+    if action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction):
+        if isinstance(value, dict):
+            value = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in value.items()]
+        elif not isinstance(value, list):
+            value = [value]
+        return [_config_scalar(action, v) for v in value]
+    return _config_scalar(action, value)
+
+
+def _config_scalar(action: argparse.Action, value: Any) -> Any:
+    """One value of a config file for ``action`` (a flag, an ``int``/``float``/text-parsing option, or free text)."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
+    if action.type in (int, float):
+        what = "an integer" if action.type is int else "a number"
+        allowed = (int, str) if action.type is int else (int, float, str)
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            raise ValueError(f"expected {what}")
+        try:
+            value = action.type(value)
+        except ValueError:
+            raise ValueError(f"expected {what}") from None
+    elif action.type is not None:  # a parser of text such as "64,64": give it a list as that text
+        value = action.type(",".join(map(str, value)) if isinstance(value, list) else str(value))
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(f"expected one of {', '.join(map(str, action.choices))}")
+    return value
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    """Warnings as one line, ``exactflow: warning: ...``, without the source line of the code that raised them."""
+    print(f"exactflow: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,9 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if getattr(args, "config", None):
-            args = _apply_config(parser, argv, args)
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            if getattr(args, "config", None):
+                args = _apply_config(parser, argv, args)
+            return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("exactflow: interrupted", file=sys.stderr)
         return 130

@@ -169,7 +169,7 @@ def morph(flow: Flow, path: str | Path, gif: str | Path | None = None, n: int = 
     axes = fig.subplots(rows, cols, squeeze=False).flatten()
     for i, ax in enumerate(axes):
         if i < k:
-            _panel(ax, points[i], colour, "Gaussian" if i == 0 else f"after layer {i}" if i < k - 1 else "data")
+            _panel(ax, points[i], colour, "Gaussian" if i == 0 else f"after layer {i}" if i < k - 1 else "samples")
         else:
             ax.axis("off")
     written = [_save(fig, path)]
@@ -186,7 +186,7 @@ def _morph_gif(points: list[Tensor], colour: Tensor, path: str | Path, frames_pe
             t = f / frames_per_layer
             pts = (1 - t) * points[i] + t * points[i + 1]
             images.append(_frame(pts, colour, box, f"layer {i} -> {i + 1}"))
-    images += [_frame(points[-1], colour, box, "data")] * (2 * frames_per_layer)
+    images += [_frame(points[-1], colour, box, "samples")] * (2 * frames_per_layer)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=80, loop=0)

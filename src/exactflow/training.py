@@ -16,10 +16,11 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -58,13 +59,22 @@ class History:
         return cls(**d)
 
 
-def standardize(flow: Flow, x: Tensor) -> Flow:
+def standardize(flow: Flow, x: Tensor, columns: Sequence[str] | None = None) -> Flow:
     """Prepend :class:`~exactflow.transforms.standardize.Standardize` fitted to ``x`` (mean/std per feature),
-    so the flow models standardised data while ``log_prob`` stays in ``x``'s original units."""
+    so the flow models standardised data while ``log_prob`` stays in ``x``'s original units.
+
+    A constant column (std 0, floored at 1e-8) gets a ``UserWarning`` naming it (with its name from
+    ``columns`` when given): its density becomes a spike, so the NLL runs to large negative values."""
     from .transforms.standardize import Standardize
 
     ref = _ref(flow)
     b = Standardize.fit(x).to(device=ref.device, dtype=ref.dtype)
+    constant = [i for i, std in enumerate(x.detach().double().std(0).tolist()) if std == 0]
+    if constant:
+        names = ", ".join(f"{i} ({columns[i]!r})" if columns is not None else str(i) for i in constant)
+        warnings.warn(f"standardizing constant column(s) {names}: a std of 0 is floored at 1e-8, so the NLL "
+                      "runs to large negative values that say nothing about the other columns; drop the column(s)",
+                      UserWarning, stacklevel=2)
     return ckpt.prepend(flow, "Standardize", bijection=b, features=x.shape[1])
 
 
@@ -84,6 +94,15 @@ def _dtype(flow: torch.nn.Module) -> torch.dtype:
     return _ref(flow).dtype
 
 
+def _as_tensor(x: Tensor | np.ndarray, what: str) -> Tensor:
+    """``x`` as a tensor (a numpy array is wrapped without a copy); a ``TypeError`` for anything else."""
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor or a numpy array, got {type(x).__name__}")
+    return x
+
+
 def _to_unit(nll: Tensor | float, shape: tuple[int, ...], levels: int | None) -> float:
     """A mean NLL in nats, or in bits/dim when ``levels`` is set."""
     if levels is None:
@@ -92,9 +111,11 @@ def _to_unit(nll: Tensor | float, shape: tuple[int, ...], levels: int | None) ->
 
 
 @torch.no_grad()
-def evaluate(flow: Flow, x: Tensor, batch_size: int = 4096, levels: int | None = None, seed: int = 0) -> dict:
-    """Mean NLL of the rows of ``x`` in nats (eval mode, batches of ``batch_size``); for quantised
-    images (``levels``) the data are dequantised with a fixed ``seed`` and bits/dim is added."""
+def evaluate(flow: Flow, x: Tensor | np.ndarray, batch_size: int = 4096, levels: int | None = None,
+             seed: int = 0) -> dict:
+    """Mean NLL of the rows of ``x`` (a tensor or numpy array) in nats (eval mode, batches of ``batch_size``);
+    for quantised images (``levels``) the data are dequantised with a fixed ``seed`` and bits/dim is added."""
+    x = _as_tensor(x, "x")
     if x.shape[0] == 0:
         raise ValueError("cannot evaluate on an empty data set")
     was_training = flow.training
@@ -178,8 +199,8 @@ def _progress(show: bool | None, total: int, initial: int):
 
 def fit(
     flow: Flow,
-    train: Tensor | Dataset,
-    valid: Tensor | None = None,
+    train: Tensor | np.ndarray | Dataset,
+    valid: Tensor | np.ndarray | None = None,
     *,
     steps: int = 1000,
     batch_size: int = 256,
@@ -200,13 +221,13 @@ def fit(
 ) -> History:
     """Fit ``flow`` to the rows of ``train`` by maximum likelihood with Adam; returns the :class:`History`.
 
-    ``train`` is a tensor ``(n, *event)`` or a :class:`~exactflow.data.Dataset` (then ``valid`` and
-    ``levels`` default to its validation split and levels). ``schedule`` is ``"cosine"`` (to zero at
+    ``train`` is a tensor or numpy array ``(n, *event)`` or a :class:`~exactflow.data.Dataset` (then ``valid``
+    and ``levels`` default to its validation split and levels). ``schedule`` is ``"cosine"`` (to zero at
     ``steps``) or ``"constant"``, after ``warmup`` linear steps; ``clip_grad`` caps the gradient norm.
     Every ``eval_every`` steps the valid NLL is computed; after ``patience`` evaluations without
     improvement training stops, and at the end the best weights are restored. A NaN/inf loss or
     gradient stops training with a warning naming the step; the flow goes back to the last good
-    state and the checkpoint on disk (last good one) is left untouched.
+    state and the checkpoint on disk (last good one, if one was written yet) is left untouched.
 
     With ``checkpoint=path`` (the flow needs a ``spec``, see :func:`exactflow.build`) the weights,
     optimizer, RNG states and history are written atomically every evaluation; ``resume=True``
@@ -219,6 +240,9 @@ def fit(
         if levels is None and train.kind == "image":
             levels = train.levels
         train = train.train
+    train = _as_tensor(train, "train")
+    if valid is not None:
+        valid = _as_tensor(valid, "valid")
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
     for name, value in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every)):
@@ -247,6 +271,7 @@ def fit(
     history = History(unit="bits/dim" if levels is not None else "nats")
     best_state: dict[str, Tensor] | None = None
     bad_evals, start = 0, 0
+    saved_step: int | None = None  # the step of the checkpoint on disk, once there is one of this run
 
     def batch() -> Tensor:
         idx = torch.randint(train.shape[0], (batch_size,), generator=gen)
@@ -266,6 +291,7 @@ def fit(
         gen.set_state(tensors["rng.batches"])
         history = History.from_dict(state["history"])
         bad_evals, start = state["bad_evals"], state["step"]
+        saved_step = start
         if any(k.startswith("best.") for k in tensors):
             best_state = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
         if start > steps:
@@ -292,6 +318,7 @@ def fit(
     good_state, good_step = _snapshot(flow), start
 
     def write(step: int) -> None:
+        nonlocal saved_step
         if checkpoint is None or rank != 0:
             return
         opt_json, tensors = _optimizer_state(opt)
@@ -301,10 +328,16 @@ def fit(
             tensors.update({"best." + k: v for k, v in best_state.items()})
         state = {"step": step, "bad_evals": bad_evals, "optimizer": opt_json, "history": history.to_dict()}
         ckpt.save(checkpoint, flow, info={**(info or {}), "training_state": state}, extra=tensors)
+        saved_step = step
 
     def diverged(step: int, what: str) -> None:
         flow.load_state_dict(good_state)
-        kept = f"; the last good checkpoint (step {good_step}) is kept in {checkpoint}" if checkpoint else ""
+        if checkpoint is None or rank != 0:
+            kept = ""
+        elif saved_step is None:
+            kept = "; no checkpoint was written"
+        else:
+            kept = f"; the last good checkpoint (step {saved_step}) is kept in {checkpoint}"
         history.status = "diverged"
         history.message = f"training diverged at step {step} ({what}); the flow is back at step {good_step}{kept}"
 

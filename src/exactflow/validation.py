@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["check_input", "check_context"]
+__all__ = ["check_context", "check_device", "check_input", "check_sizes"]
 
 
 def check_input(x: Tensor, event_shape: torch.Size | tuple, ref: Tensor | None, what: str = "x") -> None:
@@ -48,3 +49,37 @@ def check_context(context: Tensor | None, features: int, batch: int | None, ref:
     if batch is not None and context.shape[0] != batch:
         raise ValueError(f"context has {context.shape[0]} rows but x has {batch}: expected one context row per x row")
     check_input(context, (features,), ref, what="context")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_sizes(features: int, context: int = 0, hidden: Sequence[int] = (), **counts: int) -> None:
+    """Sizes of a vector flow: ``features`` and every one of ``counts`` (e.g. ``transforms=``) positive integers,
+    ``context`` a non-negative integer, ``hidden`` a sequence of positive layer widths."""
+    for name, value in {"features": features, **counts}.items():
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not _is_int(context) or context < 0:
+        raise ValueError(f"context must be a non-negative integer (0: unconditional), got {context!r}")
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) \
+            or not all(_is_int(h) and h >= 1 for h in hidden):
+        raise ValueError(f"hidden must be a sequence of positive layer widths such as (64, 64), got {hidden!r}")
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device`, with a ``ValueError`` if torch does not know it or it is not available."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r} (use cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} asked for, but no CUDA device is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r} asked for, but there are only "
+                             f"{torch.cuda.device_count()} CUDA devices")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but MPS is not available")
+    return dev

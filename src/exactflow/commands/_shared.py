@@ -11,13 +11,15 @@ import torch
 
 from ..data import Dataset
 from ..data import registry as datasets
+from ..validation import check_device
 
 FILE_SUFFIXES = (".csv", ".npy")
 
 
-def add_threads_option(p: argparse.ArgumentParser) -> None:
-    """The shared ``--threads N`` option (torch's intra-op threads)."""
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; "
+def add_threads_option(p: argparse.ArgumentParser, default: int | None = None) -> None:
+    """The shared ``--threads N`` option (torch's intra-op threads; ``default`` None: torch's choice)."""
+    shown = "torch's choice" if default is None else default
+    p.add_argument("--threads", type=int, default=default, help=f"CPU threads for torch (default: {shown}; "
                    "1 is fastest for small networks and on a busy machine)")
 
 
@@ -92,15 +94,10 @@ def flow_kwargs(entry, ds: Dataset, extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def device(name: str | None) -> torch.device:
+    """The ``--device`` option: ``auto`` (or None) is cuda when available, else cpu; others are checked."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r} (use cpu, cuda, cuda:1, ...)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but no CUDA device is available")
-    return dev
+    return check_device(name)
 
 
 def load_run(path: str | Path, device_name: str | None = "cpu"):

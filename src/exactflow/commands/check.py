@@ -34,6 +34,8 @@ def main(args: argparse.Namespace) -> int:
     from ..images import dequantize
     from ..testing import check_flow
 
+    if args.num < 1:
+        raise ValueError(f"-n must be a positive number of points, got {args.num}")
     flow, header, record = load_run(args.model)
     name = header["spec"]["flow"]
     if record is not None or args.data is not None:

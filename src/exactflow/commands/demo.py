@@ -11,9 +11,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="train a flow on two moons (about a minute) and draw it",
                               description="Train the default flow (RealNVP) on two moons, write the checkpoint and "
                                           "pictures to runs/demo, and print their paths and the test NLL.")
-    add_training_options(p)
+    add_training_options(p, steps=1500, batch_size=512, threads=1)
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo, replaced if present)")
-    p.set_defaults(run=main, steps=1500, batch_size=512, threads=1)
+    p.set_defaults(run=main)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -44,8 +44,10 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 64,64, got {text!r}") from None
 
 
-def add_training_options(p: argparse.ArgumentParser) -> None:
-    """The options of ``train`` (shared with ``demo``)."""
+def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, batch_size: int = 256,
+                         threads: int | None = None) -> None:
+    """The options of ``train`` (shared with ``demo``, which passes its own defaults). ``steps=None``: the
+    default is :data:`DEFAULT_STEPS`, or on ``--resume`` the run's own."""
     from ..flows import registry as flows
     from ..training import SCHEDULES
 
@@ -56,11 +58,14 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flow-arg", dest="flow_args", action="append", metavar="KEY=VALUE",
                    help="any other keyword of the flow's factory (repeatable; values read as JSON)")
     p.add_argument("--data-arg", dest="data_args", action="append", metavar="KEY=VALUE",
-                   help="keyword of the data loader, e.g. train=5000, noise=0.1, test=0.2 (repeatable)")
+                   help="keyword of the data loader (repeatable), e.g. train=5000 or seed=1 for the toy "
+                   "sets, test=0.2 or valid=0.1 for a .csv/.npy file")
     p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
                    help="standardise inside the model (default: on for .csv/.npy files, off otherwise)")
-    p.add_argument("--steps", type=int, help=f"optimisation steps (default {DEFAULT_STEPS})")
-    p.add_argument("--batch-size", type=int, default=256, help="global batch size (default 256)")
+    p.add_argument("--steps", type=int, default=steps,
+                   help=f"optimisation steps (default {DEFAULT_STEPS}; on --resume the run's own)" if steps is None
+                   else "optimisation steps (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=batch_size, help="global batch size (default %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="learning-rate schedule (default cosine)")
     p.add_argument("--warmup", type=int, default=0, help="linear warm-up steps (default 0)")
@@ -69,7 +74,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, help="stop after this many evaluations without valid improvement")
     p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations/checkpoints (default 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches (default 0)")
-    add_threads_option(p)
+    add_threads_option(p, threads)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
                    help="write the pictures (default on)")
@@ -126,6 +131,11 @@ def _restore_options(args: argparse.Namespace, ckpt_path: Path) -> None:
         args.steps = steps
 
 
+def _where(args: argparse.Namespace) -> str:
+    """For errors about an option's value: where else it may have been set (the config file)."""
+    return f" or in {args.config}" if args.config else ""
+
+
 def train(args: argparse.Namespace) -> dict:
     """Run a training described by ``args`` (the ``train`` options); returns a summary dict."""
     from .. import checkpoint, plots
@@ -143,16 +153,18 @@ def train(args: argparse.Namespace) -> dict:
                          "or --out for a new folder")
     if not args.data:
         raise ValueError("no data set given: exactflow train DATA (a name from `exactflow list` or a .csv/.npy file)")
-    args.steps = args.steps or DEFAULT_STEPS
+    if args.steps is None:
+        args.steps = DEFAULT_STEPS
+    counts = (("--steps", args.steps), ("--batch-size", args.batch_size), ("--eval-every", args.eval_every))
+    for option, value in counts:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{option} must be a positive integer, got {value!r} (set by {option}{_where(args)})")
     apply_threads(args)
     world, rank, dev = _distributed(args.device)
     try:
-        if rank == 0:
-            for stale in out.glob(".*.safetensors.*.tmp"):  # left by a run killed while writing
-                stale.unlink(missing_ok=True)
-            if args.overwrite and not args.resume:
-                for old in (ckpt_path, model_path):
-                    old.unlink(missing_ok=True)
+        if rank == 0 and args.overwrite and not args.resume:
+            for old in (ckpt_path, model_path):
+                old.unlink(missing_ok=True)
         record = data_record(args.data, assignments(args.data_args, "--data-arg"))
         ds = build_data(record)
         extra = assignments(args.flow_args, "--flow-arg")
@@ -164,12 +176,16 @@ def train(args: argparse.Namespace) -> dict:
             raise ValueError(f"unknown flow {args.flow!r}; available: {', '.join(sorted(flows))}")
         kwargs = flow_kwargs(flows[args.flow], ds, extra)
         torch.manual_seed(args.seed)
-        flow = checkpoint.build(args.flow, **kwargs)
+        try:
+            flow = checkpoint.build(args.flow, **kwargs)
+        except (TypeError, ValueError) as err:  # a bad value of an option the factory takes
+            raise ValueError(f"flow {args.flow!r}: {err} (set by --flow-arg, --transforms or --hidden{_where(args)})") \
+                from None
         use_std = args.standardize if args.standardize is not None else record["name"] == "tabular"
         if use_std:
             if ds.kind != "vector":
                 raise ValueError("--standardize works on vector data; images are dequantised instead")
-            standardize(flow, ds.train)
+            standardize(flow, ds.train, columns=ds.info.get("columns"))
         flow.to(dev)
         levels = ds.levels if ds.kind == "image" else None
         info = {"data": describe(ds, record), "options": _options(args)}

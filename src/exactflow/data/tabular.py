@@ -1,12 +1,13 @@
 """Tabular data from a local ``.csv`` or ``.npy`` file, split into train/valid/test by a seeded permutation.
 
-The split is recorded in ``Dataset.info`` (file, its SHA-256, seed, fractions, sizes), so the
-same file and seed always give the same rows in each split.
+The split is recorded in ``Dataset.info`` (file, its SHA-256, seed, fractions, sizes, and the column
+names of a CSV header), so the same file and seed always give the same rows in each split.
 """
 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,20 @@ from torch import Tensor
 
 from ..registry import DATASETS
 
-__all__ = ["read_table", "tabular"]
+__all__ = ["csv_header", "read_table", "tabular"]
+
+
+def csv_header(path: str | Path) -> list[str] | None:
+    """The column names of a ``.csv`` file's first line, or None when that line holds numbers (no header)."""
+    with open(path) as f:
+        first = f.readline()
+    if not first.strip():
+        return None
+    try:
+        [float(v) for v in first.strip().split(",")]
+    except ValueError:
+        return [name.strip() for name in first.strip().split(",")]
+    return None
 
 
 def read_table(path: str | Path) -> Tensor:
@@ -27,19 +41,18 @@ def read_table(path: str | Path) -> Tensor:
     if suffix == ".npy":
         array = np.load(path, allow_pickle=False)
     elif suffix == ".csv":
-        with open(path) as f:
-            first = f.readline()
+        skip = 0 if csv_header(path) is None else 1
         try:
-            [float(v) for v in first.strip().split(",")]
-            skip = 0
-        except ValueError:
-            skip = 1
-        try:
-            array = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2, dtype=np.float64)
+            with warnings.catch_warnings():  # an empty table is reported below, as an error
+                warnings.filterwarnings("ignore", message="loadtxt: input contained no data")
+                array = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2, dtype=np.float64)
         except ValueError as err:
             raise ValueError(f"{path}: not a numeric CSV table ({err})") from None
     else:
         raise ValueError(f"data file {str(path)!r}: expected a .csv or .npy file")
+    if array.size == 0:
+        what = "only a header line" if suffix == ".csv" and skip else "no rows"
+        raise ValueError(f"{path}: the table holds no data ({what})")
     if array.ndim == 1:
         array = array[:, None]
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
@@ -74,4 +87,7 @@ def tabular(path: str, valid: float = 0.1, test: float = 0.1, seed: int = 0):
     parts = torch.split(x[order], [n_train, n_valid, n_test])
     info = {"file": str(Path(path).resolve()), "sha256": _sha256(Path(path)), "seed": seed,
             "fractions": [1 - valid - test, valid, test], "sizes": [n_train, n_valid, n_test]}
+    columns = csv_header(path) if Path(path).suffix.lower() == ".csv" else None
+    if columns is not None and len(columns) == x.shape[1]:
+        info["columns"] = columns
     return Dataset(Path(path).stem, *parts, info=info)

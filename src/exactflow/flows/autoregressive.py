@@ -21,6 +21,7 @@ from ..transforms.coupling import CouplingChain
 from ..transforms.linear import LULinear, Permutation, Reverse
 from ..transforms.normalization import BatchNorm
 from ..transforms.splines import RQSplineAutoregressive, RQSplineCoupling
+from ..validation import check_sizes
 
 __all__ = ["BNAF", "IAF", "MAF", "NSF", "NSFAutoregressive"]
 
@@ -49,8 +50,6 @@ def _flow(layers: list[nn.Module], features: int, context: int, conditional_base
 
 def _stack(make, features: int, transforms: int, permutation: str, batch_norm: bool = False) -> list[nn.Module]:
     """``make(i)`` for ``i < transforms`` with a mixer (and optionally batch norm) between consecutive layers."""
-    if transforms < 1:
-        raise ValueError(f"transforms must be >= 1, got {transforms}")
     layers: list[nn.Module] = []
     for i in range(transforms):
         if i:
@@ -82,6 +81,7 @@ def MAF(features: int, context: int = 0, transforms: int = 5, hidden: Sequence[i
     ``transforms`` masked affine autoregressive layers, their MADE orders alternating (``permutation="reverse"``)
     or with a ``"random"`` permutation or ``"lu"`` linear map between them, optionally with batch norm too.
     ``log_prob`` is one MADE pass per layer; ``sample`` takes D passes per layer."""
+    check_sizes(features, context, hidden, transforms=transforms)
     layers = _made_stack(lambda i, order: MaskedAffineAutoregressive(features, context, hidden, order, residual,
                                                                      scale_bound=scale_bound),
                          features, transforms, permutation, batch_norm)
@@ -97,6 +97,7 @@ def IAF(features: int, context: int = 0, transforms: int = 5, hidden: Sequence[i
     ``sample``/``rsample`` and ``sample_and_log_prob`` take one MADE pass per layer, so a variational
     posterior q(x | context) trains by reverse KL on ``sample_and_log_prob``. ``log_prob`` of given data takes
     D passes per layer."""
+    check_sizes(features, context, hidden, transforms=transforms)
     layers = _made_stack(lambda i, order: Inverse(MaskedAffineAutoregressive(features, context, hidden, order, residual,
                                                                              scale_bound=scale_bound)),
                          features, transforms, permutation)
@@ -111,6 +112,7 @@ def NSF(features: int, context: int = 0, transforms: int = 3, hidden: Sequence[i
     ``transforms`` rational-quadratic spline couplings (``bins`` bins on ``[-bound, bound]``, identity tails),
     the fixed half flipping every layer, with a ``permutation`` (default an LU-parametrised linear map, as in
     the paper) between them, or none (``permutation="none"``)."""
+    check_sizes(features, context, hidden, transforms=transforms, bins=bins)
     layers = _stack(lambda i: RQSplineCoupling(features, context, mask=mask, flip=i % 2 == 1, hidden=hidden, bins=bins,
                                                bound=bound),
                     features, transforms, permutation)
@@ -125,6 +127,7 @@ def NSFAutoregressive(features: int, context: int = 0, transforms: int = 3, hidd
 
     ``transforms`` rational-quadratic spline layers conditioned by MADEs, their orders alternating
     (``permutation="reverse"``) or with a ``"random"`` permutation or ``"lu"`` map between them."""
+    check_sizes(features, context, hidden, transforms=transforms, bins=bins)
     layers = _made_stack(lambda i, order: RQSplineAutoregressive(features, context, hidden, bins=bins, bound=bound,
                                                                  order=order, residual=residual),
                          features, transforms, permutation)
@@ -139,5 +142,6 @@ def BNAF(features: int, context: int = 0, transforms: int = 2, hidden: Sequence[
     ``transforms`` layers (``hidden`` units per feature in each hidden layer) with a ``permutation`` between
     them. ``log_prob`` is one pass per layer; ``sample`` inverts every layer by bisection, about D * 60
     passes per layer."""
+    check_sizes(features, context, hidden, transforms=transforms)
     layers = _stack(lambda i: BNAFLayer(features, context, hidden), features, transforms, permutation)
     return _flow(layers, features, context, conditional_base)

@@ -7,6 +7,7 @@ from typing import Sequence
 from ..distributions import Flow, StandardNormal
 from ..registry import FLOWS
 from ..transforms.continuous import CNF as CNFTransform
+from ..validation import check_sizes
 
 __all__ = ["CNF"]
 
@@ -18,5 +19,6 @@ def CNF(features: int, context: int = 0, hidden: Sequence[int] = (64, 64), steps
 
     ``dx/dt = v(x, t, context)`` with noise at t = 0 and data at t = 1, RK4 with ``steps`` steps; train with
     :func:`~exactflow.transforms.continuous.flow_matching_loss` (Lipman et al. 2023) or ``-log_prob``."""
+    check_sizes(features, context, hidden, steps=steps)
     cnf = CNFTransform(features, context, hidden=hidden, steps=steps, trace=trace, activation=activation)
     return Flow(cnf, StandardNormal(features), context=context)

@@ -9,6 +9,7 @@ from ..registry import FLOWS
 from ..transforms.coupling import AdditiveCoupling, AffineCoupling, CouplingChain
 from ..transforms.elementwise import ElementwiseAffine
 from ..transforms.normalization import BatchNorm
+from ..validation import check_sizes
 
 __all__ = ["RealNVP", "NICE"]
 
@@ -18,6 +19,7 @@ def RealNVP(features: int, context: int = 0, transforms: int = 8, hidden: Sequen
             mask: str = "half", scale_bound: float | None = 3.0, batch_norm: bool = False) -> Flow:
     """RealNVP (Dinh et al. 2017): ``transforms`` affine couplings whose fixed part alternates
     (``mask``, flipped every layer), optionally with batch norm between them, on N(0, I)."""
+    check_sizes(features, context, hidden, transforms=transforms)
     layers = []
     for i in range(transforms):
         layers.append(AffineCoupling(features, context, mask=mask, flip=i % 2 == 1, hidden=hidden, scale_bound=scale_bound))
@@ -31,6 +33,7 @@ def NICE(features: int, context: int = 0, transforms: int = 4, hidden: Sequence[
          mask: str = "alternating") -> Flow:
     """NICE (Dinh et al. 2015): ``transforms`` additive couplings with alternating parts, then a learned
     diagonal scaling (the only volume change), on N(0, I)."""
+    check_sizes(features, context, hidden, transforms=transforms)
     layers = [AdditiveCoupling(features, context, mask=mask, flip=i % 2 == 1, hidden=hidden) for i in range(transforms)]
     layers.append(ElementwiseAffine(features))
     return Flow(CouplingChain(*layers), StandardNormal(features), context=context)

@@ -12,6 +12,7 @@ from ..distributions import Flow, StandardNormal
 from ..registry import FLOWS
 from ..transforms.planar import Planar as PlanarLayer
 from ..transforms.planar import Radial as RadialLayer
+from ..validation import check_sizes
 
 __all__ = ["Planar", "Radial"]
 
@@ -20,10 +21,12 @@ __all__ = ["Planar", "Radial"]
 def Planar(features: int, context: int = 0, layers: int = 16) -> Flow:
     """``layers`` planar maps on N(0, I). Sampling and ``sample_and_log_prob`` are closed form;
     ``log_prob`` of given data inverts each layer numerically (bisection)."""
+    check_sizes(features, context, layers=layers)
     return Flow(Compose(*[PlanarLayer(features, context) for _ in range(layers)]), StandardNormal(features), context)
 
 
 @FLOWS.register("Radial", conditional=True, test_kwargs={"layers": 4})
 def Radial(features: int, context: int = 0, layers: int = 16) -> Flow:
     """``layers`` radial maps on N(0, I); both directions closed form."""
+    check_sizes(features, context, layers=layers)
     return Flow(Compose(*[RadialLayer(features, context) for _ in range(layers)]), StandardNormal(features), context)
