@@ -11,7 +11,13 @@ from ..core import Bijection
 from ..nets import MLP
 from ..registry import TRANSFORMS
 
-__all__ = ["ElementwiseAffine"]
+__all__ = ["ElementwiseAffine", "bounded_log_scale"]
+
+
+def bounded_log_scale(raw: Tensor, bound: float | None) -> Tensor:
+    """The smoothly bounded log-scale ``s = B tanh(raw / B)`` (``B = bound``): identity near 0, confined to
+    ``(-B, B)``; ``bound=None`` returns ``raw`` unbounded."""
+    return raw if bound is None else bound * torch.tanh(raw / bound)
 
 
 @TRANSFORMS.register("ElementwiseAffine")
