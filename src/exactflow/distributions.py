@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,20 @@ LOG_2PI = math.log(2 * math.pi)
 
 def _event_size(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
+
+
+def _sample_count(n: object) -> int:
+    """``n`` as the number of samples to draw: an int >= 0 (0 gives empty results); TypeError for a
+    non-integer (``2.5``, ``True``, a tensor of several values), ValueError for a negative count."""
+    if isinstance(n, bool):
+        raise TypeError(f"n (the number of samples) must be an int, got the bool {n}")
+    try:
+        count = operator.index(n)
+    except TypeError:
+        raise TypeError(f"n (the number of samples) must be an int, got {type(n).__name__} {n!r}") from None
+    if count < 0:
+        raise ValueError(f"n (the number of samples) must be >= 0, got {count}")
+    return count
 
 
 class StandardNormal(nn.Module):
@@ -119,6 +134,7 @@ class Flow(nn.Module):
 
     def _expand(self, n: int, context: Tensor | None) -> tuple[int, Tensor | None, tuple[int, ...]]:
         """Shape rule: unconditional -> ``(n, *event)``; context ``(b, c)`` -> ``(n, b, *event)``."""
+        n = _sample_count(n)
         if context is None:
             if self.validate:
                 check_context(None, self.context_features, None, None)
@@ -138,7 +154,8 @@ class Flow(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, context: Tensor | None = None) -> Tensor:
         """``n`` samples: shape ``(n, *event)``, or ``(n, b, *event)`` for a context of shape ``(b, c)``
-        (every context row gets ``n`` samples, all in one batched pass)."""
+        (every context row gets ``n`` samples, all in one batched pass). ``n`` is an int >= 0 (``n = 0`` gives
+        empty results of those shapes); another type raises TypeError, a negative ``n`` ValueError."""
         return self.rsample(n, context)
 
     def sample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

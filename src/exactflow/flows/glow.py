@@ -40,7 +40,7 @@ class ImageFlow(Flow):
     i.e. the base noise (every level's latent) is scaled by ``T`` (Kingma & Dhariwal 2018, sec. 5)."""
 
     def rsample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
-        if temperature <= 0:
+        if not temperature > 0:  # also refuses NaN
             raise ValueError(f"temperature must be positive, got {temperature}")
         total, ctx, lead = self._expand(n, context)
         x, _ = self.transform.inverse(temperature * self.base.rsample(total, ctx), ctx)

@@ -7,6 +7,7 @@ A ``context`` of shape ``(batch, c)`` is broadcast over the pixels and enters th
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import operator
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 from ..core import Bijection
 from ..nets import ACTIVATIONS
 from ..registry import TRANSFORMS
-from ..utils import soft_clamp, sum_except_batch
+from .elementwise import bounded_log_scale
 from .linear import lu_solve, lu_weight
 from .normalization import ActNorm
 
@@ -50,6 +51,11 @@ def image_shape(shape: tuple[int, ...] | list[int], factor: int = 1) -> tuple[in
     if shape[1] % factor or shape[2] % factor:
         raise ValueError(f"image shape {shape}: H and W must be divisible by {factor}")
     return shape  # type: ignore[return-value]
+
+
+def _sum_event(x: Tensor) -> Tensor:
+    """Sum over every dimension but the batch: ``(B, ...) -> (B,)``, also for an empty batch ``B = 0``."""
+    return x.flatten(1).sum(-1) if x.dim() > 1 else x
 
 
 def checkerboard_mask(height: int, width: int, flip: bool = False) -> Tensor:
@@ -110,13 +116,19 @@ class Squeeze(Bijection):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(x, self.factor)
-        return F.pixel_unshuffle(x, self.factor), x.new_zeros(x.shape[0])
+        f = self.factor
+        if x.shape[0] == 0:  # torch's pixel_unshuffle returns an empty batch with its input's shape
+            return x.new_empty(0, x.shape[1] * f * f, x.shape[2] // f, x.shape[3] // f), x.new_zeros(0)
+        return F.pixel_unshuffle(x, f), x.new_zeros(x.shape[0])
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if z.dim() != 4 or z.shape[1] % self.factor**2:
+        f = self.factor
+        if z.dim() != 4 or z.shape[1] % f**2:
             raise ValueError(f"{type(self).__name__}.inverse needs (B, C, H, W) with C divisible by "
-                             f"{self.factor ** 2}, got {tuple(z.shape)}")
-        return F.pixel_shuffle(z, self.factor), z.new_zeros(z.shape[0])
+                             f"{f ** 2}, got {tuple(z.shape)}")
+        if z.shape[0] == 0:  # as in forward: pixel_shuffle keeps an empty batch's shape
+            return z.new_empty(0, z.shape[1] // (f * f), z.shape[2] * f, z.shape[3] * f), z.new_zeros(0)
+        return F.pixel_shuffle(z, f), z.new_zeros(z.shape[0])
 
 
 class Unsqueeze(Bijection):
@@ -291,18 +303,18 @@ class ImageAffineCoupling(ImageCoupling):
 
     def _shift_scale(self, params: Tensor, active: Tensor | None) -> tuple[Tensor, Tensor]:
         shift, raw = params.chunk(2, dim=1)
-        s = soft_clamp(raw, self.scale_bound)
+        s = bounded_log_scale(raw, self.scale_bound)
         if active is not None:
             shift, s = shift * active, s * active
         return shift, s
 
     def _map(self, x: Tensor, params: Tensor, active: Tensor | None) -> tuple[Tensor, Tensor]:
         shift, s = self._shift_scale(params, active)
-        return (x - shift) * torch.exp(-s), -sum_except_batch(s)
+        return (x - shift) * torch.exp(-s), -_sum_event(s)
 
     def _unmap(self, z: Tensor, params: Tensor, active: Tensor | None) -> tuple[Tensor, Tensor]:
         shift, s = self._shift_scale(params, active)
-        return z * torch.exp(s) + shift, sum_except_batch(s)
+        return z * torch.exp(s) + shift, _sum_event(s)
 
 
 class ImageAdditiveCoupling(ImageCoupling):
@@ -342,13 +354,44 @@ def checkerboard_additive_coupling(shape: tuple[int, int, int], context: int = 0
     return ImageAdditiveCoupling(shape, context, mask="checkerboard", **kwargs)
 
 
+@functools.lru_cache(maxsize=None)
+def _logit_edges(alpha: float, dtype: torch.dtype) -> tuple[float, float, float, float]:
+    """``(lo, hi, lo_in, hi_in)``: :class:`Logit`'s domain edges ``-a`` and ``1 + a`` rounded to ``dtype``, and
+    the representable points just inside them (``nextafter`` inwards; the smallest normal number if
+    ``lo = 0``, so that a flush-to-zero mode cannot turn it into the edge)."""
+    a = alpha / (1 - 2 * alpha)
+    edges = torch.tensor([-a, 1 + a], dtype=dtype)
+    inner = torch.nextafter(edges, torch.tensor([math.inf, -math.inf], dtype=dtype))
+    (lo, hi), (lo_in, hi_in) = edges.tolist(), inner.tolist()
+    if lo == 0:
+        lo_in = torch.finfo(dtype).tiny
+    return lo, hi, lo_in, hi_in
+
+
 class Logit(Bijection):
     """Logit preprocessing (Dinh et al. 2017), elementwise on any shape: data ``y`` in (0, 1) ->
     ``x = logit(s)``, ``s = alpha + (1 - 2 alpha) y``;
     log|det dx/dy| = sum[log(1 - 2 alpha) - log s - log(1 - s)].
 
-    The map is defined wherever ``s`` is in (0, 1), i.e. ``y`` in ``(-a, 1 + a)``, ``a = alpha / (1 - 2 alpha)``;
-    other inputs raise ValueError. The inverse is ``y = (sigmoid(x) - alpha) / (1 - 2 alpha)``.
+    The map is defined wherever ``s`` is in (0, 1), i.e. ``y`` in ``(lo, hi) = (-a, 1 + a)``,
+    ``a = alpha / (1 - 2 alpha)``; other inputs raise ValueError. The inverse is
+    ``y = (sigmoid(x) - alpha) / (1 - 2 alpha) = lo + (hi - lo) sigmoid(x)``.
+
+    Floating point. Both directions use the edges rounded to the input's dtype and compute
+    ``x = log(y - lo) - log(hi - y)``, ``log|det| = sum[log(hi - lo) - log(y - lo) - log(hi - y)]``
+    (the same map with the edges rounded: ``s = (y - lo) / (hi - lo)``). Near an edge ``y - lo`` and
+    ``hi - y`` are exact (Sterbenz), so the domain check is the exact comparison ``lo < y < hi`` and every
+    ``y`` that passes has a finite ``x`` and log-det (``alpha + (1 - 2 alpha) y`` would cancel to 0 first).
+    The inverse stays strictly inside: at large ``|x|`` (from about 17 in float32 and 37 in float64 above 0)
+    ``lo + (hi - lo) sigmoid(x)`` rounds onto an edge, so the result is clamped to the representable
+    points next to the edges. The exact value lies strictly inside the domain, so the clamped point is no
+    farther from it than the unclamped result or one unit in the last place: the clamp rounds onto the
+    open domain instead of onto the reals. The inverse's log-det is the exact one at ``x``. Hence
+    ``log_prob`` accepts every sample of a flow built on this map. The other remedy, widening the forward's
+    check by the rounding, is not exact: it would accept points on the edge, where ``log(y - lo)`` is
+    infinite, and out-of-domain data (raw pixel values of exactly 1 with ``alpha = 0``) without an error.
+    (A sample clamped this way is scored at the clamped point, so there ``sample_and_log_prob`` reports the
+    density at the drawn latent and ``log_prob`` the finite density at the point returned.)
     """
 
     def __init__(self, alpha: float = 0.05):
@@ -358,20 +401,25 @@ class Logit(Bijection):
         self.alpha = alpha
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        s = self.alpha + (1 - 2 * self.alpha) * x
-        if not ((s > 0) & (s < 1)).all():
+        if not x.is_floating_point():
+            raise ValueError(f"Logit needs a floating-point tensor, got dtype {x.dtype}")
+        lo, hi, _, _ = _logit_edges(self.alpha, x.dtype)
+        below, above = x - lo, hi - x  # exact near the edges: positive exactly when lo < x < hi
+        if not ((below > 0) & (above > 0)).all():
             a = self.alpha / (1 - 2 * self.alpha)
             raise ValueError(f"Logit(alpha={self.alpha}) needs inputs in ({-a:.4g}, {1 + a:.4g}); "
                              f"got values in [{x.min().item():.4g}, {x.max().item():.4g}]")
-        log_s, log_1ms = torch.log(s), torch.log1p(-s)
-        ladj = math.prod(x.shape[1:]) * math.log1p(-2 * self.alpha) - sum_except_batch(log_s + log_1ms)
-        return log_s - log_1ms, ladj
+        log_below, log_above = torch.log(below), torch.log(above)
+        ladj = math.prod(x.shape[1:]) * math.log(hi - lo) - _sum_event(log_below + log_above)
+        return log_below - log_above, ladj
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x = (torch.sigmoid(z) - self.alpha) / (1 - 2 * self.alpha)
-        ladj = sum_except_batch(F.logsigmoid(z) + F.logsigmoid(-z))
-        ladj = ladj - math.prod(z.shape[1:]) * math.log1p(-2 * self.alpha)
-        return x, ladj
+        lo, hi, lo_in, hi_in = _logit_edges(self.alpha, z.dtype)
+        width = hi - lo
+        tail = torch.sigmoid(-z.abs())  # sigmoid(z) below 0, 1 - sigmoid(z) above: accurate in both tails
+        y = torch.where(z < 0, lo + width * tail, hi - width * tail).clamp(lo_in, hi_in)
+        ladj = _sum_event(F.logsigmoid(z) + F.logsigmoid(-z)) + math.prod(z.shape[1:]) * math.log(width)
+        return y, ladj
 
 
 @TRANSFORMS.register("Logit", input="image", conditional=False, domain="unit")

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from ..core import Bijection
 from ..registry import TRANSFORMS
-from ..utils import soft_clamp, sum_except_batch
-from .image import append_context, image_shape
+from .elementwise import bounded_log_scale
+from .image import _sum_event, append_context, image_shape
 
 __all__ = ["Split"]
 
@@ -53,7 +53,7 @@ class Split(Bijection):
 
     def _mu_logs(self, x1: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         mu, raw = self.prior(append_context(x1, context)).chunk(2, dim=1)
-        return mu, soft_clamp(raw, self.scale_bound)
+        return mu, bounded_log_scale(raw, self.scale_bound)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x1, x2 = x[:, : self.keep], x[:, self.keep :]
@@ -61,7 +61,7 @@ class Split(Bijection):
         if self.prior is not None:
             mu, logs = self._mu_logs(x1, context)
             x2 = (x2 - mu) * torch.exp(-logs)
-            ladj = ladj - sum_except_batch(logs)
+            ladj = ladj - _sum_event(logs)
         if self.inner is not None:
             x1, inner_ladj = self.inner(x1, context)
             ladj = ladj + inner_ladj
@@ -75,5 +75,5 @@ class Split(Bijection):
         if self.prior is not None:
             mu, logs = self._mu_logs(z1, context)
             z2 = z2 * torch.exp(logs) + mu
-            ladj = ladj + sum_except_batch(logs)
+            ladj = ladj + _sum_event(logs)
         return torch.cat([z1, z2], dim=1), ladj

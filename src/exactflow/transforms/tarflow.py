@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..core import Bijection
 from ..registry import TRANSFORMS
-from ..utils import soft_clamp
+from .elementwise import bounded_log_scale
 
 __all__ = ["TarFlowBlock", "patchify", "unpatchify"]
 
@@ -159,7 +159,7 @@ class TarFlowBlock(Bijection):
 
     def _params(self, h: Tensor) -> tuple[Tensor, Tensor]:
         mu, s = self.head(self.norm(h)).chunk(2, dim=-1)
-        return mu, soft_clamp(s, self.scale_bound)
+        return mu, bounded_log_scale(s, self.scale_bound)
 
     def _shifted(self, seq: Tensor, context: Tensor | None) -> Tensor:
         """Transformer input for all positions: ``[start, embed(x_0), ..., embed(x_{T-2})]``."""
