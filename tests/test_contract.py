@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from exactflow import Inverse
+from exactflow import Inverse, backend
 from exactflow.flows import registry as flows
 from exactflow.testing import check_bijection, check_flow, randomize_, warm_up
 from exactflow.transforms import registry as transforms
@@ -21,9 +21,22 @@ def _cases(registry, invert: bool):
                 yield pytest.param(name, ctx, inv, id=tag, marks=marks)
 
 
-def _build(registry, name: str, ctx: int, device):
+def _wide_cases():
+    """Vector entries with a fast path, at the width from which the backend takes its feature-count routes."""
+    for name, entry in sorted(transforms.items()):
+        if entry.input == "vector" and backend.covers(entry(**{"features": WIDE, **entry.test_kwargs})):
+            for ctx in (0, CONTEXT) if entry.conditional else (0,):
+                yield pytest.param(name, ctx, id=f"{name}[{'ctx' if ctx else 'plain'}]/wide")
+
+
+WIDE = backend.PARAM_MAJOR_MIN_FEATURES
+
+
+def _build(registry, name: str, ctx: int, device, features: int | None = None):
     entry = registry[name]
     kwargs = {**DEFAULT_SIZE[entry.input], **entry.test_kwargs, "context": ctx}
+    if features is not None:
+        kwargs["features"] = features
     obj = entry(**kwargs).to(device=device, dtype=torch.float64)
     shape = (kwargs["features"],) if entry.input == "vector" else tuple(kwargs["shape"])
     if entry.domain == "unit":
@@ -43,6 +56,14 @@ def test_transform_contract(name, ctx, inv, device):
         z, _ = b(x, context)  # points in the inverse's domain
         b, x = Inverse(b), z.detach()
     check_bijection(b, x, context, atol=entry.tolerance, name=f"{name}{'/inv' if inv else ''}")
+
+
+@pytest.mark.parametrize("name,ctx", list(_wide_cases()))
+def test_transform_contract_wide(name, ctx, device):
+    entry, b, x, context = _build(transforms, name, ctx, device, features=WIDE)
+    warm_up(b, x, context)
+    randomize_(b)
+    check_bijection(b, x, context, atol=entry.tolerance, name=f"{name}/wide")
 
 
 @pytest.mark.parametrize("name,ctx,inv", list(_cases(flows, invert=False)))

@@ -66,15 +66,31 @@ def reference() -> Iterator[None]:
 
 def run(module: nn.Module, op: str, *args):
     """The fast route of ``module.<op>(*args)``, or ``None`` where the reference must run."""
+    if torch.compiler.is_compiling():
+        return None
     fn = _lookup(type(module), op)
-    if fn is None or _use_reference.get() or torch.compiler.is_compiling():
+    if fn is None or _use_reference.get():
         return None
     return fn(module, *args)
 
 
 def covers(module: nn.Module) -> bool:
-    """True when ``module`` or one of its sub-modules has a fast path (the contract then compares it)."""
-    return any(_lookup(type(m), op) is not None for m in module.modules() for op in ("forward", "inverse", "step"))
+    """True when a fast path may run in ``module`` or one of its sub-modules (the contract then compares it)."""
+    return any(_lookup(type(m), op) is not None and _applies(m) for m in module.modules()
+               for op in ("forward", "inverse", "step"))
+
+
+def _applies(module: nn.Module) -> bool:
+    """Whether ``module`` has the form the fast paths of its class were written for."""
+    from .nets import MADE, MLP
+
+    if isinstance(module, MLP):
+        return _mlp_layers(module) is not None
+    if isinstance(module, MADE):
+        return _plain_made(module)
+    net = getattr(module, "net", None)
+    kernel = getattr(module, "univariate", getattr(module, "spline", None))
+    return net is not None and _kernel_rows(kernel) is not None and covers(net)
 
 
 def large_batch(features: int) -> int:

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["bisect", "soft_clamp", "sum_except_batch"]
+__all__ = ["bisect", "sum_except_batch"]
 
 
 @torch.no_grad()
@@ -27,11 +27,6 @@ def bisect(f: Callable[[Tensor], Tensor], target: Tensor, lo: Tensor, hi: Tensor
     return 0.5 * (lo + hi)
 
 
-def soft_clamp(x: Tensor, bound: float | None) -> Tensor:
-    """``bound * tanh(x / bound)``: smooth, identity near 0, confined to (-bound, bound); None = no bound."""
-    return x if bound is None else bound * torch.tanh(x / bound)
-
-
 def sum_except_batch(x: Tensor) -> Tensor:
     """Sum every dimension but the first: ``(batch, ...) -> (batch,)``."""
-    return x.reshape(x.shape[0], -1).sum(-1)
+    return x.flatten(1).sum(-1) if x.dim() > 1 else x  # flatten, not reshape(B, -1): B may be 0

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import Bijection
+from ..utils import sum_except_batch
 from ..nets import ACTIVATIONS
 from ..registry import TRANSFORMS
 from .elementwise import bounded_log_scale
@@ -51,11 +52,6 @@ def image_shape(shape: tuple[int, ...] | list[int], factor: int = 1) -> tuple[in
     if shape[1] % factor or shape[2] % factor:
         raise ValueError(f"image shape {shape}: H and W must be divisible by {factor}")
     return shape  # type: ignore[return-value]
-
-
-def _sum_event(x: Tensor) -> Tensor:
-    """Sum over every dimension but the batch: ``(B, ...) -> (B,)``, also for an empty batch ``B = 0``."""
-    return x.flatten(1).sum(-1) if x.dim() > 1 else x
 
 
 def checkerboard_mask(height: int, width: int, flip: bool = False) -> Tensor:
@@ -310,11 +306,11 @@ class ImageAffineCoupling(ImageCoupling):
 
     def _map(self, x: Tensor, params: Tensor, active: Tensor | None) -> tuple[Tensor, Tensor]:
         shift, s = self._shift_scale(params, active)
-        return (x - shift) * torch.exp(-s), -_sum_event(s)
+        return (x - shift) * torch.exp(-s), -sum_except_batch(s)
 
     def _unmap(self, z: Tensor, params: Tensor, active: Tensor | None) -> tuple[Tensor, Tensor]:
         shift, s = self._shift_scale(params, active)
-        return z * torch.exp(s) + shift, _sum_event(s)
+        return z * torch.exp(s) + shift, sum_except_batch(s)
 
 
 class ImageAdditiveCoupling(ImageCoupling):
@@ -410,7 +406,7 @@ class Logit(Bijection):
             raise ValueError(f"Logit(alpha={self.alpha}) needs inputs in ({-a:.4g}, {1 + a:.4g}); "
                              f"got values in [{x.min().item():.4g}, {x.max().item():.4g}]")
         log_below, log_above = torch.log(below), torch.log(above)
-        ladj = math.prod(x.shape[1:]) * math.log(hi - lo) - _sum_event(log_below + log_above)
+        ladj = math.prod(x.shape[1:]) * math.log(hi - lo) - sum_except_batch(log_below + log_above)
         return log_below - log_above, ladj
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -418,7 +414,7 @@ class Logit(Bijection):
         width = hi - lo
         tail = torch.sigmoid(-z.abs())  # sigmoid(z) below 0, 1 - sigmoid(z) above: accurate in both tails
         y = torch.where(z < 0, lo + width * tail, hi - width * tail).clamp(lo_in, hi_in)
-        ladj = _sum_event(F.logsigmoid(z) + F.logsigmoid(-z)) + math.prod(z.shape[1:]) * math.log(width)
+        ladj = sum_except_batch(F.logsigmoid(z) + F.logsigmoid(-z)) + math.prod(z.shape[1:]) * math.log(width)
         return y, ladj
 
 

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from ..core import Bijection
 from ..registry import TRANSFORMS
 from .elementwise import bounded_log_scale
-from .image import _sum_event, append_context, image_shape
+from ..utils import sum_except_batch
+from .image import append_context, image_shape
 
 __all__ = ["Split"]
 
@@ -61,7 +62,7 @@ class Split(Bijection):
         if self.prior is not None:
             mu, logs = self._mu_logs(x1, context)
             x2 = (x2 - mu) * torch.exp(-logs)
-            ladj = ladj - _sum_event(logs)
+            ladj = ladj - sum_except_batch(logs)
         if self.inner is not None:
             x1, inner_ladj = self.inner(x1, context)
             ladj = ladj + inner_ladj
@@ -75,5 +76,5 @@ class Split(Bijection):
         if self.prior is not None:
             mu, logs = self._mu_logs(z1, context)
             z2 = z2 * torch.exp(logs) + mu
-            ladj = ladj + _sum_event(logs)
+            ladj = ladj + sum_except_batch(logs)
         return torch.cat([z1, z2], dim=1), ladj

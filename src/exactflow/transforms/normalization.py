@@ -45,7 +45,7 @@ class BatchNorm(Bijection):
         self.register_buffer("running_var", torch.ones(features))
 
     def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if not self.training:
+        if not self.training or x.shape[0] == 0:  # an empty batch has no statistics
             return self.running_mean, self.running_var
         dims = _reduce_dims(x)
         mean, var = x.mean(dims), x.var(dims, unbiased=False)
@@ -91,7 +91,7 @@ class ActNorm(Bijection):
         self.initialized.fill_(True)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.training and not self.initialized:
+        if self.training and not self.initialized and x.shape[0] > 0:
             self._initialize(x)
         z = (x - _per_channel(self.loc, x)) * _per_channel(torch.exp(-self.log_scale), x)
         return z, (-_positions(x) * self.log_scale.sum()).expand(x.shape[0])
