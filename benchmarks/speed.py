@@ -152,7 +152,7 @@ def compiled_sampler(flow: str, dim: int, batch: int) -> bool:
     """Whether ``exactflow+compile`` is timed on sampling: where the sampler traces as one straight graph
     (coupling flows; autoregressive ones on their D-pass path). The incremental autoregressive sampler's
     loop over data-dependent block bounds stays eager."""
-    return flow in ("realnvp", "nsf-cp") or dim < 2 or dim * batch < INCREMENTAL_MIN_SIZE
+    return flow in ("realnvp", "nsf-cp") or dim < 2 or dim * batch < INCREMENTAL_MIN_SIZE["affine" if flow == "maf" else "spline"]
 
 
 def time_row(flow: str, op: str, dim: int, batch: int, libraries: list[str], repeats: int, budget: float,

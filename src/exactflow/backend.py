@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import threading
+import types
 from collections.abc import Callable, Iterator
 
 import torch
@@ -48,8 +50,10 @@ SCRATCH_MIN, SCRATCH_MAX, SCRATCH_TOTAL = 1 << 15, 1 << 22, 1 << 25
 #: parameter-major (elementwise ops on the interleaved ``(..., 2)`` layout do not vectorise)
 PARAM_MAJOR_MIN_FEATURES, PARAM_MAJOR_MIN_SIZE = 16, 1 << 14
 
-#: the incremental sampler runs from ``D * batch`` of this on (and D >= 2); below it D plain passes cost as little
-INCREMENTAL_MIN_SIZE = 256
+#: the incremental sampler runs from ``D * batch`` of this on (and D >= 2), per kernel; below it D passes with the
+#: masked weights formed once cost less (measured on MADEs 2x64: affine kernels cross over between D * batch of
+#: 1024 and 4096, spline kernels, whose passes cost more, from about 128)
+INCREMENTAL_MIN_SIZE = {"affine": 2048, "spline": 256}
 
 _use_reference = contextvars.ContextVar("exactflow_reference", default=False)
 
@@ -82,11 +86,10 @@ def covers(module: nn.Module) -> bool:
 
 def _applies(module: nn.Module) -> bool:
     """Whether ``module`` has the form the fast paths of its class were written for."""
-    from .nets import MADE, MLP
-
-    if isinstance(module, MLP):
+    lib = _lib()
+    if isinstance(module, lib.MLP):
         return _mlp_layers(module) is not None
-    if isinstance(module, MADE):
+    if isinstance(module, lib.MADE):
         return _plain_made(module)
     net = getattr(module, "net", None)
     kernel = getattr(module, "univariate", getattr(module, "spline", None))
@@ -95,11 +98,23 @@ def _applies(module: nn.Module) -> bool:
 
 def large_batch(features: int) -> int:
     """A batch size that takes every size-dependent fast path for vectors of ``features`` (hidden widths >= 8)."""
-    rows = max(SCRATCH_MIN // 8, PARAM_MAJOR_MIN_SIZE // max(features, 1), INCREMENTAL_MIN_SIZE)
+    rows = max(SCRATCH_MIN // 8, PARAM_MAJOR_MIN_SIZE // max(features, 1), max(INCREMENTAL_MIN_SIZE.values()))
     return rows + 1
 
 
 _resolved: dict[tuple[type, str], Callable | None] = {}
+
+
+@functools.cache
+def _lib() -> types.SimpleNamespace:
+    """The library's classes the fast paths recognise (imported once, on first use: they import this module)."""
+    from .nets import MADE, MLP, MaskedLinear, join_context
+    from .transforms.autoregressive import AffineUnivariate, MaskedAutoregressive
+    from .transforms.splines import RQSpline, RQSplineCoupling
+
+    return types.SimpleNamespace(MADE=MADE, MLP=MLP, MaskedLinear=MaskedLinear, join_context=join_context,
+                                 MaskedAutoregressive=MaskedAutoregressive, RQSplineCoupling=RQSplineCoupling,
+                                 kinds={RQSpline: "spline", AffineUnivariate: "affine"})
 
 
 def _lookup(cls: type, op: str) -> Callable | None:
@@ -179,17 +194,23 @@ def _linear(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
 
 # networks ---------------------------------------------------------------------------------------------------
 
+def _weight_bias(m: nn.Module) -> tuple[Tensor, Tensor | None]:
+    """A linear layer's weight and bias, read from its parameter dict where they are plain (``nn.Module``'s
+    attribute lookup costs about a microsecond each); a parametrised weight is computed as usual."""
+    params = m._parameters
+    weight = params.get("weight")
+    return (m.weight if weight is None else weight), params.get("bias")
+
+
 def _mlp_layers(net: nn.Sequential) -> list[tuple[Tensor, Tensor]] | None:
     """``(W, b)`` of every layer of a Linear, ReLU, ..., Linear network with biases, else None."""
-    modules = list(net)
+    modules = tuple(net._modules.values())
     if len(modules) % 2 == 0 or any(type(m) is not nn.ReLU for m in modules[1::2]):
         return None
-    layers = []
-    for m in modules[::2]:
-        if type(m) is not nn.Linear or m.bias is None:
-            return None
-        layers.append((m.weight, m.bias))
-    return layers
+    if any(type(m) is not nn.Linear for m in modules[::2]):
+        return None
+    layers = [_weight_bias(m) for m in modules[::2]]
+    return None if any(b is None for _, b in layers) else layers
 
 
 def mlp_forward(net: nn.Sequential, x: Tensor) -> Tensor | None:
@@ -205,33 +226,46 @@ def _param_major(t: Tensor, features: int, params: int) -> Tensor:
     return t.reshape(features, params, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
 
 
-def _plain_made(net: nn.Module) -> bool:
-    """Whether ``net`` is a MADE of the form the fast paths run: ReLU, masked linear layers with biases."""
-    from .nets import MaskedLinear
+def _made_modules(net: nn.Module) -> tuple[nn.Module, ...] | None:
+    """The masked layers of a MADE of the form the fast paths run (ReLU, masked linear layers with biases),
+    the output layer last; else None."""
+    modules = net._modules
+    layers = (*modules["layers"]._modules.values(), modules["out"])
+    masked = _lib().MaskedLinear
+    if type(modules["act"]) is not nn.ReLU or any(type(m) is not masked or m._parameters.get("bias") is None
+                                                    for m in layers):
+        return None
+    return layers
 
-    return type(net.act) is nn.ReLU and all(
-        type(m) is MaskedLinear and m.bias is not None for m in (*net.layers, net.out))
+
+def _plain_made(net: nn.Module) -> bool:
+    return _made_modules(net) is not None
 
 
 def _made_layers(net: nn.Module) -> list[tuple[Tensor, Tensor]] | None:
     """``(W * M, b)`` of every layer of a plain ReLU MADE (output layer last), formed from the current weights."""
-    if not _plain_made(net):
-        return None
-    return [(m.weight * m.mask, m.bias) for m in (*net.layers, net.out)]
-
-
-def made_params(net: nn.Module, x: Tensor, context: Tensor | None, layout: str = "features") -> Tensor | None:
-    """The MADE's output ``(batch, D, params)`` (``layout="features"``), the same numbers with each parameter a
-    ``(batch, D)`` slice with contiguous rows (``"params"``), or as ``(params, D * batch)`` rows, entry
-    ``[k, f * batch + b]`` = parameter ``k`` of feature ``f`` of row ``b`` (``"rows"``). None: not a plain MADE."""
-    layers = _made_layers(net)
+    layers = _made_modules(net)
     if layers is None:
         return None
-    from .nets import join_context
+    out = []
+    for m in layers:
+        w, b = _weight_bias(m)
+        out.append((w * m._buffers["mask"], b))
+    return out
 
+
+def made_params(net: nn.Module, x: Tensor, context: Tensor | None, layout: str = "features",
+                layers: list[tuple[Tensor, Tensor]] | None = None) -> Tensor | None:
+    """The MADE's output ``(batch, D, params)`` (``layout="features"``), the same numbers with each parameter a
+    ``(batch, D)`` slice with contiguous rows (``"params"``), or as ``(params, D * batch)`` rows, entry
+    ``[k, f * batch + b]`` = parameter ``k`` of feature ``f`` of row ``b`` (``"rows"``). None: not a plain MADE.
+    ``layers``: the masked layers already formed from the current weights in this call (:func:`_made_layers`)."""
+    layers = _made_layers(net) if layers is None else layers
+    if layers is None:
+        return None
     n, d, k = x.shape[0], net.features, net.params
     *hidden, (w_out, b_out) = layers
-    h = join_context(x, context)
+    h = _lib().join_context(x, context)
     if net.residual:
         h = _linear(h, *hidden[0])
         for first, second in zip(hidden[1::2], hidden[2::2]):
@@ -257,23 +291,14 @@ def made_forward(net: nn.Module, x: Tensor, context: Tensor | None = None) -> Te
 
 def _kernel_rows(kernel: object) -> str | None:
     """How the backend runs ``kernel`` on parameter rows: ``"spline"``, ``"affine"`` or None (not at all)."""
-    from .transforms.autoregressive import AffineUnivariate
-    from .transforms.splines import RQSpline
-
-    return {RQSpline: "spline", AffineUnivariate: "affine"}.get(type(kernel))
+    return _lib().kinds.get(type(kernel))
 
 
-def _rows_forward(kernel, x: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-    """``kernel.forward`` on flat values ``x`` (N) with parameters as rows ``(n_params, N)``."""
+def _rows_inverse(kernel) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """``kernel.inverse`` on flat values (N) with the parameters as rows ``(n_params, N)``."""
     if _kernel_rows(kernel) == "spline":
-        return spline_rows(kernel, x, rows, inverse=False)
-    return kernel.forward(x, rows.t())
-
-
-def _rows_inverse(kernel, z: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-    if _kernel_rows(kernel) == "spline":
-        return spline_rows(kernel, z, rows, inverse=True)
-    return kernel.inverse(z, rows.t())
+        return functools.partial(spline_rows, kernel, inverse=True)
+    return lambda z, rows: kernel.inverse(z, rows.t())
 
 
 def _affine_in_place(kernel, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
@@ -387,56 +412,83 @@ def autoregressive_forward(layer, x: Tensor, context: Tensor | None) -> tuple[Te
 
 
 def autoregressive_inverse(layer, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor] | None:
-    """Without autograd: the incremental sampler (plain ReLU MADE, D >= 2, D * batch not tiny), else D passes
-    with spline kernels on rows. With autograd: None (the reference D passes)."""
-    kind = _kernel_rows(layer.univariate)
-    if (kind is None or torch.is_grad_enabled() or z.dim() != 2 or not _plain_storage(z)
-            or not _plain_made(layer.net)):
+    """Without autograd: the incremental sampler (plain ReLU MADE, D >= 2, D * batch not tiny), else the D
+    passes with the masked weights formed once for all of them (and spline kernels on rows). With autograd:
+    None (the reference D passes)."""
+    kernel = layer.univariate
+    kind = _kernel_rows(kernel)
+    if kind is None or torch.is_grad_enabled() or z.dim() != 2 or not _plain_storage(z):
+        return None
+    layers = _made_layers(layer.net)
+    if layers is None:
         return None
     n, d = z.shape
-    if not layer.net.residual and d >= 2 and d * n >= INCREMENTAL_MIN_SIZE:
-        return incremental_inverse(layer, z, context)
-    if kind != "spline":
-        return None
-    x, flat = torch.zeros_like(z), z.t().reshape(-1)
+    if not layer.net.residual and d >= 2 and d * n >= INCREMENTAL_MIN_SIZE[kind]:
+        return incremental_inverse(layer, z, context, layers)
+    x = torch.zeros_like(z)
+    if kind == "affine":
+        for _ in range(d):
+            x, logd = kernel.inverse(z, made_params(layer.net, x, context, "features", layers))
+        return x, logd.sum(-1)
+    flat = z.t().reshape(-1)
     for _ in range(d):
-        xt, logd = spline_rows(layer.univariate, flat, made_params(layer.net, x, context, "rows"), inverse=True)
+        xt, logd = spline_rows(kernel, flat, made_params(layer.net, x, context, "rows", layers), inverse=True)
         x = xt.view(d, n).t()
     return x.contiguous(), logd.view(d, n).sum(0)
 
 
-def incremental_inverse(layer, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+@functools.lru_cache(maxsize=64)
+def _sampler_layout(input_degrees: tuple[int, ...], hidden_degrees: tuple[tuple[int, ...], ...], ctx: int,
+                    params: int) -> tuple[Tensor, list, Tensor, Tensor, list[int]]:
+    """The index structure of :func:`incremental_inverse`, a function of the MADE's degrees alone (memoised on
+    their values, which are read afresh on every call, so it cannot go stale).
+
+    Returns the features in degree order; per hidden layer the units in degree order (rows), the inputs in the
+    order the states hold them (columns), the number of units of each degree, and per step t the span
+    ``(first unit, end, inputs used)`` of the units of degree t (inputs counted with the leading bias row); the
+    output rows (features in degree order, then parameters), the last layer's columns, and per step the inputs
+    the output block uses."""
+    d = len(input_degrees)
+    order = torch.argsort(torch.tensor(input_degrees))
+    cols = torch.cat([torch.arange(d, d + ctx), order])  # the first states: context, then features by degree
+    known = [ctx + t for t in range(d)]  # inputs final before step t (context and features of degree <= t)
+    structure = []
+    for g in hidden_degrees:
+        g = torch.tensor(g)
+        rows = torch.argsort(g, stable=True)
+        ends = torch.searchsorted(g[rows], torch.arange(d + 1), right=True).tolist()  # units of degree <= t
+        starts = [0, *ends[: d - 1]]
+        structure.append((rows, cols, [ends[t] - starts[t] for t in range(d)],
+                          [(starts[t], ends[t], 1 + known[t]) for t in range(d)]))
+        cols, known = rows, ends[:d]
+    out_rows = (order.unsqueeze(1) * params + torch.arange(params)).flatten()
+    return order, structure, out_rows, cols, [1 + k for k in known]
+
+
+def incremental_inverse(layer, z: Tensor, context: Tensor | None,
+                        layers: list[tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, Tensor]:
     """The D-pass inverse of a masked autoregressive layer in about one MADE pass of arithmetic.
 
     A hidden unit of degree m depends only on the features of degree <= m. With the features and every layer's
     units sorted by degree, step t (finding the feature of degree t + 1) computes, per layer, only the block of
     units of degree t from the final units below, then that feature's parameters from the last layer's final
     units, and inverts that one feature. States are ``(1 + units, batch)`` with a leading row of ones that applies
-    the biases inside the products; the weight blocks are cut from the current masked weights on every call.
+    the biases inside the products; the weight blocks are cut from the current masked weights on every call
+    (``layers``: those already formed in this call, :func:`_made_layers`).
     """
     net, d, n = layer.net, layer.features, z.shape[0]
     ctx, params = net.context_features, net.params
-    order = net.order
-    columns = torch.cat([order, torch.arange(d, d + ctx, device=order.device)])
-    blocks, spans, prev, prev_ends = [], [], None, None
-    for m, g in zip(net.layers, net.hidden_degrees):
-        o = torch.argsort(g, stable=True)
-        ends = torch.searchsorted(g[o], torch.arange(d + 1, device=g.device), right=True).tolist()
-        w = (m.weight * m.mask)[o]
-        if prev is None:  # inputs (1, context, features in degree order): step t uses 1 + ctx + t of them
-            w = torch.cat([w[:, columns[d:]], w[:, columns[:d]]], 1)
-            used = [1 + ctx + t for t in range(d)]
-        else:
-            w = w[:, prev]
-            used = [1 + prev_ends[t] for t in range(d)]
-        w = torch.cat([m.bias[o].unsqueeze(1), w], 1)
-        sizes = [ends[t] - (ends[t - 1] if t else 0) for t in range(d)]
-        blocks.append(torch.split(w, sizes))
-        spans.append([((ends[t - 1] if t else 0), ends[t], used[t]) for t in range(d)])
-        prev, prev_ends = o, ends
-    rows = (order.unsqueeze(1) * params + torch.arange(params, device=order.device)).flatten()
-    w_out = torch.cat([net.out.bias[rows].unsqueeze(1), (net.out.weight * net.out.mask)[rows][:, prev]], 1)
-    outputs = torch.split(w_out, params)
+    *hidden, (w_last, b_last) = _made_layers(net) if layers is None else layers
+    order, structure, out_rows, out_cols, out_used = _sampler_layout(
+        tuple(net.input_degrees.tolist()), tuple(tuple(g.tolist()) for g in net.hidden_degrees), ctx, params)
+    blocks, spans = [], []
+    for (w, b), (rows, cols, sizes, span) in zip(hidden, structure):
+        rows, cols = rows.to(w.device), cols.to(w.device)
+        blocks.append(torch.split(torch.cat([b[rows].unsqueeze(1), w[rows[:, None], cols]], 1), sizes))
+        spans.append(span)
+    out_rows, out_cols = out_rows.to(w_last.device), out_cols.to(w_last.device)
+    outputs = torch.split(torch.cat([b_last[out_rows].unsqueeze(1), w_last[out_rows[:, None], out_cols]], 1), params)
+    order = order.to(z.device)
 
     inputs = z.new_empty(1 + ctx + d, n)  # rows: 1, context, then the features in degree order
     inputs[0] = 1
@@ -450,13 +502,14 @@ def incremental_inverse(layer, z: Tensor, context: Tensor | None) -> tuple[Tenso
     xs = inputs[1 + ctx:]
     zs = z.t()[order]  # (D, batch), row t: the feature of degree t + 1
     ladj = z.new_zeros(n)
+    inverse = _rows_inverse(layer.univariate)
     for t in range(d):  # the units of degree t are complete once the features of degree <= t are known
         for i, (block, span) in enumerate(zip(blocks, spans)):
             lo, hi, k = span[t]
             if hi > lo:
                 torch.mm(block[t][:, :k], states[i][:k], out=states[i + 1][1 + lo:1 + hi]).relu_()
-        w = outputs[t][:, : 1 + prev_ends[t]]
-        x, logd = _rows_inverse(layer.univariate, zs[t], torch.mm(w, states[-1][: w.shape[1]]))
+        w = outputs[t][:, : out_used[t]]
+        x, logd = inverse(zs[t], torch.mm(w, states[-1][: w.shape[1]]))
         xs[t] = x
         ladj += logd
     return xs[net.input_degrees - 1].t(), ladj
@@ -465,14 +518,12 @@ def incremental_inverse(layer, z: Tensor, context: Tensor | None) -> tuple[Tenso
 def spline_coupling_step(layer, x_id: Tensor, x_tr: Tensor, context: Tensor | None,
                          inverse: bool = False) -> tuple[Tensor, Tensor] | None:
     """A spline coupling with the network's output laid out as parameter rows (no transposed copy of them)."""
-    from .nets import join_context
-
     layers = _mlp_layers(layer.net)
     if layers is None or x_tr.dim() != 2 or _kernel_rows(layer.spline) != "spline":
         return None
     n, d = x_tr.shape
     k = layer.spline.n_params
-    h = x_id if context is None else join_context(x_id, context)
+    h = x_id if context is None else _lib().join_context(x_id, context)
     *body, (w, b) = layers
     h = _relu_layers(h, body, _buffered(h))
     rows = torch.addmm(_param_major(b, d, k).unsqueeze(1), _param_major(w, d, k), h.t()).view(k, -1)
@@ -481,15 +532,12 @@ def spline_coupling_step(layer, x_id: Tensor, x_tr: Tensor, context: Tensor | No
 
 
 def _table() -> dict[tuple[type, str], Callable]:
-    from .nets import MADE, MLP
-    from .transforms.autoregressive import MaskedAutoregressive
-    from .transforms.splines import RQSplineCoupling
-
+    lib = _lib()
     return {
-        (MLP, "forward"): mlp_forward,
-        (MADE, "forward"): made_forward,
-        (MaskedAutoregressive, "forward"): autoregressive_forward,
-        (MaskedAutoregressive, "inverse"): autoregressive_inverse,
-        (RQSplineCoupling, "step"): spline_coupling_step,
+        (lib.MLP, "forward"): mlp_forward,
+        (lib.MADE, "forward"): made_forward,
+        (lib.MaskedAutoregressive, "forward"): autoregressive_forward,
+        (lib.MaskedAutoregressive, "inverse"): autoregressive_inverse,
+        (lib.RQSplineCoupling, "step"): spline_coupling_step,
     }
 
