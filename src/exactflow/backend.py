@@ -192,6 +192,13 @@ def _linear(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
     return torch.mm(h, w.t()).add_(b)
 
 
+def _rows(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """``W h^T + b`` (outputs as rows); without autograd as a product and an in-place add."""
+    if torch.is_grad_enabled():
+        return torch.addmm(b.unsqueeze(1), w, h.t())
+    return torch.mm(w, h.t()).add_(b.unsqueeze(1))
+
+
 # networks ---------------------------------------------------------------------------------------------------
 
 def _weight_bias(m: nn.Module) -> tuple[Tensor, Tensor | None]:
@@ -278,7 +285,7 @@ def made_params(net: nn.Module, x: Tensor, context: Tensor | None, layout: str =
     w_out, b_out = _param_major(w_out, d, k), _param_major(b_out, d, k)
     if layout == "params":
         return _linear(h, w_out, b_out).view(n, k, d).transpose(1, 2)
-    return torch.addmm(b_out.unsqueeze(1), w_out, h.t()).view(k, -1)
+    return _rows(h, w_out, b_out).view(k, -1)
 
 
 def made_forward(net: nn.Module, x: Tensor, context: Tensor | None = None) -> Tensor | None:
@@ -526,7 +533,7 @@ def spline_coupling_step(layer, x_id: Tensor, x_tr: Tensor, context: Tensor | No
     h = x_id if context is None else _lib().join_context(x_id, context)
     *body, (w, b) = layers
     h = _relu_layers(h, body, _buffered(h))
-    rows = torch.addmm(_param_major(b, d, k).unsqueeze(1), _param_major(w, d, k), h.t()).view(k, -1)
+    rows = _rows(h, _param_major(w, d, k), _param_major(b, d, k)).view(k, -1)
     y, logd = spline_rows(layer.spline, x_tr.t().reshape(-1), rows, inverse)
     return y.view(d, n).t().contiguous(), logd.view(d, n).sum(0)
 
