@@ -50,7 +50,8 @@ def test_incremental_sampler_is_left_eager_in_the_compiled_column(monkeypatch):
     from benchmarks.speed import compiled_sampler
 
     assert compiled_sampler("nsf-cp", 64, 4096) and compiled_sampler("maf", 1, 4096)
-    assert compiled_sampler("maf", 8, 16) and not compiled_sampler("maf", 8, 64) and not compiled_sampler("maf", 2, 4096)
+    assert compiled_sampler("maf", 8, 64) and not compiled_sampler("maf", 8, 4096) and not compiled_sampler("maf", 2, 4096)
+    assert compiled_sampler("nsf-ar", 8, 16) and not compiled_sampler("nsf-ar", 8, 64)
 
 
 def test_eager_floor_script_runs():
