@@ -89,9 +89,12 @@ def test_inverse_discriminant_is_never_negative_beyond_rounding(dtype):
     assert (disc >= -8 * torch.finfo(dtype).eps * scale).all()
     x, logd = spline.inverse(z, p)
     assert torch.isfinite(x).all() and torch.isfinite(logd).all()
-    # slopes here range from 1e-3 to 1e3: where f' > 1 the rounding of x itself moves f(x) by f' ulp(x)
+    # slopes here range from 1e-3 to 1e3: where f' > 1 the rounding of x itself moves f(x) by f' ulp(x), so the
+    # error is measured in units of max(1, f'). The inverse and the forward each take about 20 roundings of
+    # values up to the bound (knots, the quadratic's coefficients): a few tens of eps (1 + B) at the very worst
+    # (4.5 to 9.5 seen in both dtypes over seeds); 64 of them leaves room on any CPU
     err = ((spline.forward(x, p)[0] - z).abs() / torch.exp(-logd).clamp_min(1)).max().item()
-    assert err < (1e-5 if dtype == torch.float32 else 1e-12)
+    assert err < 64 * torch.finfo(dtype).eps * (1 + BOUND)
 
 
 @pytest.mark.parametrize("name", ["NSF", "NSFAutoregressive"])
