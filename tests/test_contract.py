@@ -82,3 +82,14 @@ def test_every_factory_builds_unconditional_and_rejects_bad_context():
         if not entry.conditional:
             with pytest.raises(ValueError):
                 entry(**DEFAULT_SIZE[entry.input], context=2)
+
+
+def test_check_bijection_works_on_a_copy():
+    """The module given keeps its dtype, train/eval mode and parameters."""
+    b = transforms["MaskedAffineAutoregressive"](features=3, hidden=(8, 8))
+    randomize_(b)
+    b.train()
+    before = {k: v.clone() for k, v in b.state_dict().items()}
+    check_bijection(b, torch.randn(8, 3, dtype=torch.float64))
+    assert b.training and all(p.dtype == torch.float32 for p in b.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in b.state_dict().items())
