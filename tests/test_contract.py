@@ -93,3 +93,11 @@ def test_check_bijection_works_on_a_copy():
     check_bijection(b, torch.randn(8, 3, dtype=torch.float64))
     assert b.training and all(p.dtype == torch.float32 for p in b.parameters())
     assert all(torch.equal(v, before[k]) for k, v in b.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["MAF", "IAF", "RealNVP", "NSF", "NSFAutoregressive"])
+def test_the_readme_recipe_holds_for_default_size_flows(name):
+    """Issue 15, defect 15: randomise-then-check on a default-size flow does not false-alarm (the float32 inverse
+    is judged by its residual in the latent space, not by the inverse's condition number)."""
+    flow = randomize_(flows[name](features=4), 0.1)
+    check_flow(flow, torch.randn(16, 4, dtype=torch.float64))
