@@ -101,7 +101,7 @@ class Flow(nn.Module):
       shared by all ``n`` points. Any other number of rows is a ``ValueError``.
     * ``sample(n, context)`` (and ``rsample``, ``sample_and_log_prob``) draws ``n`` points for each context:
       shape ``(n, *event)`` without context or for a vector ``(c,)``, ``(n, b, *event)`` for rows ``(b, c)``.
-    * ``as_torch_distribution(context)`` follows torch: ``batch_shape`` is the
+    * ``as_torch_distribution(context)`` and ``as_pyro(context)`` follow torch: ``batch_shape`` is the
       context's batch shape (``()`` for ``(c,)`` and for an unconditional flow, ``(b,)`` for ``(b, c)``),
       ``sample((n,))`` has shape ``(n, *batch_shape, *event)``, and ``log_prob(x)`` broadcasts ``x`` of shape
       ``(..., *batch_shape, *event)`` (e.g. ``(n, b, D)`` or ``(b, D)``) against the context as torch
@@ -209,6 +209,21 @@ class Flow(nn.Module):
         shape ``(n, b, *event)`` (see the class docstring). Sampling is reparameterised (``rsample``).
         """
         return self._torch_distribution(torch.distributions.TransformedDistribution, context)
+
+    def as_pyro(self, context: Tensor | None = None) -> torch.distributions.TransformedDistribution:
+        """This flow as a Pyro distribution for ``pyro.sample`` (shapes as in :meth:`as_torch_distribution`).
+
+        Pyro needs its own distribution classes (callable, with ``score_parts``, ``to_event``, ``mask``), so this
+        is ``pyro.distributions.TransformedDistribution`` over the same base and transform; Pyro is imported here,
+        never when exactflow is. To fit the flow in SVI (as a guide or in a model), register its parameters::
+
+            def guide(y):
+                pyro.module("q", flow)
+                pyro.sample("z", flow.as_pyro())
+        """
+        import pyro.distributions
+
+        return self._torch_distribution(pyro.distributions.TransformedDistribution, context)
 
     def _torch_distribution(self, cls: type, context: Tensor | None) -> torch.distributions.TransformedDistribution:
         """``cls(base, [T^{-1}])`` with ``context`` bound to the base and the transform."""
