@@ -58,7 +58,9 @@ class StandardNormal(nn.Module):
     def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
         return torch.randn(n, *self.event_shape, dtype=self._ref.dtype, device=self._ref.device)
 
-    def as_torch(self) -> torch.distributions.Distribution:
+    def as_torch(self, context: Tensor | None = None) -> torch.distributions.Distribution:
+        """This density as a ``torch.distributions`` distribution with batch shape ``()`` (``context`` is unused:
+        a context-free base is the same for every context row, and torch broadcasts it)."""
         zero = self._ref.expand(self.event_shape)
         return torch.distributions.Independent(torch.distributions.Normal(zero, torch.ones_like(zero)), len(self.event_shape))
 
@@ -79,16 +81,31 @@ class DiagNormal(StandardNormal):
     def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
         return self.loc + torch.exp(self.log_scale) * super().rsample(n)
 
-    def as_torch(self) -> torch.distributions.Distribution:
+    def as_torch(self, context: Tensor | None = None) -> torch.distributions.Distribution:
         normal = torch.distributions.Normal(self.loc, torch.exp(self.log_scale))
         return torch.distributions.Independent(normal, len(self.event_shape))
 
 
 class Flow(nn.Module):
-    """A normalizing flow: ``transform`` (data -> latent) on top of ``base``.
+    """A normalizing flow: ``transform`` T (data -> latent) on top of ``base`` p_z,
 
-    ``context`` is the number of context features (0 = unconditional). Inputs are checked
+        log p(x | c) = log p_z(T(x; c) | c) + log|det dT/dx|,    x = T^{-1}(z; c),  z ~ p_z(. | c).
+
+    ``context`` is the number of context features ``c`` (0 = unconditional). Inputs are checked
     (shape, NaN/inf, dtype, device, context) unless ``validate=False`` or ``flow.validate = False``.
+
+    Context shapes, one rule for every method: a context is one vector ``(c,)`` or a batch of rows ``(b, c)``.
+
+    * ``log_prob``, ``to_latent`` and ``from_latent`` take points ``(n, *event)`` with a context of ``n`` rows
+      (row j goes with point j), or of one row ``(1, c)``, or one vector ``(c,)``: the single row or vector is
+      shared by all ``n`` points. Any other number of rows is a ``ValueError``.
+    * ``sample(n, context)`` (and ``rsample``, ``sample_and_log_prob``) draws ``n`` points for each context:
+      shape ``(n, *event)`` without context or for a vector ``(c,)``, ``(n, b, *event)`` for rows ``(b, c)``.
+    * ``as_torch_distribution(context)`` and ``as_pyro(context)`` follow torch: ``batch_shape`` is the
+      context's batch shape (``()`` for ``(c,)`` and for an unconditional flow, ``(b,)`` for ``(b, c)``),
+      ``sample((n,))`` has shape ``(n, *batch_shape, *event)``, and ``log_prob(x)`` broadcasts ``x`` of shape
+      ``(..., *batch_shape, *event)`` (e.g. ``(n, b, D)`` or ``(b, D)``) against the context as torch
+      broadcasts parameters.
     """
 
     def __init__(self, transform: Bijection, base: nn.Module, context: int = 0, validate: bool = True):
@@ -107,15 +124,19 @@ class Flow(nn.Module):
         ref = self.base._buffers.get("_ref")  # StandardNormal's buffer: found without walking the module tree
         return ref if ref is not None else next(itertools.chain(self.parameters(), self.buffers()), None)
 
-    def _check(self, x: Tensor, context: Tensor | None) -> None:
+    def _check(self, x: Tensor, context: Tensor | None, what: str = "x") -> Tensor | None:
+        """Checks ``x`` and ``context`` (unless validation is off) and returns the context with one row per row
+        of ``x``: a ``(1, c)`` row or a ``(c,)`` vector is expanded (a view, no copy) to ``(batch, c)``."""
         if self.validate:
             ref = self._ref()
-            check_input(x, self.event_shape, ref)
+            check_input(x, self.event_shape, ref, what)
             check_context(context, self.context_features, x.shape[0], ref)
+        return None if context is None else context.expand(x.shape[0], context.shape[-1])
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """log p(x | context), shape ``(batch,)``."""
-        self._check(x, context)
+        """log p(x | context) for ``x`` of shape ``(batch, *event)``, shape ``(batch,)``; the context has
+        ``batch`` rows, or one row or vector shared by all (see the class docstring)."""
+        context = self._check(x, context)
         return self._log_prob(x, context)
 
     def _log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
@@ -128,19 +149,30 @@ class Flow(nn.Module):
         return self.transform.inverse(z, context)
 
     def to_latent(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """z = T(x), the data mapped to the base space."""
-        self._check(x, context)
+        """z = T(x), the data ``(batch, *event)`` mapped to the base space (the inverse of :meth:`from_latent`)."""
+        context = self._check(x, context)
         return self.transform(x, context)[0]
 
+    def from_latent(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """x = T^{-1}(z), latents ``(batch, *event)`` mapped to data: the map :meth:`sample` applies to base
+        draws, and the inverse of :meth:`to_latent`. ``z`` is checked like ``x`` in :meth:`log_prob`, and the
+        context follows the same rule."""
+        context = self._check(z, context, what="z")
+        return self._inverse(z, context)[0]
+
     def _expand(self, n: int, context: Tensor | None) -> tuple[int, Tensor | None, tuple[int, ...]]:
-        """Shape rule: unconditional -> ``(n, *event)``; context ``(b, c)`` -> ``(n, b, *event)``."""
+        """Sampling shapes: ``n`` draws for each context, with the context repeated to one row per draw.
+
+        Returns (number of draws, context rows for them, leading shape): ``(n, None, (n,))`` unconditionally,
+        ``(n, (n, c), (n,))`` for a vector ``(c,)`` and ``(n b, (n b, c), (n, b))`` for rows ``(b, c)``.
+        """
         n = _sample_count(n)
-        if context is None:
-            if self.validate:
-                check_context(None, self.context_features, None, None)
-            return n, None, (n,)
         if self.validate:
-            check_context(context, self.context_features, None, self._ref())
+            check_context(context, self.context_features, None, None if context is None else self._ref())
+        if context is None:
+            return n, None, (n,)
+        if context.dim() == 1:
+            return n, context.expand(n, -1), (n,)
         b = context.shape[0]
         flat = context.unsqueeze(0).expand(n, *context.shape).reshape(n * b, context.shape[1])
         return n * b, flat, (n, b)
@@ -153,9 +185,10 @@ class Flow(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, context: Tensor | None = None) -> Tensor:
-        """``n`` samples: shape ``(n, *event)``, or ``(n, b, *event)`` for a context of shape ``(b, c)``
-        (every context row gets ``n`` samples, all in one batched pass). ``n`` is an int >= 0 (``n = 0`` gives
-        empty results of those shapes); another type raises TypeError, a negative ``n`` ValueError."""
+        """``n`` samples: shape ``(n, *event)`` (also for one context vector ``(c,)``), or ``(n, b, *event)`` for a
+        context of shape ``(b, c)`` (every context row gets ``n`` samples, all in one batched pass). ``n`` is an
+        int >= 0 (``n = 0`` gives empty results of those shapes); another type raises TypeError, a negative ``n``
+        ValueError."""
         return self.rsample(n, context)
 
     def sample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -170,13 +203,38 @@ class Flow(nn.Module):
         return self.log_prob(x, context)
 
     def as_torch_distribution(self, context: Tensor | None = None) -> torch.distributions.TransformedDistribution:
-        """A ``torch.distributions.TransformedDistribution`` (usable from Pyro); a conditional flow binds ``context``."""
+        """This flow as a ``torch.distributions.TransformedDistribution``, in torch's direction: the transform maps
+        latent -> data (``T^{-1}``), so its ``log_prob`` is the change of variables above. A conditional flow binds
+        ``context``: ``(c,)`` gives batch shape ``()``, ``(b, c)`` batch shape ``(b,)``, and ``sample((n,))`` then has
+        shape ``(n, b, *event)`` (see the class docstring). Sampling is reparameterised (``rsample``).
+        """
+        return self._torch_distribution(torch.distributions.TransformedDistribution, context)
+
+    def as_pyro(self, context: Tensor | None = None) -> torch.distributions.TransformedDistribution:
+        """This flow as a Pyro distribution for ``pyro.sample`` (shapes as in :meth:`as_torch_distribution`).
+
+        Pyro needs its own distribution classes (callable, with ``score_parts``, ``to_event``, ``mask``), so this
+        is ``pyro.distributions.TransformedDistribution`` over the same base and transform; Pyro is imported here,
+        never when exactflow is. To fit the flow in SVI (as a guide or in a model), register its parameters::
+
+            def guide(y):
+                pyro.module("q", flow)
+                pyro.sample("z", flow.as_pyro())
+        """
+        import pyro.distributions
+
+        return self._torch_distribution(pyro.distributions.TransformedDistribution, context)
+
+    def _torch_distribution(self, cls: type, context: Tensor | None) -> torch.distributions.TransformedDistribution:
+        """``cls(base, [T^{-1}])`` with ``context`` bound to the base and the transform."""
         if self.context_features and context is None:
-            raise ValueError("a conditional flow needs the context to bind: as_torch_distribution(context=...)")
+            raise ValueError("a conditional flow needs the context to bind: pass context=...")
+        if self.validate:
+            check_context(context, self.context_features, None, self._ref())
         if not hasattr(self.base, "as_torch"):
             raise ValueError(f"base {type(self.base).__name__} has no torch.distributions equivalent")
         t = self.transform.as_torch_transform(event_dim=len(self.event_shape), context=context)
-        return torch.distributions.TransformedDistribution(self.base.as_torch(), [t])
+        return cls(self.base.as_torch(context), [t])
 
 
 __all__ += ["ConditionalDiagNormal"]
@@ -187,7 +245,7 @@ class ConditionalDiagNormal(StandardNormal):
     the last layer starts at zero, so it starts as N(0, I) for every context.
 
     ``log_prob(z, c)`` needs one context row per ``z`` row; ``rsample(n, c)`` needs ``c`` with ``n`` rows
-    (:class:`Flow` repeats each context row for you).
+    (:class:`Flow` repeats each context row for you); ``as_torch(c)`` takes ``(c,)`` or ``(b, c)``.
     """
 
     def __init__(self, event_shape: int | tuple[int, ...], context: int, hidden: tuple[int, ...] = (64,)):
@@ -204,8 +262,13 @@ class ConditionalDiagNormal(StandardNormal):
             raise ValueError(f"ConditionalDiagNormal needs a context of shape ({rows}, {self.context_features}), got None")
         if context.dim() != 2 or context.shape != (rows, self.context_features):
             raise ValueError(f"context has shape {tuple(context.shape)}: expected ({rows}, {self.context_features})")
-        loc, log_scale = self.net(context).chunk(2, dim=-1)
-        return loc.reshape(rows, *self.event_shape), log_scale.reshape(rows, *self.event_shape)
+        return self._loc_log_scale(context)
+
+    def _loc_log_scale(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """mu(c) and log_sigma(c), each of shape ``(*context.shape[:-1], *event)``."""
+        batch = context.shape[:-1]
+        loc, log_scale = self.net(context.reshape(-1, self.context_features)).chunk(2, dim=-1)
+        return loc.reshape(*batch, *self.event_shape), log_scale.reshape(*batch, *self.event_shape)
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         loc, log_scale = self._params(context, z.shape[0])
@@ -215,6 +278,14 @@ class ConditionalDiagNormal(StandardNormal):
     def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
         loc, log_scale = self._params(context, n)
         return loc + torch.exp(log_scale) * torch.randn_like(loc)
+
+    def as_torch(self, context: Tensor | None = None) -> torch.distributions.Distribution:
+        """N(mu(c), diag(sigma(c))^2) as a torch distribution with batch shape ``context.shape[:-1]``."""
+        if context is None:
+            raise ValueError(f"ConditionalDiagNormal needs a context of shape (batch, {self.context_features}), got None")
+        loc, log_scale = self._loc_log_scale(context)
+        return torch.distributions.Independent(torch.distributions.Normal(loc, torch.exp(log_scale)),
+                                               len(self.event_shape))
 
 
 def compile_flow(flow: Flow, **options) -> Flow:

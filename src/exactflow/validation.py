@@ -36,19 +36,29 @@ def check_input(x: Tensor, event_shape: torch.Size | tuple, ref: Tensor | None, 
 
 
 def check_context(context: Tensor | None, features: int, batch: int | None, ref: Tensor | None) -> None:
-    """A conditional flow needs ``context`` of shape ``(batch, features)``; an unconditional one takes none."""
+    """A conditional flow needs ``context`` of shape ``(features,)`` or ``(rows, features)``; an unconditional
+    one takes none.
+
+    With ``batch`` given (the number of data rows), ``rows`` must be ``batch`` (row j goes with data row j)
+    or 1 (one row shared by every data row), as must any ``(features,)`` vector; ``batch=None`` (sampling)
+    takes any number of rows.
+    """
     if features == 0:
         if context is not None:
             raise ValueError("this flow is unconditional (context=0) but a context was given")
         return
     if context is None:
-        raise ValueError(f"this flow is conditional and needs context of shape (batch, {features}); got None")
-    if not isinstance(context, Tensor) or context.dim() != 2 or context.shape[1] != features:
+        raise ValueError(f"this flow is conditional and needs context of shape (batch, {features}) "
+                         f"or ({features},); got None")
+    if not isinstance(context, Tensor) or context.dim() not in (1, 2) or context.shape[-1] != features:
         shape = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
-        raise ValueError(f"context has shape {shape}: expected (batch, {features})")
-    if batch is not None and context.shape[0] != batch:
-        raise ValueError(f"context has {context.shape[0]} rows but x has {batch}: expected one context row per x row")
-    check_input(context, (features,), ref, what="context")
+        raise ValueError(f"context has shape {shape}: expected (batch, {features}), "
+                         f"or ({features},) for one context shared by every row")
+    rows = context.shape[0] if context.dim() == 2 else 1
+    if batch is not None and rows not in (1, batch):
+        raise ValueError(f"context has {rows} rows but x has {batch}: expected one context row per x row, "
+                         f"or a single row shared by all")
+    check_input(context.reshape(-1, features), (features,), ref, what="context")
 
 
 def _is_int(value: object) -> bool:
