@@ -16,9 +16,9 @@ constructor arguments (:func:`exactflow.flows.describe`, JSON only). :func:`save
 Writing is atomic: a temporary file in the same folder (named after the writing process), flushed
 and ``fsync``-ed, then ``os.replace``; a crash leaves either the old checkpoint or the new one,
 never a mix, and the next write of the same file removes temporary files whose process is gone.
-:func:`load` rebuilds the flow from the registries (:func:`exactflow.flows.rebuild`) and refuses, with a ``ValueError`` naming the
-problem, files that are corrupted, truncated, edited, from another format, or whose keys or shapes
-do not match the flow their spec builds.
+:func:`load` rebuilds the flow from the registries (:func:`exactflow.flows.rebuild`) and refuses, with a
+``ValueError`` naming the problem, files that are corrupted, truncated, edited, from another format, or whose keys
+or shapes do not match the flow their spec builds.
 """
 
 from __future__ import annotations

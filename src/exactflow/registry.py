@@ -8,7 +8,7 @@ Registering records how every object was built. ``@TRANSFORMS.register("Name")``
 ``__init__`` (on a function, the function) so that each instance carries
 
 - ``obj.spec = {"transform": "Name", "args": [...], "kwargs": {...}}``: the registry name and the arguments
-  given (positional ones by name, except a ``*args`` list), from which :meth:`Registry.rebuild` makes it again;
+  given (positional ones by name, except a ``*args`` list), from which :func:`exactflow.flows.rebuild` makes it again;
 - ``obj.context_features``: the ``context=`` it was built with, which
   :meth:`~exactflow.core.Bijection.check_context` enforces on every call.
 
@@ -56,10 +56,12 @@ class Entry:
 class Registry(dict):
     """A dict ``name -> Entry``; entries are callable factories that record how they were called."""
 
-    def __init__(self, kind: str, key: str = "name"):
+    def __init__(self, kind: str, key: str = "name", bijections: bool = False, presets: bool = False):
         super().__init__()
         self.kind = kind  # for messages: "transform", "flow", ...
         self.key = key  # the key naming the entry in a recorded spec: {key: name, ...}
+        self.bijections = bijections  # entries build bijections: record context_features for check_context
+        self.presets = presets  # entries build whole flows: record {key: name, "kwargs", "preprocess"} specs
 
     def register(self, name: str | None = None, renamed: dict[str, str] | None = None, **meta: Any) -> Callable:
         """Decorator: ``@registry.register("Name", input="vector", conditional=True)`` on a class or function.
@@ -80,8 +82,9 @@ class Registry(dict):
 
     def _recording(self, key: str, factory: Callable, renamed: dict[str, str], conditional: bool) -> Callable:
         """``factory`` made to record its spec on what it builds (for a class: on the instance, in ``__init__``)."""
-        target = factory.__init__ if isinstance(factory, type) else factory
-        signature = inspect.signature(target)
+        is_class = isinstance(factory, type)
+        signature = inspect.signature(factory.__init__ if is_class else factory)
+        skip = next(iter(signature.parameters)) if is_class else None  # __init__'s self
 
         def arguments(args: tuple, kwargs: dict) -> tuple[dict[str, Any], Any]:
             """The arguments given (by name) and the ``context`` in effect; refuses a context if unconditional."""
@@ -93,13 +96,14 @@ class Registry(dict):
                 raise ValueError(f"{key} is unconditional: context must be 0, got {context!r}")
             return given, context
 
-        def stamp(obj: Any, given: dict[str, Any], context: Any) -> None:
+        def stamp(obj: Any, given: dict[str, Any], context: Any, spec: bool = True) -> None:
             if isinstance(obj, nn.Module):
-                if self is TRANSFORMS:
+                if self.bijections:
                     obj.context_features = context
-                obj.spec = self._spec(key, signature, given)
+                if spec:
+                    obj.spec = self._spec(key, signature, {k: v for k, v in given.items() if k != skip})
 
-        if isinstance(factory, type):
+        if is_class:
             init = factory.__init__
 
             @functools.wraps(init)
@@ -107,10 +111,8 @@ class Registry(dict):
                 kwargs = _translate(key, kwargs, renamed)
                 given, context = arguments((obj, *args), kwargs)
                 init(obj, *args, **kwargs)
-                if self is TRANSFORMS:
-                    obj.context_features = context
-                if type(obj) is factory:  # a registered subclass records its own spec, after its parent's
-                    stamp(obj, given, context)
+                # a subclass's instance records the subclass's spec (if registered), not its parent's
+                stamp(obj, given, context, spec=type(obj) is factory)
 
             factory.__init__ = __init__
             return factory
@@ -126,13 +128,11 @@ class Registry(dict):
         return build
 
     def _spec(self, key: str, signature: inspect.Signature, given: dict[str, Any]) -> dict:
-        """``{self.key: name, "args": [...], "kwargs": {...}}`` from the bound arguments (``self`` dropped)."""
+        """``{self.key: name, "args": [...], "kwargs": {...}}`` from the bound arguments."""
         args: list[Any] = []
         kwargs: dict[str, Any] = {}
         for pname, value in given.items():
             kind = signature.parameters[pname].kind
-            if pname == "self":
-                continue
             if kind is inspect.Parameter.VAR_POSITIONAL:
                 args.extend(value)
             elif kind is inspect.Parameter.VAR_KEYWORD:
@@ -141,7 +141,7 @@ class Registry(dict):
                 args.append(value)
             else:
                 kwargs[pname] = value
-        if self is FLOWS:
+        if self.presets:
             return {self.key: key, "kwargs": kwargs, "preprocess": []}
         return {self.key: key, "args": args, "kwargs": kwargs}
 
@@ -150,10 +150,6 @@ class Registry(dict):
         if name not in self:
             raise ValueError(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self))}")
         return self[name](*args, **kwargs)
-
-    def rebuild(self, spec: dict) -> Any:
-        """The object a recorded (and JSON-decoded, see :func:`from_json`) spec describes, freshly initialised."""
-        return self.build(spec[self.key], *spec.get("args", ()), **spec.get("kwargs", {}))
 
 
 def _translate(name: str, kwargs: dict[str, Any], renamed: dict[str, str]) -> dict[str, Any]:
@@ -208,7 +204,7 @@ def from_json(value: Any, construct: Callable[[dict], nn.Module] | None = None) 
     return value
 
 
-TRANSFORMS = Registry("transform", "transform")
-FLOWS = Registry("flow", "flow")
+TRANSFORMS = Registry("transform", "transform", bijections=True)
+FLOWS = Registry("flow", "flow", presets=True)
 BASES = Registry("base distribution", "base")
 DATASETS = Registry("data set")

@@ -39,7 +39,8 @@ for _base in (StandardNormal, DiagNormal, ConditionalDiagNormal):
 
 # Modules that hold other modules, described by what they hold now (not by how they were built):
 # a flow's transform may have been replaced since, e.g. by `prepend`.
-CONTAINERS: dict[str, type[nn.Module]] = {cls.__name__: cls for cls in (Compose, CouplingChain, Inverse, Flow, ImageFlow)}
+CONTAINERS: dict[str, type[nn.Module]] = {
+    cls.__name__: cls for cls in (Compose, CouplingChain, Inverse, Flow, ImageFlow)}
 
 
 def build(name: str, **kwargs: Any) -> Flow:

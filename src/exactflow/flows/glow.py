@@ -65,8 +65,8 @@ def Glow(shape: Shape, context: int = 0, levels: int = 3, depth: int = 8, hidden
     """Glow (Kingma & Dhariwal 2018) on dequantised images in (0, 1), multi-scale with the split prior.
 
     Logit, then ``levels`` levels of squeeze and ``depth`` steps (ActNorm, 1x1 conv LU, affine coupling
-    whose CNN has hidden layers of ``hidden`` channels, see :class:`~exactflow.transforms.image.ConvNet`), with the split
-    prior after every level but the last; N(0, I) latent; sampling takes a temperature. H and W must be
+    whose CNN has hidden layers of ``hidden`` channels, see :class:`~exactflow.transforms.image.ConvNet`), with the
+    split prior after every level but the last; N(0, I) latent; sampling takes a temperature. H and W must be
     divisible by 2^levels (28x28 MNIST: levels <= 2). ``scale_bound`` bounds every log-scale (couplings and
     split prior) smoothly; ``alpha`` is the logit's."""
     if levels < 1 or depth < 1:
