@@ -213,3 +213,15 @@ def test_a_config_file_takes_any_spelling(tmp_path):
     argv = ["train", "moons", "--config", str(config)]
     args = _apply_config(build_parser(), argv, _parse(argv))
     assert (args.hidden, args.batch_size, args.depth) == ([32, 16, 8], 64, 2)
+
+
+def test_a_bijection_of_your_own_is_called_as_written():
+    class Shift(exactflow.Bijection):  # declares no context_features: not checked
+        def forward(self, x):
+            return x + 1, x.new_zeros(x.shape[0])
+
+        def inverse(self, z, context=None):
+            return z - 1, z.new_zeros(z.shape[0])
+
+    b, x = Shift(), torch.randn(3, 2)
+    assert torch.equal(b(x)[0], x + 1) and torch.equal(b.inverse(x, torch.randn(3, 4))[0], x - 1)

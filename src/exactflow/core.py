@@ -84,9 +84,9 @@ def _checks_context(method: Callable) -> Callable:
     """``method`` (a ``forward`` or ``inverse``) preceded by :meth:`Bijection.check_context`."""
 
     @functools.wraps(method)
-    def checked(self: Bijection, x: Tensor, context: Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
-        self.check_context(context)
-        return method(self, x, context, *args, **kwargs)
+    def checked(self: Bijection, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        self.check_context(args[0] if args else kwargs.get("context"))
+        return method(self, x, *args, **kwargs)  # exactly as called
 
     return checked
 
