@@ -88,7 +88,10 @@ class Registry(dict):
 
         def arguments(args: tuple, kwargs: dict) -> tuple[dict[str, Any], Any]:
             """The arguments given (by name) and the ``context`` in effect; refuses a context if unconditional."""
-            bound = signature.bind(*args, **kwargs)
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError as err:
+                raise TypeError(f"{key}(): {err}") from None
             given = dict(bound.arguments)
             bound.apply_defaults()
             context = bound.arguments.get("context", 0)
