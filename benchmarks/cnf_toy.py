@@ -22,7 +22,7 @@ from exactflow.flows import registry as flows
 from exactflow.transforms.continuous import flow_matching_loss
 
 BASELINES = {  # name -> factory keywords; the ones not in the registry are skipped
-    "RealNVP": {"transforms": 8, "hidden": (64, 64)},
+    "RealNVP": {"depth": 8, "hidden": (64, 64)},
     "MAF": {},
     "NSF": {},
 }

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = datasets.build("digits")
     shape, levels = data.shape, data.levels
     models = {
-        "exactflow": Glow(shape, levels=args.levels, steps=args.flow_steps, hidden=args.hidden, alpha=args.alpha),
+        "exactflow": Glow(shape, levels=args.levels, depth=args.flow_steps, hidden=args.hidden, alpha=args.alpha),
         "normflows": normflows_glow(shape, args.levels, args.flow_steps, args.hidden, args.alpha),
     }
     log_prob = {"exactflow": models["exactflow"].log_prob, "normflows": lambda y: models["normflows"].log_prob(y, None)}

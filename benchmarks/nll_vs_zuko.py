@@ -28,10 +28,10 @@ def exactflow_models() -> dict[str, Callable[[], torch.nn.Module]]:
     flows = exactflow.flows.registry
     t, h = SIZES["transforms"], SIZES["hidden"]
     return {
-        "exactflow MAF": lambda: flows["MAF"](features=2, transforms=t, hidden=h),
-        "exactflow NSF (coupling)": lambda: flows["NSF"](features=2, transforms=t, hidden=h, bins=SIZES["bins"],
+        "exactflow MAF": lambda: flows["MAF"](features=2, depth=t, hidden=h),
+        "exactflow NSF (coupling)": lambda: flows["NSF"](features=2, depth=t, hidden=h, bins=SIZES["bins"],
                                                          bound=SIZES["bound"]),
-        "exactflow NSFAutoregressive": lambda: flows["NSFAutoregressive"](features=2, transforms=t, hidden=h,
+        "exactflow NSFAutoregressive": lambda: flows["NSFAutoregressive"](features=2, depth=t, hidden=h,
                                                                           bins=SIZES["bins"], bound=SIZES["bound"]),
     }
 

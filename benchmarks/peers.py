@@ -61,13 +61,13 @@ def _exactflow(flow: str, features: int) -> Model:
     from exactflow.flows import registry
 
     if flow == "realnvp":
-        f = registry["RealNVP"](features=features, transforms=8, hidden=HIDDEN, mask="half")
+        f = registry["RealNVP"](features=features, depth=8, hidden=HIDDEN, mask="half")
     elif flow == "maf":
-        f = registry["MAF"](features=features, transforms=5, hidden=HIDDEN)
+        f = registry["MAF"](features=features, depth=5, hidden=HIDDEN)
     elif flow == "nsf-ar":
-        f = registry["NSFAutoregressive"](features=features, transforms=5, hidden=HIDDEN, bins=BINS, bound=BOUND)
+        f = registry["NSFAutoregressive"](features=features, depth=5, hidden=HIDDEN, bins=BINS, bound=BOUND)
     else:  # the fixed half alternates, no permutation in between (as in the peers)
-        f = registry["NSF"](features=features, transforms=5, hidden=HIDDEN, bins=BINS, bound=BOUND, mask="half",
+        f = registry["NSF"](features=features, depth=5, hidden=HIDDEN, bins=BINS, bound=BOUND, mask="half",
                             permutation="none")
     return Model("exactflow", f, f.log_prob, f.sample)
 

@@ -50,7 +50,7 @@ def main() -> None:
     ds = datasets["digits"]()
     shape, levels = ds.shape, ds.levels
     models = {
-        "TarFlow": flows["TarFlow"](shape=shape, patch=args.patch, channels=args.channels, blocks=args.blocks,
+        "TarFlow": flows["TarFlow"](shape=shape, patch=args.patch, channels=args.channels, depth=args.blocks,
                                     layers_per_block=args.layers, heads=4),
         "Glow": flows["Glow"](shape=shape, levels=2, steps=4, hidden=64),
     }

@@ -49,7 +49,7 @@ def main() -> None:
     print("| shape | patch | patches | cached (s) | no cache (s) | speed-up | max abs diff |")
     print("|---|---|---|---|---|---|---|")
     for shape, patch in CONFIGS:
-        flow = registry["TarFlow"](shape=shape, patch=patch, channels=args.channels, blocks=args.blocks,
+        flow = registry["TarFlow"](shape=shape, patch=patch, channels=args.channels, depth=args.blocks,
                                    layers_per_block=2, heads=4)
         randomize_(flow, 0.05).eval()
         z = torch.randn(args.batch, *shape)

@@ -231,8 +231,8 @@ def _count_made_calls(flow, fn):
 
 
 def test_iaf_samples_in_one_pass_per_layer_and_maf_scores_in_one(monkeypatch):
-    maf = flows["MAF"](features=FEATURES, transforms=3, hidden=(8,))
-    iaf = flows["IAF"](features=FEATURES, transforms=3, hidden=(8,))
+    maf = flows["MAF"](features=FEATURES, depth=3, hidden=(8,))
+    iaf = flows["IAF"](features=FEATURES, depth=3, hidden=(8,))
     x = torch.randn(10, FEATURES)
     with backend.reference():  # the maths: one MADE pass per layer one way, D the other
         assert _count_made_calls(iaf, lambda: iaf.sample(10)) == 3
@@ -334,7 +334,7 @@ def test_fast_paths_keep_the_general_behaviour():
     from exactflow.nets import MLP, MaskedLinear
 
     # spline constants first made in inference mode are plain tensors: a later training step works
-    nsf = flows["NSF"](features=4, transforms=2, hidden=(16, 16))
+    nsf = flows["NSF"](features=4, depth=2, hidden=(16, 16))
     with torch.inference_mode():
         nsf.sample(10)
     nsf.log_prob(torch.randn(8, 4)).mean().backward()

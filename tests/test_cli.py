@@ -19,7 +19,7 @@ from exactflow import checkpoint
 from exactflow.cli import main
 from exactflow.data import registry as datasets
 
-SMALL = ["--hidden", "8", "--transforms", "2", "--batch-size", "64", "--quiet"]
+SMALL = ["--hidden", "8", "--depth", "2", "--batch-size", "64", "--quiet"]
 TINY = ["--data-arg", "train=512", "--data-arg", "valid=64", "--data-arg", "test=64", *SMALL]
 PNG, GIF = b"\x89PNG\r\n\x1a\n", b"GIF8"
 
@@ -82,7 +82,7 @@ def test_csv_with_toml_and_yaml_config_standardised_inside_the_model(tmp_path, c
     x = rng.normal(size=(400, 3)) * [100.0, 0.01, 5.0] + [1000.0, 0.0, -3.0]
     np.savetxt(tmp_path / "t.csv", x, delimiter=",", header="a,b,c", comments="")
     (tmp_path / "run.toml").write_text(f'data = "{tmp_path / "t.csv"}"\nsteps = 30\neval-every = 15\n'
-                                       'hidden = [8]\nflow_args = {{ transforms = 2, batch_norm = true }}\nplots = false\nquiet = true\n'
+                                       'hidden = [8]\nflow_args = {{ depth = 2, batch_norm = true }}\nplots = false\nquiet = true\n'
                                        .replace("{{", "{").replace("}}", "}"))
     assert main(["train", "--config", str(tmp_path / "run.toml"), "--out", str(tmp_path / "a"), "--steps", "20"]) == 0
     options = json.loads((tmp_path / "a" / "config.json").read_text())["options"]
@@ -130,7 +130,7 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
 
 
 def test_demo_prints_paths_and_test_nll(tmp_path, capsys):
-    assert main(["demo", "--steps", "10", "--hidden", "8", "--transforms", "2", "--no-plots", "--quiet",
+    assert main(["demo", "--steps", "10", "--hidden", "8", "--depth", "2", "--no-plots", "--quiet",
                  "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "trained RealNVP on moons" in out and "test NLL" in out and str(tmp_path / "demo") in out

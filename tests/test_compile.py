@@ -44,7 +44,7 @@ def _check_same(eager, compiled, atol: float) -> None:
 
 def test_compile_traces_realnvp_in_one_graph_and_matches_eager():
     torch._dynamo.reset()
-    eager, compiled = _pair("RealNVP", transforms=3, hidden=(16,))
+    eager, compiled = _pair("RealNVP", depth=3, hidden=(16,))
     exactflow.compile(compiled, backend="aot_eager", fullgraph=True)  # fullgraph: no graph breaks, no host syncs
     _check_same(eager, compiled, 1e-6)
 
@@ -57,7 +57,7 @@ def test_compile_rejects_what_is_not_a_flow():
 @pytest.mark.slow
 def test_compile_inductor_matches_eager():
     torch._dynamo.reset()
-    eager, compiled = _pair("RealNVP", transforms=3, hidden=(16,))
+    eager, compiled = _pair("RealNVP", depth=3, hidden=(16,))
     exactflow.compile(compiled)
     _check_same(eager, compiled, 1e-5)
 
@@ -66,7 +66,7 @@ def test_compile_inductor_matches_eager():
 def test_compile_traces_masked_flows_in_one_graph_without_gradients(name):
     # the eager flow takes the backend's no-grad routes, the compiled one traces the reference maths
     torch._dynamo.reset()
-    eager, compiled = _pair(name, transforms=2, hidden=(16, 16))
+    eager, compiled = _pair(name, depth=2, hidden=(16, 16))
     exactflow.compile(compiled, backend="aot_eager", fullgraph=True)
     x = torch.randn(32, 4)
     with torch.no_grad():

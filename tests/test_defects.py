@@ -20,7 +20,7 @@ from exactflow.cli import build_parser, main
 from exactflow.data import registry as datasets
 from exactflow.training import fit, standardize
 
-SMALL = ["--hidden", "8", "--transforms", "2", "--batch-size", "64", "--quiet", "--no-plots"]
+SMALL = ["--hidden", "8", "--depth", "2", "--batch-size", "64", "--quiet", "--no-plots"]
 
 
 def error_line(capsys) -> str:
@@ -35,7 +35,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def tiny_flow(features: int = 2):
-    return exactflow.build("RealNVP", features=features, transforms=2, hidden=[8])
+    return exactflow.build("RealNVP", features=features, depth=2, hidden=[8])
 
 
 def test_testing_module_is_reachable_after_import_exactflow():
@@ -53,14 +53,14 @@ def test_train_refuses_zero_or_negative_steps(tmp_path, capsys, steps):
 
 def test_bad_flow_option_values_name_the_option_and_the_config_file(tmp_path, capsys):
     out = str(tmp_path / "run")
-    assert main(["train", "moons", "--flow-arg", "transforms=abc", "--out", out, *SMALL[:2]]) == 2
+    assert main(["train", "moons", "--flow-arg", "depth=abc", "--out", out, *SMALL[:2]]) == 2
     err = error_line(capsys)
-    assert "transforms must be a positive integer, got 'abc'" in err and "--flow-arg" in err
+    assert "depth must be a positive integer, got 'abc'" in err and "--flow-arg" in err
     config = tmp_path / "run.toml"
-    config.write_text('data = "moons"\nflow_args = { transforms = "abc" }\n')
+    config.write_text('data = "moons"\nflow_args = { depth = "abc" }\n')
     assert main(["train", "--config", str(config), "--out", out]) == 2
     err = error_line(capsys)
-    assert "transforms" in err and str(config) in err
+    assert "depth" in err and str(config) in err
     for line, option in (('steps = "abc"', "steps"), ("steps = 2.5", "steps"), ('schedule = "linear"', "schedule"),
                          ('hidden = "a,b"', "hidden"), ('plots = "no"', "plots")):
         config.write_text(f'data = "moons"\n{line}\n')
@@ -106,7 +106,7 @@ def _numeric_defaults(command: str):
             continue
         match = re.search(r"default:? (-?[\d.e+-]+)\b", text % {"default": action.default})
         if match:
-            yield action.option_strings[-1], float(match.group(1)), action.default
+            yield action.option_strings[0], float(match.group(1)), action.default
 
 
 @pytest.mark.parametrize("command", ["train", "demo"])
@@ -182,19 +182,19 @@ def test_load_on_an_unknown_or_absent_device_is_a_value_error(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("name, kwargs, message", [
-    ("RealNVP", {"transforms": 0}, "transforms must be a positive integer"),
+    ("RealNVP", {"depth": 0}, "depth must be a positive integer"),
     ("RealNVP", {"context": -1}, "context must be a non-negative integer"),
     ("RealNVP", {"hidden": [0]}, "hidden must be a sequence of positive layer widths"),
     ("RealNVP", {"features": 0}, "features must be a positive integer"),
-    ("NICE", {"transforms": -1}, "transforms must be a positive integer"),
+    ("NICE", {"depth": -1}, "depth must be a positive integer"),
     ("MAF", {"hidden": [8, 0]}, "hidden must be"),
     ("IAF", {"context": -2}, "context must be"),
     ("NSF", {"bins": 0}, "bins must be a positive integer"),
-    ("NSFAutoregressive", {"transforms": 0}, "transforms must be"),
+    ("NSFAutoregressive", {"depth": 0}, "depth must be"),
     ("BNAF", {"hidden": [0]}, "hidden must be"),
     ("CNF", {"features": 0}, "features must be a positive integer"),
     ("CNF", {"steps": 0}, "steps must be a positive integer"),
-    ("Planar", {"layers": 0}, "layers must be a positive integer"),
+    ("Planar", {"depth": 0}, "depth must be a positive integer"),
     ("Radial", {"context": -1}, "context must be"),
 ])
 def test_degenerate_sizes_of_vector_flows_are_refused(name, kwargs, message):

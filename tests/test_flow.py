@@ -11,7 +11,7 @@ from exactflow.testing import randomize_
 
 
 def test_2d_density_integrates_to_one():
-    flow = flows["RealNVP"](features=2, transforms=4, hidden=(16,)).double()
+    flow = flows["RealNVP"](features=2, depth=4, hidden=(16,)).double()
     randomize_(flow, 0.3)
     grid = torch.linspace(-12, 12, 601, dtype=torch.float64)
     xx, yy = torch.meshgrid(grid, grid, indexing="ij")
@@ -24,12 +24,12 @@ def test_2d_density_integrates_to_one():
 
 @pytest.fixture
 def flow():
-    return flows["RealNVP"](features=3, transforms=2, hidden=(8,))
+    return flows["RealNVP"](features=3, depth=2, hidden=(8,))
 
 
 @pytest.fixture
 def cflow():
-    return flows["RealNVP"](features=3, context=2, transforms=2, hidden=(8,))
+    return flows["RealNVP"](features=3, context=2, depth=2, hidden=(8,))
 
 
 def test_nan_is_named(flow):
@@ -113,7 +113,7 @@ def test_torch_distributions_interop(flow):
 
 
 def test_sample_and_log_prob_is_differentiable_for_vi():
-    flow = flows["Planar"](features=2, layers=3)
+    flow = flows["Planar"](features=2, depth=3)
     x, lq = flow.sample_and_log_prob(16)
     (lq.mean() + x.square().mean()).backward()
     assert all(p.grad is not None for p in flow.parameters())
@@ -133,7 +133,7 @@ def test_actnorm_flag_survives_reload():
 
 
 def test_log_prob_units_match_gaussian_log_density():
-    flow = Flow(flows["RealNVP"](features=2, transforms=1, hidden=(4,)).transform, StandardNormal(2))
+    flow = Flow(flows["RealNVP"](features=2, depth=1, hidden=(4,)).transform, StandardNormal(2))
     x = torch.zeros(1, 2)
     assert flow.log_prob(x).item() == pytest.approx(-math.log(2 * math.pi), abs=1e-6)
 
@@ -148,7 +148,7 @@ def test_scratch_buffers_of_the_no_grad_path_never_leak_into_results(name):
     from exactflow import backend
     from exactflow.backend import SCRATCH_MIN, scratch
 
-    flow = flows[name](features=4, transforms=3, hidden=(16, 16)).double()  # float64: equal up to reassociation
+    flow = flows[name](features=4, depth=3, hidden=(16, 16)).double()  # float64: equal up to reassociation
     randomize_(flow, 0.3)
     xs = [torch.randn(SCRATCH_MIN // 16 + 100, 4, dtype=torch.float64) for _ in range(4)]  # above SCRATCH_MIN
     with backend.reference():

@@ -119,7 +119,7 @@ def test_quantize_inverts_dequantize():
 
 def test_glow_structure_temperature_and_bad_shapes():
     torch.manual_seed(0)
-    flow = Glow((1, 8, 8), levels=2, steps=1, hidden=8)
+    flow = Glow((1, 8, 8), levels=2, depth=1, hidden=8)
     y = dequantize(datasets.build("digits").train[:32], 17)
     bpd = bits_per_dim(flow.log_prob(y), (1, 8, 8), 17)
     assert bpd.shape == (32,) and torch.isfinite(bpd).all()

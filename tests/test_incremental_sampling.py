@@ -71,7 +71,7 @@ def test_gradients_and_residual_made_take_the_d_pass_sampler():
 
 @pytest.mark.parametrize("name", ["MAF", "NSFAutoregressive"])
 def test_flow_sample_equals_the_differentiable_sampler(name):
-    flow = flows[name](features=5, transforms=2, hidden=(16, 16))
+    flow = flows[name](features=5, depth=2, hidden=(16, 16))
     randomize_(flow, 0.2)
     flow = flow.double()
     torch.manual_seed(7)

@@ -99,7 +99,7 @@ def test_inverse_discriminant_is_never_negative_beyond_rounding(dtype):
 
 @pytest.mark.parametrize("name", ["NSF", "NSFAutoregressive"])
 def test_float32_sampling_100k_points(name):
-    flow = flows[name](features=2, transforms=3, hidden=(16,), bins=8, bound=BOUND)
+    flow = flows[name](features=2, depth=3, hidden=(16,), bins=8, bound=BOUND)
     randomize_(flow, 0.15)
     flow.eval()
     with torch.no_grad():
@@ -121,7 +121,7 @@ def test_float32_sampling_100k_points(name):
 
 @pytest.mark.parametrize("name", ["NSF", "NSFAutoregressive"])
 def test_float32_sampling_never_gives_nan_even_for_extreme_parameters(name):
-    flow = flows[name](features=2, transforms=3, hidden=(16,), bins=8, bound=BOUND)
+    flow = flows[name](features=2, depth=3, hidden=(16,), bins=8, bound=BOUND)
     randomize_(flow, 1.0)
     with torch.no_grad():
         samples = flow.sample(10_000)

@@ -51,7 +51,7 @@ def test_kv_cache_inverse_equals_recomputation(dtype, flip):
 
 
 def test_flow_samples_with_cache_equal_samples_without():
-    flow = flows["TarFlow"](shape=(1, 8, 8), patch=2, channels=16, blocks=2, layers_per_block=1, heads=2)
+    flow = flows["TarFlow"](shape=(1, 8, 8), patch=2, channels=16, depth=2, layers_per_block=1, heads=2)
     randomize_(flow, 0.2)
     reference = copy.deepcopy(flow).double()
     z = torch.randn(4, 1, 8, 8, dtype=torch.float64)
@@ -102,7 +102,7 @@ def test_bad_arguments_raise_value_errors():
 
 
 def test_image_tarflow_gives_bits_per_dim():
-    flow = flows["TarFlow"](shape=(1, 8, 8), patch=2, channels=16, blocks=2, layers_per_block=1, heads=2)
+    flow = flows["TarFlow"](shape=(1, 8, 8), patch=2, channels=16, depth=2, layers_per_block=1, heads=2)
     x = (torch.randint(0, 17, (6, 1, 8, 8)) + torch.rand(6, 1, 8, 8)) / 17
     bpd = bits_per_dim(flow.log_prob(x), (1, 8, 8), 17)
     assert bpd.shape == (6,) and torch.isfinite(bpd).all()

@@ -129,7 +129,7 @@ def test_vae_command_on_a_user_array(tmp_path, capsys):
     path = tmp_path / "images.npy"
     np.save(path, np.random.default_rng(0).integers(0, 8, size=(60, 5)).astype(np.int64))
     out = tmp_path / "run"
-    args = _parse(["vae", "--data", str(path), "--likelihood", "logistic", "--posterior", "radial", "--layers", "2",
+    args = _parse(["vae", "--data", str(path), "--likelihood", "logistic", "--posterior", "radial", "--depth", "2",
                    "--latent", "2", "--hidden", "16", "--steps", "20", "--batch", "16", "--k", "10", "--out", str(out)])
     assert args.run(args) == 0
     record = json.loads((out / "result.json").read_text())

@@ -18,7 +18,7 @@ from exactflow.vi import fit_reverse_kl, importance_estimate
 def test_mixture_log_z_is_recovered_within_0_05():
     torch.manual_seed(0)
     target = registry.build("mixture")
-    flow = flows.build("Planar", features=2, layers=8)
+    flow = flows.build("Planar", features=2, depth=8)
     result = fit_reverse_kl(flow, target, steps=300, batch=256, lr=1e-2, samples=20000)
     assert abs(result.log_z - target.log_z) < 0.05
     assert result.elbo <= target.log_z + 0.01  # the ELBO is a lower bound (up to Monte Carlo error)
@@ -73,9 +73,9 @@ def test_bad_input_raises_value_error():
     with pytest.raises(ValueError, match="unknown target"):
         registry.build("nope")
     with pytest.raises(ValueError, match="unconditional"):
-        fit_reverse_kl(flows.build("Planar", features=2, context=3, layers=2), u1(), steps=1)
+        fit_reverse_kl(flows.build("Planar", features=2, context=3, depth=2), u1(), steps=1)
     with pytest.raises(ValueError, match=r"shape \(8,\)"):
-        fit_reverse_kl(flows.build("Planar", features=2, layers=2), lambda x: x, steps=1, batch=8)
+        fit_reverse_kl(flows.build("Planar", features=2, depth=2), lambda x: x, steps=1, batch=8)
 
 
 def _parse(argv):
@@ -85,7 +85,7 @@ def _parse(argv):
 
 
 def test_vi_command_writes_numbers_and_picture(tmp_path, capsys):
-    args = _parse(["vi", "--target", "u1", "--flow", "planar", "--layers", "2", "--steps", "30",
+    args = _parse(["vi", "--target", "u1", "--flow", "planar", "--depth", "2", "--steps", "30",
                    "--samples", "2000", "--out", str(tmp_path)])
     assert args.run(args) == 0
     record = json.loads((tmp_path / "result.json").read_text())

@@ -6,7 +6,8 @@ Convention: a bijection's ``forward`` maps data -> latent and returns ``(z, log|
 
 from . import data, flows, targets, testing, transforms
 from .core import Bijection, Compose, Inverse
-from .checkpoint import build, load, save
+from .checkpoint import load, save
+from .flows import build
 from .distributions import DiagNormal, Flow, StandardNormal
 from .distributions import compile_flow as compile
 from .training import History, evaluate, fit, standardize

@@ -1,12 +1,13 @@
 """Checkpoints without pickle: one ``.safetensors`` file holding the tensors and, in its JSON header,
 everything needed to rebuild the flow.
 
-A flow built by :func:`build` carries ``flow.spec = {"flow": name, "kwargs": {...}, "preprocess": [...]}``
-(registry names and keyword arguments only). :func:`save` writes
+Every flow built from registered parts can be saved: a preset records ``flow.spec = {"flow": name, "kwargs": {...},
+"preprocess": [...]}`` however it is called, and a flow composed by hand is described as a tree of registry names and
+constructor arguments (:func:`exactflow.flows.describe`, JSON only). :func:`save` writes
 
 - tensors: ``model.<key>`` (the state dict), plus any extra tensors of the caller
   (optimizer moments, RNG states, best weights when training);
-- header metadata ``"exactflow"``: JSON with the format number, the exactflow version, the spec,
+- header metadata ``"exactflow"``: JSON with the format number, the exactflow version, the spec (that description),
   the flow's floating dtype and free-form ``info`` (training configuration, data set and splits,
   history, optimizer scalars);
 - header metadata ``"exactflow.sha256"``: the SHA-256 of the ``"exactflow"`` JSON and of every
@@ -15,9 +16,9 @@ A flow built by :func:`build` carries ``flow.spec = {"flow": name, "kwargs": {..
 Writing is atomic: a temporary file in the same folder (named after the writing process), flushed
 and ``fsync``-ed, then ``os.replace``; a crash leaves either the old checkpoint or the new one,
 never a mix, and the next write of the same file removes temporary files whose process is gone.
-:func:`load` rebuilds the flow from the registries and refuses, with a ``ValueError`` naming the
-problem, files that are corrupted, truncated, edited, from another format, or whose keys or shapes
-do not match the flow their spec builds.
+:func:`load` rebuilds the flow from the registries (:func:`exactflow.flows.rebuild`) and refuses, with a
+``ValueError`` naming the problem, files that are corrupted, truncated, edited, from another format, or whose keys
+or shapes do not match the flow their spec builds.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .core import Compose
 from .distributions import Flow
+from .flows import build, describe, prepend, rebuild
 from .validation import check_device
 
+# build, prepend and rebuild live with the registry (exactflow.flows); they stay importable from here
 __all__ = ["FORMAT", "build", "info", "load", "load_state", "prepend", "read", "rebuild", "resolve", "save", "write_json"]
 
 FORMAT = 2
@@ -56,41 +58,6 @@ def _jsonable(value: Any) -> Any:
         return value
     raise ValueError(f"cannot record {value!r} ({type(value).__name__}) in a checkpoint: only numbers, strings, "
                      "booleans, lists and dicts can be rebuilt without pickle")
-
-
-def build(name: str, **kwargs: Any) -> Flow:
-    """``flows.registry[name](**kwargs)``, remembering ``name`` and ``kwargs`` in ``flow.spec`` for :func:`save`."""
-    from .flows import registry
-
-    spec = {"flow": name, "kwargs": _jsonable(kwargs), "preprocess": []}
-    flow = registry.build(name, **kwargs)
-    flow.spec = spec
-    return flow
-
-
-def prepend(flow: Flow, name: str, bijection: nn.Module | None = None, **kwargs: Any) -> Flow:
-    """Put the registered transform ``name`` (or the given ``bijection``, built as ``name(**kwargs)``)
-    first in the data -> latent direction, ``T' = T o B``, and record it in ``flow.spec``."""
-    from .transforms import registry
-
-    b = bijection if bijection is not None else registry.build(name, **kwargs)
-    t = flow.transform
-    flow.transform = Compose(b, *t.bijections) if type(t) is Compose else Compose(b, t)
-    spec = getattr(flow, "spec", None)
-    if spec is not None:
-        spec["preprocess"].append({"transform": name, "kwargs": _jsonable(kwargs)})
-    return flow
-
-
-def rebuild(spec: dict) -> Flow:
-    """The flow a spec describes, with freshly initialised parameters."""
-    try:
-        flow = build(spec["flow"], **spec["kwargs"])
-        for step in spec["preprocess"]:
-            prepend(flow, step["transform"], **step["kwargs"])
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"invalid flow spec {spec!r}: {err}") from None
-    return flow
 
 
 def _digest(header: str, tensors: dict[str, Tensor]) -> str:
@@ -160,7 +127,8 @@ def write_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[s
 
 
 def save(path: str | Path, flow: Flow, info: dict | None = None, extra: dict[str, Tensor] | None = None) -> Path:
-    """Write ``flow`` (which must carry a ``spec``, see :func:`build`) atomically to ``path``.
+    """Write ``flow`` atomically to ``path``: its description (:func:`exactflow.flows.describe`; a ``ValueError``
+    names any part that is not registered) and its weights.
 
     ``info`` (JSON-able) and ``extra`` tensors (keys must not start with ``model.``) are stored beside it.
     """
@@ -168,10 +136,9 @@ def save(path: str | Path, flow: Flow, info: dict | None = None, extra: dict[str
 
     from . import __version__
 
-    spec = getattr(flow, "spec", None)
-    if spec is None:
-        raise ValueError("this flow has no spec: build it with exactflow.build(name, ...) so that it can be "
-                         "saved and rebuilt without pickle")
+    if not isinstance(flow, Flow):
+        raise ValueError(f"save expects an exactflow Flow, got {type(flow).__name__}")
+    spec = describe(flow)
     tensors = {MODEL + k: v for k, v in flow.state_dict().items()}
     for key, value in (extra or {}).items():
         if key.startswith(MODEL):
@@ -272,6 +239,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Flow:
         raise ValueError(f"{resolve(path)}: the header's dtype {header['dtype']!r} is not a floating torch dtype")
     try:
         flow = rebuild(header["spec"])
+        if not isinstance(flow, Flow):
+            raise ValueError(f"the spec describes a {type(flow).__name__}, not a Flow")
     except ValueError as err:
         raise ValueError(f"{resolve(path)}: cannot rebuild the saved flow (saved by exactflow "
                          f"{header.get('version')}): {err}") from None

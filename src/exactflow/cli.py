@@ -13,6 +13,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .commands._shared import Sizes
+
 EXAMPLES = """\
 examples:
   exactflow demo                                   # two moons, checkpoint and pictures in runs/demo
@@ -78,17 +80,22 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str] | None, args:
     """Re-parse with the config file's values as defaults, so command-line flags still win."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
     config = load_config(args.config)
-    known = {a.dest: a for a in sub._actions if a.dest not in ("help", "config")}
-    unknown = sorted(set(config) - set(known))
+    actions = [a for a in sub._actions if a.dest not in ("help", "config")]
+    known = {a.dest: a for a in actions}
+    spellings = {o.lstrip("-").replace("-", "_"): a for a in actions for o in a.option_strings}  # aliases too
+    unknown = sorted(set(config) - set(known) - set(spellings))
     if unknown:
         raise ValueError(f"{args.config}: unknown option(s) {', '.join(unknown)} for '{args.command}'; "
                          f"known: {', '.join(sorted(known))}")
     for key, value in config.items():
+        action = known.get(key) or spellings[key]
         try:
-            value = _config_value(known[key], value)
+            value = _config_value(action, value)
         except (ValueError, TypeError, argparse.ArgumentTypeError) as err:
             raise ValueError(f"{args.config}: option {key} = {value!r}: {err}") from None
-        sub.set_defaults(**{key: value})
+        if isinstance(action, Sizes):  # one list of sizes however the file wrote them (64 or "64,64" each)
+            value = [size for sizes in value for size in sizes]
+        sub.set_defaults(**{action.dest: value})
     return parser.parse_args(argv)
 
 

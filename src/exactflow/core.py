@@ -17,10 +17,13 @@ Inputs are ``(batch, *event_shape)``; ``ladj`` is summed over the event.
 
 from __future__ import annotations
 
+import functools
+from typing import Any, Callable
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Bijection", "Compose", "Inverse", "total_ladj"]
+__all__ = ["Bijection", "Compose", "Inverse", "layer_context", "total_ladj"]
 
 
 class Bijection(nn.Module):
@@ -29,10 +32,40 @@ class Bijection(nn.Module):
     Subclasses set ``exact_inverse = False`` when their inverse is found numerically
     (root finding or bisection, accurate to about 1e-6 in float32) rather than in closed form,
     and ``analytic_forward = False`` likewise for the data -> latent direction.
+
+    ``context_features`` is the number of context features the bijection was built for (the registry sets it
+    from ``context=``; ``None``: undeclared, as for a bijection of your own). Every ``forward`` and ``inverse``
+    of a subclass first calls :meth:`check_context`, so an unconditional bijection refuses a context and a
+    conditional one refuses to run without it, with a ``ValueError`` naming the layer.
     """
 
     exact_inverse: bool = True
     analytic_forward: bool = True
+    context_features: int | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for method in ("forward", "inverse"):
+            fn = cls.__dict__.get(method)
+            if fn is not None:
+                setattr(cls, method, _checks_context(fn))
+
+    def check_context(self, context: Tensor | None) -> None:
+        """A ``ValueError`` unless ``context`` matches :attr:`context_features` (None when that is 0)."""
+        expected = self.context_features
+        if expected is None:
+            return
+        name = type(self).__name__
+        if context is None:
+            if expected:
+                raise ValueError(f"{name} was built with context={expected} and needs a context of shape "
+                                 f"(batch, {expected}), got none")
+        elif not expected:
+            raise ValueError(f"{name} is unconditional (built with context=0) but was given a context of shape "
+                             f"{tuple(context.shape)}")
+        elif context.dim() < 1 or context.shape[-1] != expected:
+            raise ValueError(f"{name} was built with context={expected}: expected a context of shape "
+                             f"(batch, {expected}), got {tuple(context.shape)}")
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -45,6 +78,23 @@ class Bijection(nn.Module):
         from .interop import TorchTransform
 
         return TorchTransform(self, event_dim=event_dim, context=context)
+
+
+def _checks_context(method: Callable) -> Callable:
+    """``method`` (a ``forward`` or ``inverse``) preceded by :meth:`Bijection.check_context`."""
+
+    @functools.wraps(method)
+    def checked(self: Bijection, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        self.check_context(args[0] if args else kwargs.get("context"))
+        return method(self, x, *args, **kwargs)  # exactly as called
+
+    return checked
+
+
+def layer_context(layer: nn.Module, context: Tensor | None) -> Tensor | None:
+    """The context a container passes to ``layer``: none to a layer built unconditional (``context_features``
+    0) inside a conditional flow, the flow's own to every other layer."""
+    return None if getattr(layer, "context_features", None) == 0 else context
 
 
 class Compose(Bijection):
@@ -65,14 +115,14 @@ class Compose(Bijection):
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         ladjs = []
         for b in self.bijections:
-            x, ladj = b(x, context)
+            x, ladj = b(x, layer_context(b, context))
             ladjs.append(ladj)
         return x, total_ladj(ladjs, x)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         ladjs = []
         for b in reversed(self.bijections):
-            z, ladj = b.inverse(z, context)
+            z, ladj = b.inverse(z, layer_context(b, context))
             ladjs.append(ladj)
         return z, total_ladj(ladjs, z)
 
@@ -80,7 +130,7 @@ class Compose(Bijection):
         """Latent -> data, returning the point after every layer (``[z, ..., x]``), for morph plots."""
         points = [z]
         for b in reversed(self.bijections):
-            z, _ = b.inverse(z, context)
+            z, _ = b.inverse(z, layer_context(b, context))
             points.append(z)
         return points
 

@@ -53,8 +53,7 @@ class VIResult:
 
 
 def build_flow(name: str, features: int, context: int = 0, depth: int | None = None, **kwargs) -> Flow:
-    """The registered flow ``name`` (case-insensitive); ``depth`` is passed as whichever of ``layers=`` or
-    ``transforms=`` its factory takes (None: the factory's default)."""
+    """The registered flow ``name`` (case-insensitive) with ``depth=`` (None: the factory's default)."""
     from .flows import registry
 
     matches = [key for key in registry if key.lower() == name.lower()]
@@ -62,11 +61,9 @@ def build_flow(name: str, features: int, context: int = 0, depth: int | None = N
         raise ValueError(f"unknown flow {name!r}; available: {', '.join(sorted(registry))}")
     entry = registry[matches[0]]
     if depth is not None:
-        params = inspect.signature(entry.factory).parameters
-        key = next((k for k in ("layers", "transforms") if k in params), None)
-        if key is None:
-            raise ValueError(f"flow {entry.name!r} has no layers= or transforms= argument to set the depth")
-        kwargs[key] = depth
+        if "depth" not in inspect.signature(entry.factory).parameters:
+            raise ValueError(f"flow {entry.name!r} has no depth= argument")
+        kwargs["depth"] = depth
     if context and not entry.conditional:
         raise ValueError(f"flow {entry.name!r} does not accept a context")
     return entry(features=features, context=context, **kwargs)

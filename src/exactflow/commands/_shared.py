@@ -1,4 +1,5 @@
-"""Helpers shared by the subcommands: data sets from names or files, ``KEY=VALUE`` options, saved runs."""
+"""Helpers shared by the subcommands: data sets from names or files, ``KEY=VALUE`` options, saved runs, and the
+options every subcommand spells the same way (``--depth``, ``--hidden``, ``--batch-size``, ``--no-plots``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from ..data import Dataset
 from ..data import registry as datasets
+from ..registry import Entry
 from ..validation import check_device
 
 FILE_SUFFIXES = (".csv", ".npy")
@@ -21,6 +23,46 @@ def add_threads_option(p: argparse.ArgumentParser, default: int | None = None) -
     shown = "torch's choice" if default is None else default
     p.add_argument("--threads", type=int, default=default, help=f"CPU threads for torch (default: {shown}; "
                    "1 is fastest for small networks and on a busy machine)")
+
+
+def sizes(text: str) -> list[int]:
+    """Layer sizes from ``"64,64"`` (or one size, ``"64"``), for :class:`Sizes`."""
+    try:
+        return [int(v) for v in str(text).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes such as 64,64 or 64 64, got {text!r}") from None
+
+
+class Sizes(argparse.Action):
+    """``--hidden 64,64`` and ``--hidden 64 64`` alike: the values' sizes, in one flat list."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, [size for value in values for size in value])
+
+
+def add_hidden_option(p: argparse.ArgumentParser, default: list[int] | None = None,
+                      what: str = "the flow's networks") -> None:
+    """The shared ``--hidden`` option: hidden layer sizes, ``64,64`` or ``64 64``."""
+    shown = "the flow's own" if default is None else ",".join(map(str, default))
+    p.add_argument("--hidden", type=sizes, nargs="+", action=Sizes, default=default, metavar="SIZES",
+                   help=f"hidden layer sizes of {what}, e.g. 64,64 or 64 64 (default: {shown})")
+
+
+def add_depth_option(p: argparse.ArgumentParser, default: int | None = None, dest: str = "depth",
+                     what: str = "the flow") -> None:
+    """The shared ``--depth`` option (number of layers, steps or blocks; ``--layers`` and ``--transforms`` are
+    accepted for it)."""
+    shown = "the flow's own" if default is None else default
+    p.add_argument("--depth", "--layers", "--transforms", dest=dest, type=int, default=default,
+                   help=f"depth of {what}: number of layers, steps or blocks (default: {shown})")
+
+
+def add_batch_size_option(p: argparse.ArgumentParser, default: int, dest: str = "batch_size",
+                          what: str = "batch size") -> None:
+    """The shared ``--batch-size`` option (``--batch`` is accepted for it)."""
+    p.add_argument("--batch-size", "--batch", dest=dest, type=int, default=default,
+                   help=f"{what} (default %(default)s)")
 
 
 def apply_threads(args: argparse.Namespace) -> None:
@@ -72,9 +114,9 @@ def describe(ds: Dataset, record: dict) -> dict:
     return {**record, "kind": ds.kind, "shape": list(ds.shape), "levels": ds.levels, "info": ds.info}
 
 
-def flow_kwargs(entry, ds: Dataset, extra: dict[str, Any]) -> dict[str, Any]:
+def flow_kwargs(entry: Entry, ds: Dataset, extra: dict[str, Any]) -> dict[str, Any]:
     """Sizes for the registry ``entry``: ``features=`` or ``shape=`` from the data, plus ``extra`` options
-    checked against the factory's signature."""
+    checked against the factory's signature (deprecated names of its options pass, to warn when it is built)."""
     import inspect
 
     if entry.input == "image" and ds.kind != "image":
@@ -86,7 +128,7 @@ def flow_kwargs(entry, ds: Dataset, extra: dict[str, Any]) -> dict[str, Any]:
     params = inspect.signature(entry.factory).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         allowed = [n for n in params if n not in ("features", "shape", "context")]
-        unknown = [k for k in extra if k not in params or k in ("features", "shape")]
+        unknown = [k for k in extra if (k not in params and k not in entry.renamed) or k in ("features", "shape")]
         if unknown:
             raise ValueError(f"flow {entry.name!r} has no option {', '.join(map(repr, unknown))}; "
                              f"its options: {', '.join(allowed) or 'none'}")

@@ -37,7 +37,7 @@ def main(args: argparse.Namespace) -> int:
     if args.num < 1:
         raise ValueError(f"-n must be a positive number of points, got {args.num}")
     flow, header, record = load_run(args.model)
-    name = header["spec"]["flow"]
+    name = header["spec"].get("flow", "Flow")  # a preset, or a flow composed by hand
     if record is not None or args.data is not None:
         ds = run_data(record, args.data, args.data_args)
         x = ds.test[: args.num]

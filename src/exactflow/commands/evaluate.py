@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._shared import load_run, run_data
+from ._shared import add_batch_size_option, load_run, run_data
 
 EPILOG = """\
 examples:
@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--split", choices=("train", "valid", "test"), default="test", help="which split (default test)")
     p.add_argument("--data", help="evaluate on this data set name or .csv/.npy file instead of the recorded one")
     p.add_argument("--data-arg", dest="data_args", action="append", metavar="KEY=VALUE", help="loader keyword for --data")
-    p.add_argument("--batch-size", type=int, default=4096, help="evaluation batch size (default 4096)")
+    add_batch_size_option(p, 4096, what="evaluation batch size")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(run=main)

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import torch
 
-from ._shared import FILE_SUFFIXES, add_threads_option, apply_threads, assignments, build_data, data_record, describe, device, flow_kwargs
+from ._shared import (FILE_SUFFIXES, add_batch_size_option, add_depth_option, add_hidden_option, add_threads_option,
+                      apply_threads, assignments, build_data, data_record, describe, device, flow_kwargs)
 
 EPILOG = """\
 examples:
   exactflow train moons --flow RealNVP --steps 2000 --out runs/moons
   exactflow train table.csv --flow NICE --hidden 128,128 --data-arg test=0.2
-  exactflow train checkerboard --flow RealNVP --flow-arg transforms=12 --flow-arg mask=alternating
+  exactflow train checkerboard --flow RealNVP --depth 12 --flow-arg mask=alternating
   exactflow train --config run.toml --steps 500      # the command line wins over the file
   exactflow train --out runs/moons --resume          # continue after an interruption (even kill -9)
   torchrun --nproc_per_node=2 -m exactflow train moons --out runs/ddp
@@ -26,7 +27,7 @@ A config file is a flat table of these options, e.g. run.toml:
   flow = "RealNVP"
   steps = 3000
   hidden = [128, 128]
-  flow_args = { transforms = 6 }
+  flow_args = { mask = "alternating" }
 
 The run folder gets model.safetensors (the final flow: best valid weights), checkpoint.safetensors
 (weights, optimizer and RNG state, written atomically at every evaluation), config.json, and for
@@ -34,14 +35,8 @@ The run folder gets model.safetensors (the final flow: best valid weights), chec
 """
 
 DEFAULT_STEPS = 2000
+RENAMED_OPTIONS = {"transforms": "depth"}  # options saved by runs of earlier releases, under their new names
 KEEP_ON_RESUME = ("out", "resume", "overwrite", "device", "threads", "quiet", "plots", "config", "run", "command")
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in str(text).replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 64,64, got {text!r}") from None
 
 
 def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, batch_size: int = 256,
@@ -53,8 +48,8 @@ def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, b
 
     p.add_argument("--flow", default="RealNVP", help=f"flow from the registry ({', '.join(sorted(flows))}); "
                    "default RealNVP")
-    p.add_argument("--transforms", type=int, help="number of transforms (layers) of the flow")
-    p.add_argument("--hidden", type=_ints, help="hidden layer sizes of the flow's networks, e.g. 64,64")
+    add_depth_option(p)
+    add_hidden_option(p)
     p.add_argument("--flow-arg", dest="flow_args", action="append", metavar="KEY=VALUE",
                    help="any other keyword of the flow's factory (repeatable; values read as JSON)")
     p.add_argument("--data-arg", dest="data_args", action="append", metavar="KEY=VALUE",
@@ -65,7 +60,7 @@ def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, b
     p.add_argument("--steps", type=int, default=steps,
                    help=f"optimisation steps (default {DEFAULT_STEPS}; on --resume the run's own)" if steps is None
                    else "optimisation steps (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=batch_size, help="global batch size (default %(default)s)")
+    add_batch_size_option(p, batch_size, what="global batch size")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="learning-rate schedule (default cosine)")
     p.add_argument("--warmup", type=int, default=0, help="linear warm-up steps (default 0)")
@@ -78,6 +73,7 @@ def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, b
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
                    help="write the pictures (default on)")
+    p.add_argument("--no-plot", dest="plots", action="store_false", help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
 
 
@@ -126,7 +122,7 @@ def _restore_options(args: argparse.Namespace, ckpt_path: Path) -> None:
         raise ValueError(f"{ckpt_path}: records no training options to resume with")
     steps = args.steps
     for key, value in saved.items():
-        setattr(args, key, value)
+        setattr(args, RENAMED_OPTIONS.get(key, key), value)
     if steps is not None:
         args.steps = steps
 
@@ -168,8 +164,8 @@ def train(args: argparse.Namespace) -> dict:
         record = data_record(args.data, assignments(args.data_args, "--data-arg"))
         ds = build_data(record)
         extra = assignments(args.flow_args, "--flow-arg")
-        if args.transforms is not None:
-            extra["transforms"] = args.transforms
+        if args.depth is not None:
+            extra["depth"] = args.depth
         if args.hidden is not None:
             extra["hidden"] = list(args.hidden)
         if args.flow not in flows:
@@ -179,7 +175,7 @@ def train(args: argparse.Namespace) -> dict:
         try:
             flow = checkpoint.build(args.flow, **kwargs)
         except (TypeError, ValueError) as err:  # a bad value of an option the factory takes
-            raise ValueError(f"flow {args.flow!r}: {err} (set by --flow-arg, --transforms or --hidden{_where(args)})") \
+            raise ValueError(f"flow {args.flow!r}: {err} (set by --flow-arg, --depth or --hidden{_where(args)})") \
                 from None
         use_std = args.standardize if args.standardize is not None else record["name"] == "tabular"
         if use_std:

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import write_json, write_tensors
-from ._shared import add_threads_option, apply_threads
+from ._shared import add_batch_size_option, add_depth_option, add_hidden_option, add_threads_option, apply_threads
 
 EXAMPLES = """examples:
-  exactflow vae --posterior planar --layers 8 --steps 3000 --out runs/vae-planar
+  exactflow vae --posterior planar --depth 8 --steps 3000 --out runs/vae-planar
   exactflow vae --posterior diag --likelihood logistic --steps 3000
   exactflow vae --data images.npy --levels 256 --likelihood logistic --posterior radial"""
 
@@ -28,12 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--likelihood", default="bernoulli", choices=["bernoulli", "logistic"],
                    help="bernoulli: data binarised at 0.5; logistic: discretised logistic on the data's levels")
     p.add_argument("--posterior", default="planar", help="diag, or a conditional flow: planar, radial, iaf, ...")
-    p.add_argument("--layers", type=int, default=8, help="flow layers in the posterior")
+    add_depth_option(p, 8, dest="layers", what="the posterior flow")
     p.add_argument("--prior", default="normal", help="normal, or an unconditional flow name for a learned prior")
     p.add_argument("--latent", type=int, default=8)
-    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="encoder widths (decoder mirrors them)")
+    add_hidden_option(p, [256, 256], what="the encoder (the decoder mirrors them)")
     p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=100)
+    add_batch_size_option(p, 100, dest="batch")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--k", type=int, default=100, help="importance samples per test example for the IWAE bound")
     p.add_argument("--seed", type=int, default=0)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from ._shared import add_threads_option, apply_threads
+from ._shared import add_batch_size_option, add_depth_option, add_threads_option, apply_threads
 
 EXAMPLES = """examples:
-  exactflow vi --target u1 --flow planar --layers 32 --steps 3000 --out runs/vi-u1
-  exactflow vi --target mixture --flow radial --layers 16 --steps 500
+  exactflow vi --target u1 --flow planar --depth 32 --steps 3000 --out runs/vi-u1
+  exactflow vi --target mixture --flow radial --depth 16 --steps 500
   exactflow vi --target funnel --dim 5 --flow RealNVP --steps 1000 --lr 1e-3"""
 
 
@@ -28,17 +28,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--target", default="u1", help=f"one of: {', '.join(sorted(targets))} (default u1)")
     p.add_argument("--dim", type=int, default=None, help="dimension, for targets that take one (funnel)")
     p.add_argument("--flow", default="Planar", help="a flow from `exactflow list` (case-insensitive; default Planar)")
-    p.add_argument("--layers", type=int, default=None,
-                   help="depth: the flow's layers= or transforms= (default: its own)")
+    add_depth_option(p, dest="layers")
     p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=256)
+    add_batch_size_option(p, 256, dest="batch", what="draws from q per step")
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--anneal", type=int, default=0, help="steps over which beta rises from 0.01 to 1 (0: off)")
     p.add_argument("--samples", type=int, default=20000, help="draws for the final ELBO / log Z / ESS")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for result.json and density.png (default runs/vi-<target>)")
     add_threads_option(p)
-    p.add_argument("--no-plot", action="store_true", help="skip the picture")
+    p.add_argument("--no-plots", "--no-plot", dest="no_plot", action="store_true", help="skip the picture")
     p.set_defaults(run=run)
 
 

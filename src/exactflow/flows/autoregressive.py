@@ -48,10 +48,10 @@ def _flow(layers: list[nn.Module], features: int, context: int, conditional_base
     return Flow(compose(*layers), base, context=context)
 
 
-def _stack(make, features: int, transforms: int, permutation: str, batch_norm: bool = False) -> list[nn.Module]:
-    """``make(i)`` for ``i < transforms`` with a mixer (and optionally batch norm) between consecutive layers."""
+def _stack(make, features: int, depth: int, permutation: str, batch_norm: bool = False) -> list[nn.Module]:
+    """``make(i)`` for ``i < depth`` with a mixer (and optionally batch norm) between consecutive layers."""
     layers: list[nn.Module] = []
-    for i in range(transforms):
+    for i in range(depth):
         if i:
             if batch_norm:
                 layers.append(BatchNorm(features))
@@ -62,34 +62,34 @@ def _stack(make, features: int, transforms: int, permutation: str, batch_norm: b
     return layers
 
 
-def _made_stack(make, features: int, transforms: int, permutation: str, batch_norm: bool = False) -> list[nn.Module]:
+def _made_stack(make, features: int, depth: int, permutation: str, batch_norm: bool = False) -> list[nn.Module]:
     """Autoregressive layers ``make(i, order)``. ``permutation="reverse"`` alternates the MADE's order (natural,
     reversed, ...) instead of flipping the features between layers: the same flow family without a copy of
     x per layer; the other mixers go between the layers, each MADE in natural order."""
     if permutation == "reverse":
-        return _stack(lambda i: make(i, "reversed" if i % 2 else "natural"), features, transforms, "none",
+        return _stack(lambda i: make(i, "reversed" if i % 2 else "natural"), features, depth, "none",
                       batch_norm)
-    return _stack(lambda i: make(i, "natural"), features, transforms, permutation, batch_norm)
+    return _stack(lambda i: make(i, "natural"), features, depth, permutation, batch_norm)
 
 
-@FLOWS.register("MAF", test_kwargs={"transforms": 2, "hidden": (16, 16)})
-def MAF(features: int, context: int = 0, transforms: int = 5, hidden: Sequence[int] = (64, 64),
+@FLOWS.register("MAF", renamed={"transforms": "depth"}, test_kwargs={"depth": 2, "hidden": (16, 16)})
+def MAF(features: int, context: int = 0, depth: int = 5, hidden: Sequence[int] = (64, 64),
         residual: bool = False, permutation: str = "reverse", batch_norm: bool = False,
         scale_bound: float | None = 3.0, conditional_base: bool = False) -> Flow:
     """MAF (Papamakarios et al. 2017): affine autoregressive layers; one-pass density, D-pass sampling.
 
-    ``transforms`` masked affine autoregressive layers, their MADE orders alternating (``permutation="reverse"``)
+    ``depth`` masked affine autoregressive layers, their MADE orders alternating (``permutation="reverse"``)
     or with a ``"random"`` permutation or ``"lu"`` linear map between them, optionally with batch norm too.
     ``log_prob`` is one MADE pass per layer; ``sample`` takes D passes per layer."""
-    check_sizes(features, context, hidden, transforms=transforms)
+    check_sizes(features, context, hidden, depth=depth)
     layers = _made_stack(lambda i, order: MaskedAffineAutoregressive(features, context, hidden, order, residual,
                                                                      scale_bound=scale_bound),
-                         features, transforms, permutation, batch_norm)
+                         features, depth, permutation, batch_norm)
     return _flow(layers, features, context, conditional_base)
 
 
-@FLOWS.register("IAF", test_kwargs={"transforms": 2, "hidden": (16, 16)})
-def IAF(features: int, context: int = 0, transforms: int = 5, hidden: Sequence[int] = (64, 64),
+@FLOWS.register("IAF", renamed={"transforms": "depth"}, test_kwargs={"depth": 2, "hidden": (16, 16)})
+def IAF(features: int, context: int = 0, depth: int = 5, hidden: Sequence[int] = (64, 64),
         residual: bool = False, permutation: str = "reverse", scale_bound: float | None = 3.0,
         conditional_base: bool = False) -> Flow:
     """IAF (Kingma et al. 2016): inverted MAF layers; the flow for fast sampling and variational posteriors.
@@ -97,51 +97,53 @@ def IAF(features: int, context: int = 0, transforms: int = 5, hidden: Sequence[i
     ``sample``/``rsample`` and ``sample_and_log_prob`` take one MADE pass per layer, so a variational
     posterior q(x | context) trains by reverse KL on ``sample_and_log_prob``. ``log_prob`` of given data takes
     D passes per layer."""
-    check_sizes(features, context, hidden, transforms=transforms)
+    check_sizes(features, context, hidden, depth=depth)
     layers = _made_stack(lambda i, order: Inverse(MaskedAffineAutoregressive(features, context, hidden, order, residual,
                                                                              scale_bound=scale_bound)),
-                         features, transforms, permutation)
+                         features, depth, permutation)
     return _flow(layers, features, context, conditional_base)
 
 
-@FLOWS.register("NSF", test_kwargs={"transforms": 2, "hidden": (16,), "bins": 4})
-def NSF(features: int, context: int = 0, transforms: int = 3, hidden: Sequence[int] = (64, 64), bins: int = 8,
+@FLOWS.register("NSF", renamed={"transforms": "depth"}, test_kwargs={"depth": 2, "hidden": (16,), "bins": 4})
+def NSF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] = (64, 64), bins: int = 8,
         bound: float = 5.0, mask: str = "half", permutation: str = "lu", conditional_base: bool = False) -> Flow:
     """Neural spline flow, coupling form (Durkan et al. 2019): one pass both ways.
 
-    ``transforms`` rational-quadratic spline couplings (``bins`` bins on ``[-bound, bound]``, identity tails),
+    ``depth`` rational-quadratic spline couplings (``bins`` bins on ``[-bound, bound]``, identity tails),
     the fixed half flipping every layer, with a ``permutation`` (default an LU-parametrised linear map, as in
     the paper) between them, or none (``permutation="none"``)."""
-    check_sizes(features, context, hidden, transforms=transforms, bins=bins)
+    check_sizes(features, context, hidden, depth=depth, bins=bins)
     layers = _stack(lambda i: RQSplineCoupling(features, context, mask=mask, flip=i % 2 == 1, hidden=hidden, bins=bins,
                                                bound=bound),
-                    features, transforms, permutation)
+                    features, depth, permutation)
     return _flow(layers, features, context, conditional_base, CouplingChain)
 
 
-@FLOWS.register("NSFAutoregressive", test_kwargs={"transforms": 2, "hidden": (16, 16), "bins": 4})
-def NSFAutoregressive(features: int, context: int = 0, transforms: int = 3, hidden: Sequence[int] = (64, 64),
+@FLOWS.register("NSFAutoregressive", renamed={"transforms": "depth"},
+                test_kwargs={"depth": 2, "hidden": (16, 16), "bins": 4})
+def NSFAutoregressive(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] = (64, 64),
                       bins: int = 8, bound: float = 5.0, residual: bool = False, permutation: str = "reverse",
                       conditional_base: bool = False) -> Flow:
     """Neural spline flow, autoregressive form (Durkan et al. 2019): one-pass density, D-pass sampling.
 
-    ``transforms`` rational-quadratic spline layers conditioned by MADEs, their orders alternating
+    ``depth`` rational-quadratic spline layers conditioned by MADEs, their orders alternating
     (``permutation="reverse"``) or with a ``"random"`` permutation or ``"lu"`` map between them."""
-    check_sizes(features, context, hidden, transforms=transforms, bins=bins)
+    check_sizes(features, context, hidden, depth=depth, bins=bins)
     layers = _made_stack(lambda i, order: RQSplineAutoregressive(features, context, hidden, bins=bins, bound=bound,
                                                                  order=order, residual=residual),
-                         features, transforms, permutation)
+                         features, depth, permutation)
     return _flow(layers, features, context, conditional_base)
 
 
-@FLOWS.register("BNAF", tolerance=1e-6, test_kwargs={"features": 3, "transforms": 2, "hidden": (3,)})
-def BNAF(features: int, context: int = 0, transforms: int = 2, hidden: Sequence[int] = (16, 16),
+@FLOWS.register("BNAF", renamed={"transforms": "depth"}, tolerance=1e-6,
+                test_kwargs={"features": 3, "depth": 2, "hidden": (3,)})
+def BNAF(features: int, context: int = 0, depth: int = 2, hidden: Sequence[int] = (16, 16),
          permutation: str = "reverse", conditional_base: bool = False) -> Flow:
     """BNAF (De Cao et al. 2020): block neural autoregressive layers; exact density, slow sampling (bisection).
 
-    ``transforms`` layers (``hidden`` units per feature in each hidden layer) with a ``permutation`` between
+    ``depth`` layers (``hidden`` units per feature in each hidden layer) with a ``permutation`` between
     them. ``log_prob`` is one pass per layer; ``sample`` inverts every layer by bisection, about D * 60
     passes per layer."""
-    check_sizes(features, context, hidden, transforms=transforms)
-    layers = _stack(lambda i: BNAFLayer(features, context, hidden), features, transforms, permutation)
+    check_sizes(features, context, hidden, depth=depth)
+    layers = _stack(lambda i: BNAFLayer(features, context, hidden), features, depth, permutation)
     return _flow(layers, features, context, conditional_base)

@@ -32,7 +32,7 @@ Shape = tuple[int, int, int]
 # (4 and 8 channels, so the randomised LU weights stay well conditioned; D = 16 keeps the Jacobians
 # cheap), log-scales bounded by 1 (the inverse amplifies the perturbation too little for the sigmoid to
 # saturate in float64) and alpha = 0.3 (the logit's domain widens to (-0.75, 1.75)).
-_SMALL = {"shape": (1, 4, 4), "levels": 2, "steps": 2, "hidden": 8, "scale_bound": 1.0, "alpha": 0.3}
+_SMALL = {"shape": (1, 4, 4), "levels": 2, "depth": 2, "hidden": (8, 8), "scale_bound": 1.0, "alpha": 0.3}
 
 
 class ImageFlow(Flow):
@@ -59,24 +59,24 @@ def glow_step(shape: Shape, context: int = 0, hidden: int | Sequence[int] = 64,
     return [ActNorm(shape[0]), InvConv1x1LU(shape), coupling]
 
 
-@FLOWS.register("Glow", input="image", domain="unit", test_kwargs=_SMALL)
-def Glow(shape: Shape, context: int = 0, levels: int = 3, steps: int = 8, hidden: int | Sequence[int] = 128,
+@FLOWS.register("Glow", input="image", domain="unit", renamed={"steps": "depth"}, test_kwargs=_SMALL)
+def Glow(shape: Shape, context: int = 0, levels: int = 3, depth: int = 8, hidden: Sequence[int] = (128, 128),
          alpha: float = 0.05, scale_bound: float | None = 3.0) -> ImageFlow:
     """Glow (Kingma & Dhariwal 2018) on dequantised images in (0, 1), multi-scale with the split prior.
 
-    Logit, then ``levels`` levels of squeeze and ``steps`` steps (ActNorm, 1x1 conv LU, affine coupling
-    whose CNN has ``hidden`` channels, see :class:`~exactflow.transforms.image.ConvNet`), with the split
-    prior after every level but the last; N(0, I) latent; sampling takes a temperature. H and W must be
+    Logit, then ``levels`` levels of squeeze and ``depth`` steps (ActNorm, 1x1 conv LU, affine coupling
+    whose CNN has hidden layers of ``hidden`` channels, see :class:`~exactflow.transforms.image.ConvNet`), with the
+    split prior after every level but the last; N(0, I) latent; sampling takes a temperature. H and W must be
     divisible by 2^levels (28x28 MNIST: levels <= 2). ``scale_bound`` bounds every log-scale (couplings and
     split prior) smoothly; ``alpha`` is the logit's."""
-    if levels < 1 or steps < 1:
-        raise ValueError(f"levels and steps must be >= 1, got levels={levels}, steps={steps}")
+    if levels < 1 or depth < 1:
+        raise ValueError(f"levels and depth must be >= 1, got levels={levels}, depth={depth}")
     shape = image_shape(shape, 2**levels)
 
     def level(s: Shape, remaining: int) -> Bijection:
         squeezed: Shape = (4 * s[0], s[1] // 2, s[2] // 2)
         layers: list[Bijection] = [Squeeze(2)]
-        for _ in range(steps):
+        for _ in range(depth):
             layers += glow_step(squeezed, context, hidden, scale_bound)
         if remaining > 1:
             rest: Shape = (squeezed[0] - squeezed[0] // 2, squeezed[1], squeezed[2])
@@ -86,16 +86,16 @@ def Glow(shape: Shape, context: int = 0, levels: int = 3, steps: int = 8, hidden
     return ImageFlow(Compose(Logit(alpha), level(shape, levels)), StandardNormal(shape), context=context)
 
 
-@FLOWS.register("RealNVPImage", input="image", domain="unit", test_kwargs=_SMALL)
-def RealNVPImage(shape: Shape, context: int = 0, levels: int = 2, steps: int = 3, hidden: int | Sequence[int] = 64,
+@FLOWS.register("RealNVPImage", input="image", domain="unit", renamed={"steps": "depth"}, test_kwargs=_SMALL)
+def RealNVPImage(shape: Shape, context: int = 0, levels: int = 2, depth: int = 3, hidden: Sequence[int] = (64, 64),
                  alpha: float = 0.05, scale_bound: float | None = 3.0) -> ImageFlow:
     """Multi-scale RealNVP (Dinh et al. 2017) on dequantised images in (0, 1).
 
-    Logit, then per level ``steps`` checkerboard affine couplings, squeeze, ``steps`` channel-wise affine
+    Logit, then per level ``depth`` checkerboard affine couplings, squeeze, ``depth`` channel-wise affine
     couplings (masks alternating, ActNorm after each coupling), and half the channels factored out onto
-    N(0, I); the last level has ``steps + 1`` checkerboard couplings only. Sampling takes a temperature."""
-    if levels < 1 or steps < 1:
-        raise ValueError(f"levels and steps must be >= 1, got levels={levels}, steps={steps}")
+    N(0, I); the last level has ``depth + 1`` checkerboard couplings only. Sampling takes a temperature."""
+    if levels < 1 or depth < 1:
+        raise ValueError(f"levels and depth must be >= 1, got levels={levels}, depth={depth}")
     shape = image_shape(shape, 2 ** (levels - 1))
 
     def couplings(s: Shape, mask: str, n: int) -> list[Bijection]:
@@ -107,11 +107,11 @@ def RealNVPImage(shape: Shape, context: int = 0, levels: int = 2, steps: int = 3
 
     def level(s: Shape, remaining: int) -> Bijection:
         if remaining == 1:
-            return Compose(*couplings(s, "checkerboard", steps + 1))
+            return Compose(*couplings(s, "checkerboard", depth + 1))
         squeezed: Shape = (4 * s[0], s[1] // 2, s[2] // 2)
         rest: Shape = (squeezed[0] - squeezed[0] // 2, squeezed[1], squeezed[2])
         return Compose(
-            *couplings(s, "checkerboard", steps), Squeeze(2), *couplings(squeezed, "channel", steps),
+            *couplings(s, "checkerboard", depth), Squeeze(2), *couplings(squeezed, "channel", depth),
             Split(squeezed, context, level(rest, remaining - 1), prior=False), Unsqueeze(2),
         )
 

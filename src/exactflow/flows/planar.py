@@ -17,16 +17,16 @@ from ..validation import check_sizes
 __all__ = ["Planar", "Radial"]
 
 
-@FLOWS.register("Planar", conditional=True, test_kwargs={"layers": 4})
-def Planar(features: int, context: int = 0, layers: int = 16) -> Flow:
-    """``layers`` planar maps on N(0, I). Sampling and ``sample_and_log_prob`` are closed form;
+@FLOWS.register("Planar", conditional=True, renamed={"layers": "depth"}, test_kwargs={"depth": 4})
+def Planar(features: int, context: int = 0, depth: int = 16) -> Flow:
+    """``depth`` planar maps on N(0, I). Sampling and ``sample_and_log_prob`` are closed form;
     ``log_prob`` of given data inverts each layer numerically (bisection)."""
-    check_sizes(features, context, layers=layers)
-    return Flow(Compose(*[PlanarLayer(features, context) for _ in range(layers)]), StandardNormal(features), context)
+    check_sizes(features, context, depth=depth)
+    return Flow(Compose(*[PlanarLayer(features, context) for _ in range(depth)]), StandardNormal(features), context)
 
 
-@FLOWS.register("Radial", conditional=True, test_kwargs={"layers": 4})
-def Radial(features: int, context: int = 0, layers: int = 16) -> Flow:
-    """``layers`` radial maps on N(0, I); both directions closed form."""
-    check_sizes(features, context, layers=layers)
-    return Flow(Compose(*[RadialLayer(features, context) for _ in range(layers)]), StandardNormal(features), context)
+@FLOWS.register("Radial", conditional=True, renamed={"layers": "depth"}, test_kwargs={"depth": 4})
+def Radial(features: int, context: int = 0, depth: int = 16) -> Flow:
+    """``depth`` radial maps on N(0, I); both directions closed form."""
+    check_sizes(features, context, depth=depth)
+    return Flow(Compose(*[RadialLayer(features, context) for _ in range(depth)]), StandardNormal(features), context)

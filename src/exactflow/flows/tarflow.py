@@ -30,15 +30,15 @@ __all__ = ["TarFlow", "TarFlow1d", "denoise"]
 # scale_bound=1 in the generic test: randomised blocks with the default bound reach logit latents beyond +-37,
 # where float64's sigmoid rounds to 1; Logit then clamps the sample into its domain (it can be scored), but
 # forward(inverse(z)) no longer returns z there, and the generic round-trip check needs it to.
-@FLOWS.register("TarFlow", input="image", domain="unit",
-                test_kwargs={"patch": 2, "channels": 16, "blocks": 2, "layers_per_block": 1, "heads": 2,
+@FLOWS.register("TarFlow", input="image", domain="unit", renamed={"blocks": "depth"},
+                test_kwargs={"patch": 2, "channels": 16, "depth": 2, "layers_per_block": 1, "heads": 2,
                              "scale_bound": 1.0})
-def TarFlow(shape: tuple[int, int, int] | None = None, patch: int = 2, channels: int = 64, blocks: int = 4,
+def TarFlow(shape: tuple[int, int, int] | None = None, patch: int = 2, channels: int = 64, depth: int = 4,
             layers_per_block: int = 2, heads: int = 4, context: int = 0, features: int | None = None,
             logit: bool | None = None, alpha: float = 0.05, scale_bound: float | None = 3.0) -> Flow:
     """TarFlow (Zhai et al. 2025): causal-transformer autoregressive blocks over patches, on N(0, I).
 
-    ``blocks`` :class:`~exactflow.transforms.tarflow.TarFlowBlock` s (transformer width ``channels``,
+    ``depth`` :class:`~exactflow.transforms.tarflow.TarFlowBlock` s (transformer width ``channels``,
     ``layers_per_block`` layers, ``heads`` heads) with the patch order reversed between blocks.
     Images ``shape=(C, H, W)`` in (0, 1) are first mapped to R by :class:`~exactflow.transforms.image.Logit`,
     ``logit(alpha + (1 - 2 alpha) x)`` as in Glow (``logit=False`` to skip it); vectors ``features=D``
@@ -51,11 +51,12 @@ def TarFlow(shape: tuple[int, int, int] | None = None, patch: int = 2, channels:
     layers = [Logit(alpha)] if logit else []
     layers += [TarFlowBlock(event if features is None else None, features, context, patch=patch, channels=channels,
                             layers=layers_per_block, heads=heads, flip=i % 2 == 1, scale_bound=scale_bound)
-               for i in range(blocks)]
+               for i in range(depth)]
     return Flow(Compose(*layers), StandardNormal(event), context=context)
 
 
-@FLOWS.register("TarFlow1d", test_kwargs={"patch": 1, "channels": 16, "blocks": 2, "layers_per_block": 1, "heads": 2})
+@FLOWS.register("TarFlow1d", renamed={"blocks": "depth"},
+                test_kwargs={"patch": 1, "channels": 16, "depth": 2, "layers_per_block": 1, "heads": 2})
 def TarFlow1d(features: int, context: int = 0, patch: int = 1, **kwargs) -> Flow:
     """TarFlow on vectors: every group of ``patch`` features (default 1) is one patch."""
     return TarFlow(features=features, context=context, patch=patch, **kwargs)

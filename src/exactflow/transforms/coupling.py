@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..core import Bijection, Compose, total_ladj
+from ..core import Bijection, Compose, layer_context, total_ladj
 from ..nets import MLP, join_context
 from ..registry import TRANSFORMS
 from .elementwise import bounded_log_scale
@@ -125,7 +125,8 @@ class CouplingChain(Compose):
             else:
                 if a is not None:
                     x, a, b = torch.cat([a, b], -1), None, None
-                x, ladj = layer.inverse(x, context) if inverse else layer(x, context)
+                ctx = layer_context(layer, context)
+                x, ladj = layer.inverse(x, ctx) if inverse else layer(x, ctx)
             ladjs.append(ladj)
         if a is not None:
             x = torch.cat([a, b], -1)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..core import Bijection
+from ..core import Bijection, layer_context
 from ..registry import TRANSFORMS
 from .elementwise import bounded_log_scale
 from ..utils import sum_except_batch
@@ -64,7 +64,7 @@ class Split(Bijection):
             x2 = (x2 - mu) * torch.exp(-logs)
             ladj = ladj - sum_except_batch(logs)
         if self.inner is not None:
-            x1, inner_ladj = self.inner(x1, context)
+            x1, inner_ladj = self.inner(x1, layer_context(self.inner, context))
             ladj = ladj + inner_ladj
         return torch.cat([x1, x2], dim=1), ladj
 
@@ -72,7 +72,7 @@ class Split(Bijection):
         z1, z2 = z[:, : self.keep], z[:, self.keep :]
         ladj = z.new_zeros(z.shape[0])
         if self.inner is not None:
-            z1, ladj = self.inner.inverse(z1, context)
+            z1, ladj = self.inner.inverse(z1, layer_context(self.inner, context))
         if self.prior is not None:
             mu, logs = self._mu_logs(z1, context)
             z2 = z2 * torch.exp(logs) + mu
