@@ -517,7 +517,8 @@ def _compile(model: nn.Module, rank: int) -> None:
         raise ValueError(f"compile=True compiles a Flow; got {type(model).__name__}")
     compile_flow(model)
     if rank == 0:
-        print(COMPILE_NOTICE.format(name=type(model.transform).__name__), file=sys.stderr, flush=True)
+        name = (getattr(model, "spec", None) or {}).get("flow", type(model.transform).__name__)
+        print(COMPILE_NOTICE.format(name=name), file=sys.stderr, flush=True)
 
 
 def _run(trainer: Trainer, progress: bool | None, callbacks: list[Callable[[int, History], None]]) -> None:

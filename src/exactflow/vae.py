@@ -87,7 +87,9 @@ class VAE(nn.Module):
         h = hidden[-1]
         self.encoder = nn.Sequential(MLP(features, h, hidden[:-1], activation="elu", zero_last=False), nn.ELU())
         flow_layers = posterior_layers(posterior, latent, h, layers)
-        self.posterior = Flow(flow_layers, ConditionalDiagNormal(latent, h, hidden=()), context=h)
+        # the posterior's context is the encoder's output, not user input: no input checks (a diverging
+        # encoder then gives a NaN loss, which fit's divergence policy handles, instead of a ValueError)
+        self.posterior = Flow(flow_layers, ConditionalDiagNormal(latent, h, hidden=()), context=h, validate=False)
         self.prior = StandardNormal(latent) if prior == "normal" else build_flow(prior, latent)
         outputs = features if likelihood == "bernoulli" else 2 * features
         self.decoder = MLP(latent, outputs, tuple(reversed(hidden)), activation="elu", zero_last=False)
