@@ -10,7 +10,13 @@ Each step draws ``x = T^{-1}(z)``, ``z ~ p_z``, and ``log q(x)`` in one reparame
 
     log Z ~= logsumexp_i(log p~(x_i) - log q(x_i)) - log n,     x_i ~ q,
 
-with effective sample size ``ESS = 1 / sum_i w_i^2`` for the normalised weights ``w_i``.
+with effective sample size ``ESS = 1 / sum_i w_i^2`` for the normalised weights ``w_i`` and standard error
+``se(log Z) ~= sqrt(1/ESS - 1/n)`` (the delta method: the weights' squared coefficient of variation is n/ESS - 1).
+
+Neither the ESS nor that standard error can see a mode q has missed: draws of q never land there, so the
+weights look well balanced while log Z is underestimated. For 2-D targets :func:`check_log_z` compares the
+estimate with quadrature (:func:`~exactflow.targets.quadrature_log_z`) and says when they disagree by more
+than the standard error allows.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from .objectives import ReverseKL
 if TYPE_CHECKING:
     from .training import History
 
-__all__ = ["VIResult", "build_flow", "fit_reverse_kl", "importance_estimate"]
+__all__ = ["VIResult", "build_flow", "check_log_z", "fit_reverse_kl", "importance_estimate"]
 
 
 @dataclass
@@ -53,9 +59,14 @@ class VIResult:
     def ess_fraction(self) -> float:
         return self.ess / self.samples
 
+    @property
+    def log_z_se(self) -> float:
+        """The standard error of ``log_z``, ``sqrt(1/ESS - 1/samples)`` (blind to modes q misses)."""
+        return math.sqrt(max(0.0, 1 / self.ess - 1 / self.samples)) if self.ess > 0 else math.inf
+
     def as_dict(self) -> dict:
-        return {"elbo": self.elbo, "log_z": self.log_z, "ess": self.ess, "ess_fraction": self.ess_fraction,
-                "samples": self.samples, "steps": len(self.history)}
+        return {"elbo": self.elbo, "log_z": self.log_z, "log_z_se": self.log_z_se, "ess": self.ess,
+                "ess_fraction": self.ess_fraction, "samples": self.samples, "steps": len(self.history)}
 
 
 def build_flow(name: str, features: int, context: int = 0, depth: int | None = None, **kwargs) -> Flow:
@@ -129,3 +140,17 @@ def fit_reverse_kl(
     history = fit(flow, objective=objective, steps=steps, batch_size=batch, lr=lr, clip_grad=clip_grad, **options)
     elbo, log_z, ess = importance_estimate(flow, log_target, samples)
     return VIResult(elbo, log_z, ess, samples, [-v for v in history.train], history)
+
+
+def check_log_z(result: VIResult, reference: float, tolerance: float = 0.01, sigmas: float = 3.0) -> str | None:
+    """A warning when the importance-sampled ``result.log_z`` and a ``reference`` value (e.g. quadrature) differ
+    by more than ``sigmas`` standard errors plus ``tolerance`` (the reference's own error); None when they agree."""
+    gap = result.log_z - reference
+    allowed = sigmas * result.log_z_se + tolerance
+    if abs(gap) <= allowed:
+        return None
+    side = "below" if gap < 0 else "above"
+    hint = ("q misses probability mass of the target (a mode?): the ESS cannot see missed modes, it only weighs "
+            "the draws q makes") if gap < 0 else "the estimate has heavy-tailed weights; draw more samples"
+    return (f"the importance-sampled log Z {result.log_z:.4f} is {abs(gap):.4f} {side} the reference {reference:.4f}, "
+            f"more than {sigmas:g} standard errors ({result.log_z_se:.4f}) allow: {hint}")
