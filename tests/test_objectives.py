@@ -202,3 +202,70 @@ def test_compile_prints_a_notice_before_the_first_call(monkeypatch, capsys):
     fit(flow, torch.randn(64, 2), steps=2, progress=False, compile=True)
     assert calls == [flow]
     assert COMPILE_NOTICE.format(name="RealNVP") in capsys.readouterr().err
+
+
+# -- the command line ---------------------------------------------------------------------------------------------
+TINY_CLI = ["--data-arg", "train=256", "--data-arg", "valid=64", "--data-arg", "test=64", "--batch-size", "64",
+            "--quiet", "--no-plots", "--threads", "1"]
+
+
+def test_cli_flow_matching_with_ema_and_compile_notice(tmp_path, monkeypatch, capsys):
+    import json
+
+    import exactflow.distributions as distributions
+    from exactflow.cli import main
+
+    monkeypatch.setattr(distributions, "compile_flow", lambda flow: flow)  # the notice, not the minute
+    run = tmp_path / "fm"
+    assert main(["train", "moons", "--objective", "flow-matching", "--flow", "CNF", "--hidden", "16",
+                 "--flow-arg", "steps=4", "--steps", "20", "--eval-every", "10", "--ema", "0.9", "--compile",
+                 *TINY_CLI, "--out", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert COMPILE_NOTICE.format(name="CNF") in captured.err and "test NLL" in captured.out
+    config = json.loads((run / "config.json").read_text())
+    assert config["status"] == "finished" and config["options"]["objective"] == "flow-matching"
+    assert math.isfinite(exactflow.evaluate(exactflow.load(run), torch.randn(8, 2))["nll"])
+
+
+def test_cli_conditional_table_with_context_columns_then_sample_given_context(tmp_path, capsys):
+    import numpy as np
+
+    from exactflow.cli import main
+
+    x, c = _conditional_data(300)
+    table = tmp_path / "cond.csv"
+    np.savetxt(table, torch.cat([x[:, :1], c, x[:, 1:]], 1).numpy(), delimiter=",", header="a,temp,b", comments="")
+    run = tmp_path / "cond"
+    assert main(["train", str(table), "--context-cols", "temp", "--transforms", "2", "--hidden", "8", "--steps", "20",
+                 "--eval-every", "10", "--batch-size", "64", "--quiet", "--no-plots", "--out", str(run)]) == 0
+    flow = exactflow.load(run)
+    assert flow.context_features == 1 and flow.event_shape == (2,)
+    assert exactflow.checkpoint.info(run)["info"]["data"]["info"]["context_columns"] == ["temp"]
+    assert main(["sample", str(run), "-n", "7", "--context", "1.5", "-o", str(tmp_path / "s.csv")]) == 0
+    assert np.loadtxt(tmp_path / "s.csv", delimiter=",").shape == (7, 2)
+    np.savetxt(tmp_path / "ctx.csv", np.array([[1.0], [-1.0], [0.0]]), delimiter=",")
+    assert main(["sample", str(run), "-n", "4", "--context", str(tmp_path / "ctx.csv"), "-o",
+                 str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (12, 2)
+    assert main(["eval", str(run)]) == 0 and "test NLL" in capsys.readouterr().out
+    capsys.readouterr()
+    assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.npy")]) != 0
+    assert "pass --context" in capsys.readouterr().err
+    assert main(["sample", str(run), "-n", "4", "--context", "1,2", "-o", str(tmp_path / "t.npy")]) != 0
+    assert "this flow takes 1" in capsys.readouterr().err
+    assert main(["train", str(table), "--context-cols", "nope", "--steps", "1", "--out", str(tmp_path / "x")]) != 0
+    assert "no context column named 'nope'" in capsys.readouterr().err
+
+
+def test_cli_sample_temperature_for_image_flows(tmp_path, capsys):
+    import numpy as np
+
+    from exactflow.cli import main
+
+    glow = exactflow.build("Glow", shape=[1, 4, 4], levels=2, steps=2, hidden=8)
+    path = checkpoint.save(tmp_path / "glow.safetensors", glow)
+    assert main(["sample", str(path), "-n", "4", "--temperature", "0.5", "-o", str(tmp_path / "g.npy")]) == 0
+    assert np.load(tmp_path / "g.npy").shape == (4, 1, 4, 4)
+    flow = checkpoint.save(tmp_path / "f.safetensors", exactflow.build("Planar", features=2, layers=2))
+    assert main(["sample", str(flow), "-n", "4", "--temperature", "0.5", "-o", str(tmp_path / "f.npy")]) != 0
+    assert "--temperature is for image flows" in capsys.readouterr().err
