@@ -42,8 +42,8 @@ class Objective(Protocol):
     """What :func:`exactflow.fit` needs from an objective.
 
     ``name``: for messages (``"likelihood"``); ``label``: what the loss is (``"NLL"``); ``unit``: of the reported
-    numbers. ``check(model)`` raises ``ValueError`` if the model does not fit the objective. ``initialize(model)``
-    runs once before training (data-dependent initialisation such as ActNorm). ``batch`` draws a training batch,
+    numbers. ``check(model)`` raises ``ValueError`` if the model does not fit the objective. ``initialize(model,
+    size)`` runs once before training (data-dependent initialisation such as ActNorm, on ``size`` rows). ``batch`` draws a training batch,
     ``loss(model, batch)`` is the scalar to minimise, ``report(value)`` turns a loss into the unit reported, and
     ``score(model)`` is the validation score (lower is better; None when there is nothing to validate on).
     """
@@ -54,7 +54,7 @@ class Objective(Protocol):
 
     def check(self, model: nn.Module) -> None: ...
 
-    def initialize(self, model: nn.Module) -> None: ...
+    def initialize(self, model: nn.Module, size: int) -> None: ...
 
     def batch(self, generator: torch.Generator, size: int, step: int, shard: tuple[int, int] = (0, 1)) -> Any: ...
 
@@ -75,12 +75,12 @@ def as_tensor(x: Data, what: str) -> Tensor:
 
 
 def as_pair(data: Data | tuple | None, what: str) -> Pair | None:
-    """``x`` or ``(x, context)`` as a pair of tensors with matching rows (None stays None)."""
+    """``x`` or a tuple ``(x, context)`` as a pair of tensors with matching rows (None stays None)."""
     if data is None:
         return None
-    if isinstance(data, (tuple, list)):
+    if isinstance(data, tuple):
         if len(data) != 2:
-            raise ValueError(f"{what} must be x or a pair (x, context), got a sequence of {len(data)}")
+            raise ValueError(f"{what} must be x or a pair (x, context), got a tuple of {len(data)}")
         x, c = as_tensor(data[0], what), as_tensor(data[1], f"{what} context")
         if c.dim() != 2 or c.shape[0] != x.shape[0]:
             raise ValueError(f"{what}: context has shape {tuple(c.shape)}, expected ({x.shape[0]}, features): "
@@ -158,11 +158,11 @@ class DataObjective:
         x, c = batch
         return x.to(device=ref.device, dtype=ref.dtype), None if c is None else c.to(device=ref.device, dtype=ref.dtype)
 
-    def initialize(self, model: nn.Module) -> None:
-        """One forward pass in train mode on a fixed batch (data-dependent initialisation such as ActNorm)."""
+    def initialize(self, model: nn.Module, size: int) -> None:
+        """One pass in train mode on a fixed batch of ``size`` rows (data-dependent initialisation such as ActNorm),
+        the same on every process."""
         with torch.no_grad():
-            gen = torch.Generator().manual_seed(self.seed + 1)
-            self.loss(model, self.batch(gen, min(4096, self.train[0].shape[0]), 0))
+            self.loss(model, self.batch(torch.Generator().manual_seed(self.seed + 1), size, 0))
 
     def report(self, value: float) -> float:
         if self.levels is None:
@@ -224,7 +224,7 @@ class FlowMatching(DataObjective):
             raise ValueError("the flow-matching objective needs a Flow whose transform is a CNF (e.g. --flow CNF)")
         super().check(model)
 
-    def initialize(self, model: nn.Module) -> None:
+    def initialize(self, model: nn.Module, size: int) -> None:
         """Nothing to initialise from data (a CNF has no data-dependent layers)."""
 
     def loss(self, model: nn.Module, batch: Pair) -> Tensor:
@@ -251,7 +251,7 @@ class ELBO(DataObjective):
         if self.train[1] is not None:
             raise ValueError("the elbo objective takes no context")
 
-    def initialize(self, model: nn.Module) -> None:
+    def initialize(self, model: nn.Module, size: int) -> None:
         """Nothing to initialise from data."""
 
     def loss(self, model: nn.Module, batch: Pair) -> Tensor:
@@ -285,7 +285,7 @@ class ReverseKL:
         if not callable(getattr(model, "sample_and_log_prob", None)):
             raise ValueError(f"the reverse-KL objective needs a Flow, got {type(model).__name__}")
 
-    def initialize(self, model: nn.Module) -> None:
+    def initialize(self, model: nn.Module, size: int) -> None:
         """Nothing to initialise from data."""
 
     def batch(self, generator: torch.Generator, size: int, step: int, shard: tuple[int, int] = (0, 1)) -> Any:

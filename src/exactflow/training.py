@@ -503,7 +503,7 @@ def fit(
         trainer.history.status = "running"
     else:
         model.train()
-        obj.initialize(model)  # data-dependent initialisation (ActNorm), the same on every rank
+        obj.initialize(model, batch_size)  # data-dependent initialisation (ActNorm), the same on every rank
         if trainer.ema is not None:
             trainer.ema.state = _snapshot(model)
     _run(trainer, progress, [*([callback] if callback is not None else []), *callbacks])
