@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from .data import Dataset
 from .images import bits_per_dim, dequantize
 
-__all__ = ["ELBO", "FlowMatching", "MaximumLikelihood", "Objective", "ReverseKL", "OBJECTIVES", "make_objective"]
+__all__ = ["ELBO", "OBJECTIVES", "FlowMatching", "MaximumLikelihood", "Objective", "ReverseKL", "make_objective"]
 
 Data = Tensor | np.ndarray
 Pair = tuple[Tensor, Tensor | None]
@@ -43,8 +43,8 @@ class Objective(Protocol):
 
     ``name``: for messages (``"likelihood"``); ``label``: what the loss is (``"NLL"``); ``unit``: of the reported
     numbers. ``check(model)`` raises ``ValueError`` if the model does not fit the objective. ``initialize(model,
-    size)`` runs once before training (data-dependent initialisation such as ActNorm, on ``size`` rows). ``batch`` draws a training batch,
-    ``loss(model, batch)`` is the scalar to minimise, ``report(value)`` turns a loss into the unit reported, and
+    size)`` runs once before training (data-dependent initialisation such as ActNorm, on ``size`` rows).
+    ``batch`` draws a training batch, ``loss(model, batch)`` is the scalar to minimise, ``report(value)`` turns a loss into the unit reported, and
     ``score(model)`` is the validation score (lower is better; None when there is nothing to validate on).
     """
 

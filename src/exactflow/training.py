@@ -268,8 +268,9 @@ class Trainer:
 
     # -- state a divergence returns to ---------------------------------------------------------------------------
     def remember_good(self, step: int) -> None:
-        self.good = (_snapshot(self.model), None if self.ema is None else {k: v.clone() for k, v in self.ema.state.items()},
-                     step)
+        """Keep the weights (and the EMA) of ``step`` as the state a divergence returns to."""
+        ema = None if self.ema is None else {k: v.clone() for k, v in self.ema.state.items()}
+        self.good = (_snapshot(self.model), ema, step)
 
     def diverged(self, step: int, what: str) -> None:
         """The divergence policy: back to the last good state, the checkpoint untouched, a truthful message."""

@@ -17,8 +17,9 @@ logistic) on data quantised to ``levels`` values ``0, 1/(levels-1), ..., 1``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from .nets import MLP
 from .objectives import ELBO
 from .vi import build_flow
 
-__all__ = ["VAE", "fit_vae", "evaluate_vae", "load_data", "load_vae", "save_vae", "binarize", "posterior_layers"]
+__all__ = ["VAE", "binarize", "evaluate_vae", "fit_vae", "load_data", "load_vae", "posterior_layers", "save_vae"]
 
 LIKELIHOODS = ("bernoulli", "logistic")
 

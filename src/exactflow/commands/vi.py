@@ -74,6 +74,7 @@ def plot_density(target, flow, path: Path, title: str = "", points: int = 200) -
 
 def run(args: argparse.Namespace) -> int:
     import sys
+    import warnings
 
     from ..checkpoint import save
     from ..targets import quadrature_log_z
@@ -94,9 +95,11 @@ def run(args: argparse.Namespace) -> int:
             valid = f"  valid {history.valid[-1]:.4f}" if history.valid_step[-1:] == [step] else ""
             print(f"step {step:6d}/{args.steps}  -ELBO {history.train[-1]:.4f}{valid} nats", flush=True)
 
-    result = fit_reverse_kl(flow, target, steps=args.steps, batch=args.batch, lr=args.lr, anneal=args.anneal,
-                            samples=args.samples, ema=args.ema, eval_every=args.eval_every, progress=show,
-                            callback=report)
+    with warnings.catch_warnings():  # a divergence is reported below, once
+        warnings.filterwarnings("ignore", message="training diverged", category=RuntimeWarning)
+        result = fit_reverse_kl(flow, target, steps=args.steps, batch=args.batch, lr=args.lr, anneal=args.anneal,
+                                samples=args.samples, ema=args.ema, eval_every=args.eval_every, progress=show,
+                                callback=report)
     out = Path(args.out or f"runs/vi-{args.target}")
     out.mkdir(parents=True, exist_ok=True)
     reference = target.log_z if target.log_z is not None else quadrature_log_z(target) if target.dim == 2 else None
