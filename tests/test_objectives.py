@@ -182,13 +182,32 @@ def test_ema_resumes_exactly(tmp_path):
         fit(second, data, **{**kwargs, "ema": None}, checkpoint=path, resume=True)
 
 
-def test_vae_checkpoint_resumes_and_loads(tmp_path):
-    model, kwargs = _elbo()
+def test_vae_checkpoint_resumes_exactly_and_loads(tmp_path):
+    options = {"steps": 10, "batch_size": 32, "eval_every": 5, "progress": False}
+    torch.manual_seed(0)
+    reference, kwargs = _elbo()
+    h_ref = fit(reference, **kwargs, **options)
+    torch.manual_seed(0)
+    model, _ = _elbo()
     path = tmp_path / "vae.safetensors"
-    fit(model, **kwargs, steps=10, batch_size=32, eval_every=5, progress=False, checkpoint=path)
-    loaded = load_vae(path)
-    assert same_weights(loaded, model)
-    with pytest.raises(ValueError, match="not a VAE"):
+
+    def interrupt(step, history):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, **kwargs, **options, checkpoint=path, callbacks=[interrupt])
+    torch.manual_seed(1)
+    again, _ = _elbo()
+    h = fit(again, **kwargs, **options, checkpoint=path, resume=True)
+    assert h.train == h_ref.train and same_weights(again, reference)
+    assert same_weights(load_vae(path), again)
+    damaged = bytearray(path.read_bytes())
+    damaged[-2] ^= 0xFF
+    (tmp_path / "bad.safetensors").write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        load_vae(tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="use exactflow.load for flows"):
         load_vae(checkpoint.save(tmp_path / "flow.safetensors", exactflow.build("Planar", features=2, layers=2)))
 
 

@@ -18,6 +18,7 @@ run with the same global batch and seed (up to float rounding). Only rank 0 writ
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -37,7 +38,7 @@ from .distributions import Flow
 from .images import bits_per_dim, dequantize
 from .objectives import Objective, as_pair, make_objective, reference
 
-__all__ = ["EMA", "History", "evaluate", "fit", "standardize"]
+__all__ = ["EMA", "History", "evaluate", "fit", "read_module", "save_module", "standardize"]
 
 SCHEDULES = ("constant", "cosine")
 COMPILE_NOTICE = "compiling {name} with torch.compile: the first call takes up to a minute"
@@ -212,6 +213,46 @@ def _progress(show: bool | None, total: int, initial: int):
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False, file=sys.stderr)
 
 
+MODULE_HEADER = "exactflow.module"
+
+
+def save_module(path: str | Path, module: nn.Module, info: dict | None = None,
+                extra: dict[str, Tensor] | None = None) -> Path:
+    """Write a model that is not a :class:`~exactflow.Flow` (a VAE) the way :func:`exactflow.save` writes a flow:
+    atomically, without pickle, its ``module.spec`` (how to rebuild it), dtype and ``info`` in the header, the
+    weights as ``model.<key>`` beside any ``extra`` tensors, and a SHA-256 over header and tensors."""
+    from . import __version__
+
+    spec = getattr(module, "spec", None)
+    if spec is None:
+        raise ValueError(f"{type(module).__name__} has no spec to rebuild it from")
+    tensors = {**_prefixed(module.state_dict(), ckpt.MODEL), **(extra or {})}
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    header = json.dumps({"format": ckpt.FORMAT, "version": __version__, "spec": spec,
+                         "dtype": str(reference(module).dtype).removeprefix("torch."), "info": info or {}})
+    ckpt.write_tensors(path, tensors, metadata={MODULE_HEADER: header, ckpt.CHECKSUM: ckpt._digest(header, tensors)})
+    return Path(path)
+
+
+def read_module(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
+    """The header and tensors :func:`save_module` wrote, after checking the SHA-256."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = ckpt.resolve(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as err:  # safetensors raises several types for a damaged file
+        raise ValueError(f"{path}: corrupted or truncated checkpoint ({err})") from None
+    if MODULE_HEADER not in meta:
+        raise ValueError(f"{path}: not a saved model other than a flow (use exactflow.load for flows)")
+    if ckpt._digest(meta[MODULE_HEADER], tensors) != meta.get(ckpt.CHECKSUM):
+        raise ValueError(f"{path}: checksum mismatch, the file was changed or corrupted after it was written")
+    return json.loads(meta[MODULE_HEADER]), tensors
+
+
 def _prefixed(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {prefix + k: v for k, v in state.items()}
 
@@ -382,13 +423,14 @@ class Trainer:
             tensors.update(_prefixed(_snapshot(self.model), "train."))
         state = {"step": step, "bad_evals": self.bad_evals, "optimizer": opt_json, "history": self.history.to_dict(),
                  "ema": None if self.ema is None else self.ema.decay}
+        save = ckpt.save if isinstance(self.model, Flow) else save_module
         with self.evaluation_weights():
-            ckpt.save(self.checkpoint, self.model, info={**(self.info or {}), "training_state": state}, extra=tensors)
+            save(self.checkpoint, self.model, info={**(self.info or {}), "training_state": state}, extra=tensors)
         self.saved_step = step
 
     def resume(self) -> None:
         """Continue from the checkpoint: weights, EMA, optimizer, RNG streams, history and early-stopping state."""
-        header, tensors = ckpt.read(self.checkpoint)
+        header, tensors = (ckpt.read if isinstance(self.model, Flow) else read_module)(self.checkpoint)
         state = header["info"].get("training_state")
         if state is None:
             raise ValueError(f"{self.checkpoint}: holds no training state to resume from")
@@ -489,8 +531,8 @@ def fit(
     obj.check(model)
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and getattr(model, "spec", None) is None:
-        raise ValueError("fit(checkpoint=...) needs a flow built with exactflow.build(name, ...) so the checkpoint "
-                         "can rebuild it without pickle")
+        raise ValueError("fit(checkpoint=...) needs a flow built with exactflow.build(name, ...) (or a model with a "
+                         "spec, such as a VAE) so the checkpoint can rebuild it without pickle")
     trainer = Trainer(model, obj, options, weight_decay, ema, path, info)
     if batch_size % trainer.world:
         raise ValueError(f"batch_size {batch_size} must be divisible by the number of processes ({trainer.world})")

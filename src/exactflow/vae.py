@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import load_state, read, save
+from .checkpoint import load_state
 from .core import Bijection, Compose
 from .data import Dataset
 from .distributions import ConditionalDiagNormal, Flow, StandardNormal
@@ -166,15 +166,19 @@ def fit_vae(vae: VAE, train: Tensor, steps: int = 2000, batch: int = 100, lr: fl
 
 def save_vae(path: str | Path, vae: VAE, info: dict | None = None) -> Path:
     """Write ``vae`` (weights and constructor arguments) atomically, like :func:`exactflow.save` a flow."""
-    return save(path, vae, info=info)
+    from .training import save_module
+
+    return save_module(path, vae, info=info)
 
 
 def load_vae(path: str | Path, device: str | torch.device = "cpu") -> VAE:
     """The VAE :func:`save_vae` (or a ``fit(..., checkpoint=...)`` of a VAE) wrote, in eval mode on ``device``."""
-    header, tensors = read(path)
+    from .training import read_module
+
+    header, tensors = read_module(path)
     spec = header["spec"]
     if spec.get("model") != "VAE":
-        raise ValueError(f"{path}: holds a {spec.get('model', 'flow')!r}, not a VAE (use exactflow.load for flows)")
+        raise ValueError(f"{path}: holds a {spec.get('model')!r}, not a VAE")
     vae = VAE(**spec["kwargs"]).to(getattr(torch, header["dtype"]))
     load_state(vae, tensors, where=str(path))
     return vae.to(device).eval()
