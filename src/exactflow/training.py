@@ -236,7 +236,7 @@ def save_module(path: str | Path, module: nn.Module, info: dict | None = None,
 
 def read_module(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
     """The header and tensors :func:`save_module` wrote, after checking the SHA-256."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = ckpt.resolve(path)
@@ -244,7 +244,7 @@ def read_module(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         tensors = load_file(str(path))
-    except Exception as err:  # safetensors raises several types for a damaged file
+    except (SafetensorError, ValueError, UnicodeDecodeError, RuntimeError) as err:
         raise ValueError(f"{path}: corrupted or truncated checkpoint ({err})") from None
     if MODULE_HEADER not in meta:
         raise ValueError(f"{path}: not a saved model other than a flow (use exactflow.load for flows)")
