@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 
+import exactflow
 from exactflow import Compose, Flow, StandardNormal
 from exactflow.commands import vi as vi_command
 from exactflow.flows import registry as flows
 from exactflow.targets import banana, funnel, gaussian_mixture, quadrature_log_z, registry, u1, u2, u3, u4
-from exactflow.vi import fit_reverse_kl, importance_estimate
+from exactflow.vi import VIResult, check_log_z, fit_reverse_kl, importance_estimate
 
 
 
@@ -91,7 +92,29 @@ def test_vi_command_writes_numbers_and_picture(tmp_path, capsys):
     record = json.loads((tmp_path / "result.json").read_text())
     assert record["target"] == "u1" and record["layers"] == 2 and math.isfinite(record["elbo"])
     assert (tmp_path / "density.png").stat().st_size > 1000
-    assert "ELBO" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ELBO" in out and "step     30/30" in out  # progress lines when not on a terminal
+    assert record["reference_log_z"] == pytest.approx(quadrature_log_z(u1()), abs=1e-9)
+    assert f"quadrature log Z {record['reference_log_z']:.4f}" in out
+    flow = exactflow.load(tmp_path / "model.safetensors")  # the fitted q, rebuilt from the registry
+    assert flow.spec["flow"] == "Planar" and flow.sample(3).shape == (3, 2)
+
+
+def test_a_missed_mode_is_flagged_although_the_ess_looks_fine():
+    # issue 15 defect 13: planar x32 on u1 reported ESS 79% with log Z 1.19 against 1.88 by quadrature
+    result = VIResult(elbo=1.1, log_z=1.19, ess=0.79 * 20000, samples=20000)
+    assert result.log_z_se == pytest.approx(math.sqrt(1 / (0.79 * 20000) - 1 / 20000))
+    warning = check_log_z(result, 1.88)
+    assert warning is not None and "below the reference 1.8800" in warning and "cannot see missed modes" in warning
+    assert check_log_z(result, 1.19 + 2 * result.log_z_se) is None  # within the standard error: no warning
+
+
+def test_fit_reverse_kl_takes_fit_options():
+    flow = flows.build("Planar", features=2, layers=4)
+    seen = []
+    result = fit_reverse_kl(flow, registry.build("mixture"), steps=20, batch=64, lr=1e-2, samples=500, ema=0.9,
+                            eval_every=10, callbacks=[lambda step, history: seen.append(step)])
+    assert seen == [10, 20] and result.fit.valid_step == [10, 20] and result.fit.status == "finished"
 
 
 def test_vi_command_rejects_unknown_names(tmp_path):

@@ -4,7 +4,7 @@ Convention: a bijection's ``forward`` maps data -> latent and returns ``(z, log|
 ``Flow.log_prob(x) = log p_z(T(x)) + log|det dT/dx|``.
 """
 
-from . import data, flows, targets, testing, transforms
+from . import data, flows, objectives, targets, testing, transforms
 from .core import Bijection, Compose, Inverse
 from .checkpoint import load, save
 from .flows import build
@@ -15,6 +15,6 @@ from .vi import fit_reverse_kl
 
 __version__ = "0.1.0"
 
-__all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "compile", "data", "flows", "transforms",
+__all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "compile", "data", "flows", "objectives", "transforms",
            "targets", "testing", "build", "save", "load", "fit", "evaluate", "standardize", "History",
            "fit_reverse_kl", "__version__"]

@@ -1,43 +1,53 @@
-"""Maximum-likelihood training: :func:`fit`, the loop the command line uses too.
+"""Training: :func:`fit`, one loop for every objective, the loop the command line uses too.
 
-The loss is the mean negative log-likelihood ``-(1/B) sum_i log p(x_i)`` of a batch drawn with
-replacement from a seeded generator. Quantised images (``levels`` set) are dequantised afresh every
-batch, ``y = (k + u) / levels``, and reported in bits per dimension; vectors in nats.
+The objective (:mod:`exactflow.objectives`) says what a step minimises and what validation scores:
+maximum likelihood on data (optionally conditional, ``(x, context)``), flow matching for a CNF, the
+reverse KL to an unnormalised target, or a VAE's ELBO. The loop gives them all the same Adam steps,
+schedule with warm-up, gradient clipping, optional EMA of the weights, early stopping on the
+validation score with best-weight restore, atomic checkpoints with exact resume, a progress bar,
+callbacks and one divergence policy:
 
-Under ``torch.distributed`` (e.g. ``torchrun``) the flow is wrapped in ``DistributedDataParallel``:
-every rank draws the same global batch of indices and processes its own shard ``rank::world``,
-so the averaged gradient, and hence the run, equals a single-process run with the same global
-batch and seed (up to float rounding; batch norm sees per-rank batches). Only rank 0 writes.
+    a NaN/inf loss, gradient norm or parameter stops training with a warning naming the step; the model
+    goes back to its last good state (the last evaluation) and the checkpoint on disk, written only at
+    evaluations, is left as it was (the message says which step it holds, or that none was written).
+
+Under ``torch.distributed`` (e.g. ``torchrun``) every rank draws the same global batch and processes its
+own shard ``rank::world``; gradients are averaged over the ranks, so the run equals a single-process
+run with the same global batch and seed (up to float rounding). Only rank 0 writes.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import checkpoint as ckpt
-from .data import Dataset
 from .distributions import Flow
 from .images import bits_per_dim, dequantize
+from .objectives import Objective, as_pair, make_objective, reference
 
-__all__ = ["History", "evaluate", "fit", "standardize"]
+__all__ = ["EMA", "History", "evaluate", "fit", "read_module", "save_module", "standardize"]
 
 SCHEDULES = ("constant", "cosine")
+COMPILE_NOTICE = "compiling {name} with torch.compile: the first call takes up to a minute"
 
 
 @dataclass
 class History:
-    """What :func:`fit` did: per-step train NLL and learning rate, per-evaluation valid NLL (in ``unit``),
-    the best evaluation, and how it ended (``status``: finished, early stopped, diverged)."""
+    """What :func:`fit` did: per-step training loss and learning rate, per-evaluation validation score (in
+    ``unit``), the best evaluation, and how it ended (``status``: finished, early stopped, diverged)."""
 
     unit: str = "nats"
     step: list[int] = field(default_factory=list)
@@ -50,6 +60,7 @@ class History:
     status: str = "running"
     message: str = ""
     seconds: float = 0.0
+    objective: str = "likelihood"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,7 +78,7 @@ def standardize(flow: Flow, x: Tensor, columns: Sequence[str] | None = None) -> 
     ``columns`` when given): its density becomes a spike, so the NLL runs to large negative values."""
     from .transforms.standardize import Standardize
 
-    ref = _ref(flow)
+    ref = reference(flow)
     b = Standardize.fit(x).to(device=ref.device, dtype=ref.dtype)
     constant = [i for i, std in enumerate(x.detach().double().std(0).tolist()) if std == 0]
     if constant:
@@ -78,59 +89,30 @@ def standardize(flow: Flow, x: Tensor, columns: Sequence[str] | None = None) -> 
     return ckpt.prepend(flow, "Standardize", bijection=b, features=x.shape[1])
 
 
-def _ref(flow: torch.nn.Module) -> Tensor:
-    """A floating parameter or buffer: the flow's device and dtype (a Flow's base always owns a buffer)."""
-    for t in (*flow.parameters(), *flow.buffers()):
-        if t.is_floating_point():
-            return t
-    raise ValueError(f"{type(flow).__name__} has no floating parameter or buffer to take a device and dtype from")
-
-
-def _device(flow: torch.nn.Module) -> torch.device:
-    return _ref(flow).device
-
-
-def _dtype(flow: torch.nn.Module) -> torch.dtype:
-    return _ref(flow).dtype
-
-
-def _as_tensor(x: Tensor | np.ndarray, what: str) -> Tensor:
-    """``x`` as a tensor (a numpy array is wrapped without a copy); a ``TypeError`` for anything else."""
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(x)
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor or a numpy array, got {type(x).__name__}")
-    return x
-
-
-def _to_unit(nll: Tensor | float, shape: tuple[int, ...], levels: int | None) -> float:
-    """A mean NLL in nats, or in bits/dim when ``levels`` is set."""
-    if levels is None:
-        return float(nll)
-    return float(bits_per_dim(-torch.as_tensor(float(nll)), shape, levels))
-
-
 @torch.no_grad()
 def evaluate(flow: Flow, x: Tensor | np.ndarray, batch_size: int = 4096, levels: int | None = None,
-             seed: int = 0) -> dict:
-    """Mean NLL of the rows of ``x`` (a tensor or numpy array) in nats (eval mode, batches of ``batch_size``);
-    for quantised images (``levels``) the data are dequantised with a fixed ``seed`` and bits/dim is added."""
-    x = _as_tensor(x, "x")
+             seed: int = 0, context: Tensor | np.ndarray | None = None) -> dict:
+    """Mean NLL of the rows of ``x`` (a tensor or numpy array; ``context`` its context rows for a conditional
+    flow) in nats (eval mode, batches of ``batch_size``); for quantised images (``levels``) the data are
+    dequantised with a fixed ``seed`` and bits/dim is added."""
+    x, c = as_pair(x if context is None else (x, context), "x")
     if x.shape[0] == 0:
         raise ValueError("cannot evaluate on an empty data set")
     was_training = flow.training
     flow.eval()
-    device, dtype = _device(flow), _dtype(flow)
+    ref = reference(flow)
     gen = torch.Generator().manual_seed(seed)
     total = 0.0
-    for chunk in torch.split(x, batch_size):
+    for start in range(0, x.shape[0], batch_size):
+        chunk = x[start : start + batch_size]
         if levels is not None:
             chunk = dequantize(chunk, levels, generator=gen)
-        total += float(flow.log_prob(chunk.to(device=device, dtype=dtype)).double().sum())
+        ctx = None if c is None else c[start : start + batch_size].to(device=ref.device, dtype=ref.dtype)
+        total += float(flow.log_prob(chunk.to(device=ref.device, dtype=ref.dtype), ctx).double().sum())
     flow.train(was_training)
     out = {"nll": -total / x.shape[0], "n": int(x.shape[0])}
     if levels is not None:
-        out["bits_per_dim"] = _to_unit(out["nll"], tuple(x.shape[1:]), levels)
+        out["bits_per_dim"] = float(bits_per_dim(torch.tensor(total / x.shape[0]), tuple(x.shape[1:]), levels))
     return out
 
 
@@ -150,12 +132,46 @@ def _lr_factor(schedule: str, step: int, steps: int, warmup: int) -> float:
     return 1.0
 
 
-def _snapshot(flow: torch.nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in flow.state_dict().items()}
+def _snapshot(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _finite(flow: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in flow.parameters())
+def _finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+class EMA:
+    """An exponential moving average of a model's floating state (parameters and float buffers).
+
+    After update ``t`` the average is ``a <- d a + (1 - d) w`` with ``d = min(decay, (1 + t) / (10 + t))``, so
+    the first updates follow the weights closely instead of staying near the initialisation.
+    :meth:`applied` swaps the averaged weights into the model for evaluation and saving.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0 < decay < 1:
+            raise ValueError(f"ema must be a decay in (0, 1), e.g. 0.999, got {decay}")
+        self.decay = decay
+        self.state = _snapshot(model)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for key, value in model.state_dict().items():
+            if value.is_floating_point():
+                self.state[key].mul_(d).add_(value.detach(), alpha=1 - d)
+            else:
+                self.state[key].copy_(value)
+
+    @contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        """Within the block the model holds the averaged weights; its own come back afterwards."""
+        own = _snapshot(model)
+        model.load_state_dict(self.state)
+        try:
+            yield
+        finally:
+            model.load_state_dict(own)
 
 
 def _optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict, dict[str, Tensor]]:
@@ -182,7 +198,7 @@ def _load_optimizer(opt: torch.optim.Optimizer, saved: dict, tensors: dict[str, 
     try:
         opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
     except (ValueError, KeyError) as err:
-        raise ValueError(f"the checkpoint's optimizer state does not match this flow: {err}") from None
+        raise ValueError(f"the checkpoint's optimizer state does not match this model: {err}") from None
 
 
 def _progress(show: bool | None, total: int, initial: int):
@@ -197,11 +213,276 @@ def _progress(show: bool | None, total: int, initial: int):
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False, file=sys.stderr)
 
 
+MODULE_HEADER = "exactflow.module"
+
+
+def save_module(path: str | Path, module: nn.Module, info: dict | None = None,
+                extra: dict[str, Tensor] | None = None) -> Path:
+    """Write a model that is not a :class:`~exactflow.Flow` (a VAE) the way :func:`exactflow.save` writes a flow:
+    atomically, without pickle, its ``module.spec`` (how to rebuild it), dtype and ``info`` in the header, the
+    weights as ``model.<key>`` beside any ``extra`` tensors, and a SHA-256 over header and tensors."""
+    from . import __version__
+
+    spec = getattr(module, "spec", None)
+    if spec is None:
+        raise ValueError(f"{type(module).__name__} has no spec to rebuild it from")
+    tensors = {**_prefixed(module.state_dict(), ckpt.MODEL), **(extra or {})}
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    header = json.dumps({"format": ckpt.FORMAT, "version": __version__, "spec": spec,
+                         "dtype": str(reference(module).dtype).removeprefix("torch."), "info": info or {}})
+    ckpt.write_tensors(path, tensors, metadata={MODULE_HEADER: header, ckpt.CHECKSUM: ckpt._digest(header, tensors)})
+    return Path(path)
+
+
+def read_module(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
+    """The header and tensors :func:`save_module` wrote, after checking the SHA-256."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = ckpt.resolve(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, ValueError, UnicodeDecodeError, RuntimeError) as err:
+        raise ValueError(f"{path}: corrupted or truncated checkpoint ({err})") from None
+    if MODULE_HEADER not in meta:
+        raise ValueError(f"{path}: not a saved model other than a flow (use exactflow.load for flows)")
+    if ckpt._digest(meta[MODULE_HEADER], tensors) != meta.get(ckpt.CHECKSUM):
+        raise ValueError(f"{path}: checksum mismatch, the file was changed or corrupted after it was written")
+    return json.loads(meta[MODULE_HEADER]), tensors
+
+
+def _prefixed(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {prefix + k: v for k, v in state.items()}
+
+
+def _unprefixed(tensors: dict[str, Tensor], prefix: str, device: torch.device) -> dict[str, Tensor] | None:
+    out = {k[len(prefix):]: v.to(device) for k, v in tensors.items() if k.startswith(prefix)}
+    return out or None
+
+
+@dataclass
+class Options:
+    """The loop's settings (see :func:`fit` for their meaning)."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    schedule: str
+    warmup: int
+    clip_grad: float | None
+    patience: int | None
+    eval_every: int
+    seed: int
+
+    def check(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+        for name in ("steps", "batch_size", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be a positive number of evaluations, got {self.patience}")
+
+
+class Trainer:
+    """The state of one :func:`fit` run and the steps that change it: a training step, an evaluation,
+    a checkpoint write or read, the divergence policy. :func:`fit` only wires them together."""
+
+    def __init__(self, model: nn.Module, objective: Objective, options: Options, weight_decay: float,
+                 ema: float | None, checkpoint: Path | None, info: dict | None):
+        self.model, self.objective, self.o = model, objective, options
+        self.world, self.rank = _world()
+        self.opt = torch.optim.Adam(model.parameters(), lr=options.lr, weight_decay=weight_decay)
+        self.gen = torch.Generator().manual_seed(options.seed)
+        self.ema = EMA(model, ema) if ema is not None else None
+        self.checkpoint, self.info = checkpoint, info
+        self.history = History(unit=objective.unit, objective=objective.name)
+        self.best_state: dict[str, Tensor] | None = None
+        self.bad_evals, self.start = 0, 0
+        self.saved_step: int | None = None  # the step of this run's checkpoint on disk, once there is one
+        self.good: tuple[dict[str, Tensor], dict[str, Tensor] | None, int] | None = None
+
+    # -- state a divergence returns to ---------------------------------------------------------------------------
+    def remember_good(self, step: int) -> None:
+        """Keep the weights (and the EMA) of ``step`` as the state a divergence returns to."""
+        ema = None if self.ema is None else {k: v.clone() for k, v in self.ema.state.items()}
+        self.good = (_snapshot(self.model), ema, step)
+
+    def diverged(self, step: int, what: str) -> None:
+        """The divergence policy: back to the last good state, the checkpoint untouched, a truthful message."""
+        weights, ema, good_step = self.good
+        self.model.load_state_dict(weights)
+        if self.ema is not None:
+            self.ema.state = ema
+        if self.checkpoint is None or self.rank != 0:
+            kept = ""
+        elif self.saved_step is None:
+            kept = "; no checkpoint was written"
+        else:
+            kept = f"; the last good checkpoint (step {self.saved_step}) is kept in {self.checkpoint}"
+        self.history.status = "diverged"
+        self.history.message = (f"training diverged at step {step} ({what}); the model is back at step {good_step}"
+                                f"{kept}")
+
+    # -- one step --------------------------------------------------------------------------------------------------
+    def step(self, step: int) -> str | None:
+        """One optimisation step; returns what went wrong (non-finite loss, gradient or weights) or None."""
+        o, model = self.o, self.model
+        model.train()
+        factor = _lr_factor(o.schedule, step, o.steps, o.warmup)
+        for group in self.opt.param_groups:
+            group["lr"] = o.lr * factor
+        loss = self.objective.loss(model, self.objective.batch(self.gen, o.batch_size, step, (self.rank, self.world)))
+        value = self._mean_over_ranks(loss.detach().clone())
+        if not math.isfinite(value):
+            return f"loss = {value}"
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self._average_gradients()
+        if o.clip_grad is not None:
+            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad))
+            if not math.isfinite(norm):
+                return f"gradient norm = {norm}"
+        self.opt.step()
+        if not _finite(model):
+            return "non-finite parameters after the update"
+        if self.ema is not None:
+            self.ema.update(model, step)
+        self.history.step.append(step)
+        self.history.train.append(self.objective.report(value))
+        self.history.lr.append(o.lr * factor)
+        return None
+
+    def _mean_over_ranks(self, value: Tensor) -> float:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(value)
+            value /= self.world
+        return float(value)
+
+    def _average_gradients(self) -> None:
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        for p in self.model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
+    # -- evaluation ------------------------------------------------------------------------------------------------
+    @contextmanager
+    def evaluation_weights(self) -> Iterator[None]:
+        """The weights that are evaluated, kept as best and saved: the EMA's when there is one."""
+        if self.ema is None:
+            yield
+        else:
+            with self.ema.applied(self.model):
+                yield
+
+    def evaluate(self, step: int) -> bool:
+        """Score the validation data (if any); returns True when early stopping says stop."""
+        with self.evaluation_weights():
+            score = self.objective.score(self.model)
+            if score is None:
+                return False
+            if self.world > 1:  # every rank takes rank 0's number, so all make the same early-stopping call
+                import torch.distributed as dist
+
+                shared = torch.tensor([score], dtype=torch.float64, device=reference(self.model).device)
+                dist.broadcast(shared, 0)
+                score = float(shared)
+            h = self.history
+            h.valid_step.append(step)
+            h.valid.append(score)
+            if h.best_valid is None or score < h.best_valid:
+                h.best_valid, h.best_step, self.bad_evals = score, step, 0
+                self.best_state = _snapshot(self.model)
+                return False
+        self.bad_evals += 1
+        return self.o.patience is not None and self.bad_evals >= self.o.patience
+
+    # -- checkpoints -----------------------------------------------------------------------------------------------
+    def write(self, step: int) -> None:
+        """Write the training state atomically (rank 0). With an EMA the model's tensors are the averaged weights
+        (what :func:`exactflow.load` gives), the optimised ones go under ``train.``."""
+        if self.checkpoint is None or self.rank != 0:
+            return
+        opt_json, tensors = _optimizer_state(self.opt)
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.batches"] = self.gen.get_state()
+        if self.best_state is not None:
+            tensors.update(_prefixed(self.best_state, "best."))
+        if self.ema is not None:
+            tensors.update(_prefixed(_snapshot(self.model), "train."))
+        state = {"step": step, "bad_evals": self.bad_evals, "optimizer": opt_json, "history": self.history.to_dict(),
+                 "ema": None if self.ema is None else self.ema.decay}
+        save = ckpt.save if isinstance(self.model, Flow) else save_module
+        with self.evaluation_weights():
+            save(self.checkpoint, self.model, info={**(self.info or {}), "training_state": state}, extra=tensors)
+        self.saved_step = step
+
+    def resume(self) -> None:
+        """Continue from the checkpoint: weights, EMA, optimizer, RNG streams, history and early-stopping state."""
+        header, tensors = (ckpt.read if isinstance(self.model, Flow) else read_module)(self.checkpoint)
+        state = header["info"].get("training_state")
+        if state is None:
+            raise ValueError(f"{self.checkpoint}: holds no training state to resume from")
+        if (state.get("ema") is None) != (self.ema is None):
+            raise ValueError(f"{self.checkpoint}: written with ema={state.get('ema')}, resumed with "
+                             f"ema={None if self.ema is None else self.ema.decay}; use the same setting")
+        where = str(self.checkpoint)
+        if self.ema is not None:
+            ckpt.load_state(self.model, tensors, where=where)
+            self.ema.state = _snapshot(self.model)
+            ckpt.load_state(self.model, tensors, prefix="train.", where=where)
+        else:
+            ckpt.load_state(self.model, tensors, where=where)
+        _load_optimizer(self.opt, state["optimizer"], tensors)
+        torch.set_rng_state(tensors["rng.torch"])
+        self.gen.set_state(tensors["rng.batches"])
+        self.history = History.from_dict(state["history"])
+        self.bad_evals, self.start = state["bad_evals"], state["step"]
+        self.saved_step = self.start
+        self.best_state = _unprefixed(tensors, "best.", reference(self.model).device)
+        if self.start > self.o.steps:
+            raise ValueError(f"{self.checkpoint} is at step {self.start}, beyond steps={self.o.steps}")
+
+    def finish(self) -> None:
+        """Hand back the weights to use: the best evaluated ones, else the EMA's, else the last; eval mode."""
+        if self.history.status != "diverged":
+            if self.best_state is not None:
+                self.model.load_state_dict(self.best_state)
+            elif self.ema is not None:
+                self.model.load_state_dict(self.ema.state)
+        self.model.eval()
+
+
+def _objective(train: Any, valid: Any, objective: str | Objective, levels: int | None,
+               seed: int) -> Objective:
+    if isinstance(objective, str):
+        if train is None:
+            raise ValueError(f"fit(objective={objective!r}) needs training data (or the target, for reverse-kl)")
+        return make_objective(objective, train, valid, levels=levels, seed=seed)
+    if not isinstance(objective, Objective):
+        raise TypeError(f"objective must be a name or an Objective, got {type(objective).__name__}")
+    if train is not None or valid is not None:
+        raise ValueError("give the data to the objective, not to fit(), when passing an Objective instance")
+    return objective
+
+
 def fit(
-    flow: Flow,
-    train: Tensor | np.ndarray | Dataset,
-    valid: Tensor | np.ndarray | None = None,
+    model: nn.Module,
+    train: Any = None,
+    valid: Any = None,
     *,
+    objective: str | Objective = "likelihood",
     steps: int = 1000,
     batch_size: int = 256,
     lr: float = 1e-3,
@@ -213,215 +494,116 @@ def fit(
     eval_every: int = 100,
     levels: int | None = None,
     seed: int = 0,
+    ema: float | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     info: dict | None = None,
     progress: bool | None = None,
     callback: Callable[[int, History], None] | None = None,
+    callbacks: Sequence[Callable[[int, History], None]] = (),
+    compile: bool = False,
 ) -> History:
-    """Fit ``flow`` to the rows of ``train`` by maximum likelihood with Adam; returns the :class:`History`.
+    """Train ``model`` on ``objective`` with Adam; returns the :class:`History`.
 
-    ``train`` is a tensor or numpy array ``(n, *event)`` or a :class:`~exactflow.data.Dataset` (then ``valid``
-    and ``levels`` default to its validation split and levels). ``schedule`` is ``"cosine"`` (to zero at
-    ``steps``) or ``"constant"``, after ``warmup`` linear steps; ``clip_grad`` caps the gradient norm.
-    Every ``eval_every`` steps the valid NLL is computed; after ``patience`` evaluations without
-    improvement training stops, and at the end the best weights are restored. A NaN/inf loss or
-    gradient stops training with a warning naming the step; the flow goes back to the last good
-    state and the checkpoint on disk (last good one, if one was written yet) is left untouched.
+    ``objective``: ``"likelihood"`` (default), ``"flow-matching"`` (a CNF flow), ``"elbo"`` (a
+    :class:`~exactflow.vae.VAE`) on ``train``; ``"reverse-kl"`` with ``train`` the target's log density; or an
+    :class:`~exactflow.objectives.Objective` instance that holds its own data (``train`` and ``valid`` None).
+    Data are a tensor or numpy array ``(n, *event)``, a pair ``(x, context)`` for a conditional flow, or a
+    :class:`~exactflow.data.Dataset` (then ``valid``, its context and ``levels`` default to the data set's).
 
-    With ``checkpoint=path`` (the flow needs a ``spec``, see :func:`exactflow.build`) the weights,
-    optimizer, RNG states and history are written atomically every evaluation; ``resume=True``
-    continues from that file exactly where it stopped. ``info`` is stored in it. ``progress``: a
-    tqdm bar (None: only on a terminal). ``callback(step, history)`` runs after each evaluation.
+    ``schedule`` is ``"cosine"`` (to zero at ``steps``) or ``"constant"``, after ``warmup`` linear steps;
+    ``clip_grad`` caps the gradient norm. Every ``eval_every`` steps the validation score is computed; after
+    ``patience`` evaluations without improvement training stops, and at the end the best weights are
+    restored. ``ema=0.999`` keeps an exponential moving average of the weights (see :class:`EMA`): evaluation,
+    the best weights, the saved model and the returned one are the averaged weights. Divergence (NaN/inf)
+    follows the policy in the module docstring and warns with ``RuntimeWarning``.
+
+    With ``checkpoint=path`` (the model needs a ``spec``, see :func:`exactflow.build`) the weights, EMA,
+    optimizer, RNG states and history are written atomically every evaluation; ``resume=True`` continues
+    from that file exactly where it stopped. ``info`` is stored in it. ``progress``: a tqdm bar (None: only
+    on a terminal). ``callback`` and each of ``callbacks`` run as ``fn(step, history)`` after every
+    evaluation (on rank 0). ``compile=True`` compiles a Flow with :func:`exactflow.compile` and prints a
+    one-line notice to stderr before the first (slow) compiled call.
     """
-    if isinstance(train, Dataset):
-        if valid is None:
-            valid = train.valid if len(train.valid) else None
-        if levels is None and train.kind == "image":
-            levels = train.levels
-        train = train.train
-    train = _as_tensor(train, "train")
-    if valid is not None:
-        valid = _as_tensor(valid, "valid")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every)):
-        if int(value) < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    if patience is not None and patience < 1:
-        raise ValueError(f"patience must be a positive number of evaluations, got {patience}")
-    if train.shape[0] == 0:
-        raise ValueError("the training set is empty")
-    if tuple(train.shape[1:]) != tuple(flow.event_shape):
-        raise ValueError(f"training data have event shape {tuple(train.shape[1:])} but the flow expects "
-                         f"{tuple(flow.event_shape)}")
-    checkpoint = Path(checkpoint) if checkpoint is not None else None
-    if checkpoint is not None and getattr(flow, "spec", None) is None:
-        raise ValueError("fit(checkpoint=...) needs a flow built with exactflow.build(name, ...) so the checkpoint "
-                         "can rebuild it without pickle")
-    world, rank = _world()
-    if batch_size % world:
-        raise ValueError(f"batch_size {batch_size} must be divisible by the number of processes ({world})")
-    device, dtype = _device(flow), _dtype(flow)
-    shape = tuple(train.shape[1:])
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(flow.parameters(), lr=lr, weight_decay=weight_decay)
-    history = History(unit="bits/dim" if levels is not None else "nats")
-    best_state: dict[str, Tensor] | None = None
-    bad_evals, start = 0, 0
-    saved_step: int | None = None  # the step of the checkpoint on disk, once there is one of this run
-
-    def batch() -> Tensor:
-        idx = torch.randint(train.shape[0], (batch_size,), generator=gen)
-        x = train[idx]
-        if levels is not None:
-            x = dequantize(x, levels, generator=gen)
-        return x[rank::world].to(device=device, dtype=dtype)
-
-    if resume and checkpoint is not None and checkpoint.is_file():
-        header, tensors = ckpt.read(checkpoint)
-        state = header["info"].get("training_state")
-        if state is None:
-            raise ValueError(f"{checkpoint}: holds no training state to resume from")
-        ckpt.load_state(flow, tensors, where=str(checkpoint))
-        _load_optimizer(opt, state["optimizer"], tensors)
-        torch.set_rng_state(tensors["rng.torch"])
-        gen.set_state(tensors["rng.batches"])
-        history = History.from_dict(state["history"])
-        bad_evals, start = state["bad_evals"], state["step"]
-        saved_step = start
-        if any(k.startswith("best.") for k in tensors):
-            best_state = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
-        if start > steps:
-            raise ValueError(f"{checkpoint} is at step {start}, beyond steps={steps}")
-        if history.status == "early stopped" or start == steps:  # nothing left: hand back the final (best) weights
-            if best_state is not None:
-                flow.load_state_dict(best_state)
-            flow.eval()
-            return history
-        history.status = "running"
+    options = Options(steps, batch_size, lr, schedule, warmup, clip_grad, patience, eval_every, seed)
+    options.check()
+    obj = _objective(train, valid, objective, levels, seed)
+    obj.check(model)
+    path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None and getattr(model, "spec", None) is None:
+        raise ValueError("fit(checkpoint=...) needs a flow built with exactflow.build(name, ...) (or a model with a "
+                         "spec, such as a VAE) so the checkpoint can rebuild it without pickle")
+    trainer = Trainer(model, obj, options, weight_decay, ema, path, info)
+    if batch_size % trainer.world:
+        raise ValueError(f"batch_size {batch_size} must be divisible by the number of processes ({trainer.world})")
+    if compile:
+        _compile(model, trainer.rank)
+    if resume and path is not None and path.is_file():
+        trainer.resume()
+        if trainer.history.status == "early stopped" or trainer.start == steps:  # nothing left to do
+            trainer.finish()
+            return trainer.history
+        trainer.history.status = "running"
     else:
-        flow.train()
-        with torch.no_grad():  # data-dependent initialisation (ActNorm) on one global batch, the same on every rank
-            idx = torch.randint(train.shape[0], (batch_size,), generator=torch.Generator().manual_seed(seed + 1))
-            x0 = train[idx] if levels is None else dequantize(train[idx], levels, generator=gen)
-            flow.log_prob(x0.to(device=device, dtype=dtype))
+        model.train()
+        obj.initialize(model, batch_size)  # data-dependent initialisation (ActNorm), the same on every rank
+        if trainer.ema is not None:
+            trainer.ema.state = _snapshot(model)
+    _run(trainer, progress, [*([callback] if callback is not None else []), *callbacks])
+    return trainer.history
 
-    model: torch.nn.Module = flow
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
 
-        model = DistributedDataParallel(flow, device_ids=[device.index] if device.type == "cuda" else None)
+def _compile(model: nn.Module, rank: int) -> None:
+    from .distributions import compile_flow
 
-    good_state, good_step = _snapshot(flow), start
+    if not isinstance(model, Flow):
+        raise ValueError(f"compile=True compiles a Flow; got {type(model).__name__}")
+    compile_flow(model)
+    if rank == 0:
+        name = (getattr(model, "spec", None) or {}).get("flow", type(model.transform).__name__)
+        print(COMPILE_NOTICE.format(name=name), file=sys.stderr, flush=True)
 
-    def write(step: int) -> None:
-        nonlocal saved_step
-        if checkpoint is None or rank != 0:
-            return
-        opt_json, tensors = _optimizer_state(opt)
-        tensors["rng.torch"] = torch.get_rng_state()
-        tensors["rng.batches"] = gen.get_state()
-        if best_state is not None:
-            tensors.update({"best." + k: v for k, v in best_state.items()})
-        state = {"step": step, "bad_evals": bad_evals, "optimizer": opt_json, "history": history.to_dict()}
-        ckpt.save(checkpoint, flow, info={**(info or {}), "training_state": state}, extra=tensors)
-        saved_step = step
 
-    def diverged(step: int, what: str) -> None:
-        flow.load_state_dict(good_state)
-        if checkpoint is None or rank != 0:
-            kept = ""
-        elif saved_step is None:
-            kept = "; no checkpoint was written"
-        else:
-            kept = f"; the last good checkpoint (step {saved_step}) is kept in {checkpoint}"
-        history.status = "diverged"
-        history.message = f"training diverged at step {step} ({what}); the flow is back at step {good_step}{kept}"
-
-    bar = _progress(progress if rank == 0 else False, steps, start)
+def _run(trainer: Trainer, progress: bool | None, callbacks: list[Callable[[int, History], None]]) -> None:
+    """The loop: steps, evaluations and checkpoints every ``eval_every`` steps, the bar, the callbacks."""
+    o, h = trainer.o, trainer.history
+    trainer.remember_good(trainer.start)
+    bar = _progress(progress if trainer.rank == 0 else False, o.steps, trainer.start)
     began = time.perf_counter()
-    step = start
     try:
-        for step in range(start + 1, steps + 1):
-            flow.train()
-            factor = _lr_factor(schedule, step, steps, warmup)
-            for group in opt.param_groups:
-                group["lr"] = lr * factor
-            loss = -model(batch()).mean()
-            value = loss.detach().clone()
-            if world > 1:
-                import torch.distributed as dist
-
-                dist.all_reduce(value)
-                value /= world
-            value = float(value)
-            if not math.isfinite(value):
-                diverged(step, f"loss = {value}")
+        for step in range(trainer.start + 1, o.steps + 1):
+            problem = trainer.step(step)
+            if problem is not None:
+                trainer.diverged(step, problem)
                 break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_grad is not None:
-                norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), clip_grad)
-                if not math.isfinite(float(norm)):
-                    diverged(step, f"gradient norm = {float(norm)}")
-                    break
-            opt.step()
-            if not _finite(flow):
-                diverged(step, "non-finite parameters after the update")
-                break
-            history.step.append(step)
-            history.train.append(_to_unit(value, shape, levels))
-            history.lr.append(lr * factor)
             if bar is not None:
                 bar.update(1)
                 if step % 10 == 0:
-                    bar.set_postfix_str(f"NLL {history.train[-1]:.3f} {history.unit}")
-            if step % eval_every == 0 or step == steps:
-                stop = False
-                if valid is not None:
-                    result = evaluate(flow, valid, levels=levels, seed=seed)
-                    score = result.get("bits_per_dim", result["nll"])
-                    if world > 1:  # every rank takes rank 0's number, so all make the same early-stopping call
-                        import torch.distributed as dist
-
-                        shared = torch.tensor([score], dtype=torch.float64, device=device)
-                        dist.broadcast(shared, 0)
-                        score = float(shared)
-                    history.valid_step.append(step)
-                    history.valid.append(score)
-                    if history.best_valid is None or score < history.best_valid:
-                        history.best_valid, history.best_step, bad_evals = score, step, 0
-                        best_state = _snapshot(flow)
-                    else:
-                        bad_evals += 1
-                        stop = patience is not None and bad_evals >= patience
-                    if bar is not None:
-                        bar.set_postfix_str(f"NLL {history.train[-1]:.3f} valid {score:.3f} {history.unit}")
-                if stop:
-                    history.status = "early stopped"
-                    history.message = (f"early stopped at step {step}: no improvement of the valid NLL in "
-                                       f"{patience} evaluations (best {history.best_valid:.4f} at step "
-                                       f"{history.best_step})")
-                elif step == steps:
-                    history.status = "finished"
-                history.seconds += time.perf_counter() - began
-                began = time.perf_counter()
-                write(step)
-                good_state, good_step = _snapshot(flow), step
-                if callback is not None and rank == 0:
-                    callback(step, history)
-                if stop:
-                    break
+                    bar.set_postfix_str(f"{trainer.objective.label} {h.train[-1]:.3f} {h.unit}")
+            if step % o.eval_every and step != o.steps:
+                continue
+            stop = trainer.evaluate(step)
+            if bar is not None and h.valid_step[-1:] == [step]:
+                bar.set_postfix_str(f"{trainer.objective.label} {h.train[-1]:.3f} valid {h.valid[-1]:.3f} {h.unit}")
+            if stop:
+                h.status = "early stopped"
+                h.message = (f"early stopped at step {step}: no improvement of the validation score in {o.patience} "
+                             f"evaluations (best {h.best_valid:.4f} at step {h.best_step})")
+            elif step == o.steps:
+                h.status = "finished"
+            h.seconds += time.perf_counter() - began
+            began = time.perf_counter()
+            trainer.write(step)
+            trainer.remember_good(step)
+            if trainer.rank == 0:
+                for fn in callbacks:
+                    fn(step, h)
+            if stop:
+                break
     finally:
         if bar is not None:
             bar.close()
-    if history.status == "diverged":
-        history.seconds += time.perf_counter() - began
-        warnings.warn(history.message, RuntimeWarning, stacklevel=2)
-    elif best_state is not None:
-        flow.load_state_dict(best_state)
-    flow.eval()
-    return history
+    if h.status == "diverged":
+        h.seconds += time.perf_counter() - began
+        warnings.warn(h.message, RuntimeWarning, stacklevel=3)
+    trainer.finish()

@@ -17,20 +17,24 @@ logistic) on data quantised to ``levels`` values ``0, 1/(levels-1), ..., 1``.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint import load_state
 from .core import Bijection, Compose
 from .data import Dataset
 from .distributions import ConditionalDiagNormal, Flow, StandardNormal
 from .nets import MLP
+from .objectives import ELBO
 from .vi import build_flow
 
-__all__ = ["VAE", "fit_vae", "evaluate_vae", "load_data", "binarize", "posterior_layers"]
+__all__ = ["VAE", "binarize", "evaluate_vae", "fit_vae", "load_data", "load_vae", "posterior_layers", "save_vae"]
 
 LIKELIHOODS = ("bernoulli", "logistic")
 
@@ -78,10 +82,15 @@ class VAE(nn.Module):
         if not hidden:
             raise ValueError("hidden must name at least one layer width")
         self.features, self.latent, self.likelihood, self.levels = features, latent, likelihood, levels
+        self.spec = {"model": "VAE", "kwargs": {"features": features, "latent": latent, "hidden": list(hidden),
+                                                "posterior": posterior, "layers": layers, "prior": prior,
+                                                "likelihood": likelihood, "levels": levels}}
         h = hidden[-1]
         self.encoder = nn.Sequential(MLP(features, h, hidden[:-1], activation="elu", zero_last=False), nn.ELU())
         flow_layers = posterior_layers(posterior, latent, h, layers)
-        self.posterior = Flow(flow_layers, ConditionalDiagNormal(latent, h, hidden=()), context=h)
+        # the posterior's context is the encoder's output, not user input: no input checks (a diverging
+        # encoder then gives a NaN loss, which fit's divergence policy handles, instead of a ValueError)
+        self.posterior = Flow(flow_layers, ConditionalDiagNormal(latent, h, hidden=()), context=h, validate=False)
         self.prior = StandardNormal(latent) if prior == "normal" else build_flow(prior, latent)
         outputs = features if likelihood == "bernoulli" else 2 * features
         self.decoder = MLP(latent, outputs, tuple(reversed(hidden)), activation="elu", zero_last=False)
@@ -137,27 +146,42 @@ class VAE(nn.Module):
 
 
 def fit_vae(vae: VAE, train: Tensor, steps: int = 2000, batch: int = 100, lr: float = 1e-3,
-            clip_grad: float | None = 100.0, generator: torch.Generator | None = None) -> list[float]:
-    """Maximise the one-sample ELBO on minibatches of ``train`` with Adam; returns the mean ELBO per step."""
-    vae.check_data(train)
-    if steps < 1 or batch < 1 or lr <= 0:
-        raise ValueError(f"need steps >= 1, batch >= 1 and lr > 0, got {steps}, {batch}, {lr}")
-    opt = torch.optim.Adam(vae.parameters(), lr=lr)
-    history = []
-    vae.train()
-    for step in range(steps):
-        idx = torch.randint(len(train), (batch,), generator=generator)
-        loss = -vae.elbo(train[idx]).mean()
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"VAE training diverged at step {step}: loss is {loss.item()}")
-        opt.zero_grad()
-        loss.backward()
-        if clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), clip_grad)
-        opt.step()
-        history.append(-loss.item())
-    vae.eval()
-    return history
+            clip_grad: float | None = 100.0, generator: torch.Generator | None = None, valid: Tensor | None = None,
+            **options: Any) -> list[float]:
+    """Maximise the one-sample ELBO on minibatches of ``train``: :func:`exactflow.fit` with the
+    :class:`~exactflow.objectives.ELBO` objective and a constant learning rate; returns the mean ELBO per step.
+
+    The batches are seeded from ``generator`` (None: the global RNG). ``valid`` rows give the validation
+    score (-ELBO) for early stopping; any other keyword of :func:`exactflow.fit` (``ema``, ``patience``,
+    ``eval_every``, ``checkpoint``, ``callbacks``, ``progress``, ...) is passed on.
+    """
+    from .training import fit
+
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    options = {"schedule": "constant", "progress": False, "seed": seed, **options}
+    history = fit(vae, objective=ELBO(train, valid, seed=options["seed"]), steps=steps, batch_size=batch, lr=lr,
+                  clip_grad=clip_grad, **options)
+    return [-v for v in history.train]
+
+
+def save_vae(path: str | Path, vae: VAE, info: dict | None = None) -> Path:
+    """Write ``vae`` (weights and constructor arguments) atomically, like :func:`exactflow.save` a flow."""
+    from .training import save_module
+
+    return save_module(path, vae, info=info)
+
+
+def load_vae(path: str | Path, device: str | torch.device = "cpu") -> VAE:
+    """The VAE :func:`save_vae` (or a ``fit(..., checkpoint=...)`` of a VAE) wrote, in eval mode on ``device``."""
+    from .training import read_module
+
+    header, tensors = read_module(path)
+    spec = header["spec"]
+    if spec.get("model") != "VAE":
+        raise ValueError(f"{path}: holds a {spec.get('model')!r}, not a VAE")
+    vae = VAE(**spec["kwargs"]).to(getattr(torch, header["dtype"]))
+    load_state(vae, tensors, where=str(path))
+    return vae.to(device).eval()
 
 
 @torch.no_grad()

@@ -10,22 +10,33 @@ Each step draws ``x = T^{-1}(z)``, ``z ~ p_z``, and ``log q(x)`` in one reparame
 
     log Z ~= logsumexp_i(log p~(x_i) - log q(x_i)) - log n,     x_i ~ q,
 
-with effective sample size ``ESS = 1 / sum_i w_i^2`` for the normalised weights ``w_i``.
+with effective sample size ``ESS = 1 / sum_i w_i^2`` for the normalised weights ``w_i`` and standard error
+``se(log Z) ~= sqrt(1/ESS - 1/n)`` (the delta method: the weights' squared coefficient of variation is n/ESS - 1).
+
+Neither the ESS nor that standard error can see a mode q has missed: draws of q never land there, so the
+weights look well balanced while log Z is underestimated. For 2-D targets :func:`check_log_z` compares the
+estimate with quadrature (:func:`~exactflow.targets.quadrature_log_z`) and says when they disagree by more
+than the standard error allows.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from .distributions import Flow
+from .objectives import ReverseKL
 
-__all__ = ["VIResult", "build_flow", "fit_reverse_kl", "importance_estimate"]
+if TYPE_CHECKING:
+    from .training import History
+
+__all__ = ["VIResult", "build_flow", "check_log_z", "fit_reverse_kl", "importance_estimate"]
 
 
 @dataclass
@@ -34,7 +45,8 @@ class VIResult:
 
     ``elbo``: E_q[log p~ - log q] on ``samples`` fresh draws; ``log_z``: the importance-sampled
     estimate of log Z from the same draws; ``ess``: their effective sample size (1..samples);
-    ``history``: the training ELBO (at full temperature) of every step's batch.
+    ``history``: the negated training loss of every step's batch (the ELBO once ``beta`` is 1);
+    ``fit``: the :class:`~exactflow.training.History` of the run (status, validation scores, message).
     """
 
     elbo: float
@@ -42,18 +54,25 @@ class VIResult:
     ess: float
     samples: int
     history: list[float] = field(default_factory=list)
+    fit: History | None = None
 
     @property
     def ess_fraction(self) -> float:
         return self.ess / self.samples
 
+    @property
+    def log_z_se(self) -> float:
+        """The standard error of ``log_z``, ``sqrt(1/ESS - 1/samples)`` (blind to modes q misses)."""
+        return math.sqrt(max(0.0, 1 / self.ess - 1 / self.samples)) if self.ess > 0 else math.inf
+
     def as_dict(self) -> dict:
-        return {"elbo": self.elbo, "log_z": self.log_z, "ess": self.ess, "ess_fraction": self.ess_fraction,
-                "samples": self.samples, "steps": len(self.history)}
+        return {"elbo": self.elbo, "log_z": self.log_z, "log_z_se": self.log_z_se, "ess": self.ess,
+                "ess_fraction": self.ess_fraction, "samples": self.samples, "steps": len(self.history)}
 
 
 def build_flow(name: str, features: int, context: int = 0, depth: int | None = None, **kwargs) -> Flow:
-    """The registered flow ``name`` (case-insensitive) with ``depth=`` (None: the factory's default)."""
+    """The registered flow ``name`` (case-insensitive) with ``depth=`` (None: the factory's default); it records
+    its spec, so it can be saved and loaded."""
     from .flows import registry
 
     matches = [key for key in registry if key.lower() == name.lower()]
@@ -69,25 +88,16 @@ def build_flow(name: str, features: int, context: int = 0, depth: int | None = N
     return entry(features=features, context=context, **kwargs)
 
 
-def _log_weights(flow: Flow, log_target: Callable[[Tensor], Tensor], n: int) -> tuple[Tensor, Tensor]:
-    """``n`` draws from q with log q and log p~ - log q, shape ``(n,)`` each."""
-    x, log_q = flow.sample_and_log_prob(n)
-    log_p = log_target(x)
-    if not isinstance(log_p, Tensor) or log_p.shape != (n,):
-        got = tuple(log_p.shape) if isinstance(log_p, Tensor) else type(log_p).__name__
-        raise ValueError(f"log_target must map x of shape ({n}, ...) to a tensor of shape ({n},), got {got}")
-    return log_p, log_q
-
-
 @torch.no_grad()
 def importance_estimate(flow: Flow, log_target: Callable[[Tensor], Tensor], samples: int = 10000,
                         chunk: int = 4096) -> tuple[float, float, float]:
     """``(elbo, log_z, ess)`` from ``samples`` draws of q, drawn ``chunk`` at a time (float64 reductions)."""
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
+    objective = ReverseKL(log_target)
     parts = []
     for start in range(0, samples, chunk):
-        log_p, log_q = _log_weights(flow, log_target, min(chunk, samples - start))
+        log_p, log_q = objective.log_weights(flow, min(chunk, samples - start))
         parts.append((log_p - log_q).double())
     log_w = torch.cat(parts)
     if torch.isnan(log_w).any() or (log_w == math.inf).any():
@@ -106,36 +116,38 @@ def fit_reverse_kl(
     anneal: int = 0,
     clip_grad: float | None = 10.0,
     samples: int = 10000,
+    **options: Any,
 ) -> VIResult:
-    """Fit the unconditional ``flow`` to ``p~ = exp(log_target)`` by minimising E_q[log q - beta log p~] with Adam.
+    """Fit the unconditional ``flow`` to ``p~ = exp(log_target)`` by minimising E_q[log q - beta log p~]:
+    :func:`exactflow.fit` with the :class:`~exactflow.objectives.ReverseKL` objective and a constant learning rate.
 
     ``beta`` rises linearly from 0.01 to 1 over the first ``anneal`` steps (0: no annealing), as in
-    Rezende & Mohamed (2015). ``clip_grad`` caps the gradient norm (None: off). Returns the final
-    ELBO, log Z estimate and ESS from ``samples`` fresh draws (see :func:`importance_estimate`).
+    Rezende & Mohamed (2015). ``clip_grad`` caps the gradient norm (None: off). Any other keyword of
+    :func:`exactflow.fit` (``ema``, ``patience``, ``eval_every``, ``checkpoint``, ``callbacks``, ``progress``,
+    ``schedule``, ...) is passed on. Returns the final ELBO, log Z estimate and ESS from ``samples`` fresh draws
+    (see :func:`importance_estimate`); a diverged run warns and is reported at its last good state.
     """
-    if flow.context_features:
-        raise ValueError("fit_reverse_kl needs an unconditional flow (context=0)")
-    for label, value in (("steps", steps), ("batch", batch), ("samples", samples)):
-        if value < 1:
-            raise ValueError(f"{label} must be >= 1, got {value}")
-    if lr <= 0 or anneal < 0:
-        raise ValueError(f"need lr > 0 and anneal >= 0, got lr={lr}, anneal={anneal}")
-    params = [p for p in flow.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    history: list[float] = []
-    flow.train()
-    for step in range(steps):
-        beta = min(1.0, 0.01 + step / anneal) if anneal else 1.0
-        log_p, log_q = _log_weights(flow, log_target, batch)
-        loss = (log_q - beta * log_p).mean()
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"reverse KL diverged at step {step}: loss is {loss.item()} (lower lr or set clip_grad)")
-        opt.zero_grad()
-        loss.backward()
-        if clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip_grad)
-        opt.step()
-        history.append(float((log_p - log_q).detach().mean()))
-    flow.eval()
+    from .training import fit
+
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    objective = ReverseKL(log_target, anneal=anneal, seed=options.get("seed", 0),
+                          valid_samples=options.pop("valid_samples", 2048))
+    options = {"schedule": "constant", "progress": False, **options}
+    history = fit(flow, objective=objective, steps=steps, batch_size=batch, lr=lr, clip_grad=clip_grad, **options)
     elbo, log_z, ess = importance_estimate(flow, log_target, samples)
-    return VIResult(elbo, log_z, ess, samples, history)
+    return VIResult(elbo, log_z, ess, samples, [-v for v in history.train], history)
+
+
+def check_log_z(result: VIResult, reference: float, tolerance: float = 0.01, sigmas: float = 3.0) -> str | None:
+    """A warning when the importance-sampled ``result.log_z`` and a ``reference`` value (e.g. quadrature) differ
+    by more than ``sigmas`` standard errors plus ``tolerance`` (the reference's own error); None when they agree."""
+    gap = result.log_z - reference
+    allowed = sigmas * result.log_z_se + tolerance
+    if abs(gap) <= allowed:
+        return None
+    side = "below" if gap < 0 else "above"
+    hint = ("q misses probability mass of the target (a mode?): the ESS cannot see missed modes, it only weighs "
+            "the draws q makes") if gap < 0 else "the estimate has heavy-tailed weights; draw more samples"
+    return (f"the importance-sampled log Z {result.log_z:.4f} is {abs(gap):.4f} {side} the reference {reference:.4f}, "
+            f"more than {sigmas:g} standard errors ({result.log_z_se:.4f}) allow: {hint}")

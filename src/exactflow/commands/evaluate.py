@@ -36,7 +36,8 @@ def main(args: argparse.Namespace) -> int:
     ds = run_data(record, args.data, args.data_args)
     x = getattr(ds, args.split)
     levels = ds.levels if ds.kind == "image" else None
-    result = evaluate(flow, x, batch_size=args.batch_size, levels=levels)
+    context = None if ds.context is None else ds.context[("train", "valid", "test").index(args.split)]
+    result = evaluate(flow, x, batch_size=args.batch_size, levels=levels, context=context)
     result["split"] = args.split
     if args.json:
         print(json.dumps(result))

@@ -1,4 +1,5 @@
-"""``exactflow train``: fit a registered flow to a data set or a .csv/.npy file by maximum likelihood."""
+"""``exactflow train``: fit a registered flow to a data set or a .csv/.npy file (maximum likelihood or, for a
+CNF, flow matching), optionally conditional on some of the file's columns."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ examples:
   exactflow train checkerboard --flow RealNVP --depth 12 --flow-arg mask=alternating
   exactflow train --config run.toml --steps 500      # the command line wins over the file
   exactflow train --out runs/moons --resume          # continue after an interruption (even kill -9)
+  exactflow train moons --objective flow-matching --flow CNF --ema 0.999
+  exactflow train table.csv --context-cols age,height  # a conditional flow of the other columns given these
   torchrun --nproc_per_node=2 -m exactflow train moons --out runs/ddp
 
 A config file is a flat table of these options, e.g. run.toml:
@@ -44,6 +47,7 @@ def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, b
     """The options of ``train`` (shared with ``demo``, which passes its own defaults). ``steps=None``: the
     default is :data:`DEFAULT_STEPS`, or on ``--resume`` the run's own."""
     from ..flows import registry as flows
+    from ..objectives import OBJECTIVES
     from ..training import SCHEDULES
 
     p.add_argument("--flow", default="RealNVP", help=f"flow from the registry ({', '.join(sorted(flows))}); "
@@ -57,6 +61,11 @@ def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, b
                    "sets, test=0.2 or valid=0.1 for a .csv/.npy file")
     p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
                    help="standardise inside the model (default: on for .csv/.npy files, off otherwise)")
+    p.add_argument("--objective", choices=OBJECTIVES[:2], default="likelihood",
+                   help="likelihood (default) or flow-matching (a CNF); the reverse KL is `exactflow vi`, the ELBO "
+                   "`exactflow vae`")
+    p.add_argument("--context-cols", help="columns of a .csv/.npy file that are the context of a conditional flow: "
+                   "indices or header names, comma-separated (e.g. 0,3 or age,height)")
     p.add_argument("--steps", type=int, default=steps,
                    help=f"optimisation steps (default {DEFAULT_STEPS}; on --resume the run's own)" if steps is None
                    else "optimisation steps (default %(default)s)")
@@ -67,6 +76,10 @@ def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, b
     p.add_argument("--clip-grad", type=float, default=5.0, help="gradient-norm clip, 0 = off (default 5)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
     p.add_argument("--patience", type=int, help="stop after this many evaluations without valid improvement")
+    p.add_argument("--ema", type=float, help="keep an exponential moving average of the weights with this decay "
+                   "(e.g. 0.999); evaluation and the saved model use it")
+    p.add_argument("--compile", action="store_true", help="compile the flow with torch.compile (the first call "
+                   "takes up to a minute)")
     p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations/checkpoints (default 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches (default 0)")
     add_threads_option(p, threads)
@@ -161,7 +174,12 @@ def train(args: argparse.Namespace) -> dict:
         if rank == 0 and args.overwrite and not args.resume:
             for old in (ckpt_path, model_path):
                 old.unlink(missing_ok=True)
-        record = data_record(args.data, assignments(args.data_args, "--data-arg"))
+        data_kwargs = assignments(args.data_args, "--data-arg")
+        if args.context_cols is not None:
+            data_kwargs["context_cols"] = args.context_cols
+        record = data_record(args.data, data_kwargs)
+        if args.context_cols is not None and record["name"] != "tabular":
+            raise ValueError(f"--context-cols needs a .csv/.npy file; {args.data!r} is a named data set")
         ds = build_data(record)
         extra = assignments(args.flow_args, "--flow-arg")
         if args.depth is not None:
@@ -171,6 +189,8 @@ def train(args: argparse.Namespace) -> dict:
         if args.flow not in flows:
             raise ValueError(f"unknown flow {args.flow!r}; available: {', '.join(sorted(flows))}")
         kwargs = flow_kwargs(flows[args.flow], ds, extra)
+        if ds.context is not None:
+            kwargs["context"] = ds.context[0].shape[1]
         torch.manual_seed(args.seed)
         try:
             flow = checkpoint.build(args.flow, **kwargs)
@@ -194,22 +214,24 @@ def train(args: argparse.Namespace) -> dict:
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="training diverged", category=RuntimeWarning)
-            history = fit(flow, ds, steps=args.steps, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-                          warmup=args.warmup, clip_grad=args.clip_grad or None, weight_decay=args.weight_decay,
-                          patience=args.patience, eval_every=args.eval_every, levels=levels, seed=args.seed,
+            history = fit(flow, ds, objective=args.objective, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                          schedule=args.schedule, warmup=args.warmup, clip_grad=args.clip_grad or None,
+                          weight_decay=args.weight_decay, ema=args.ema, compile=args.compile, patience=args.patience,
+                          eval_every=args.eval_every, levels=levels, seed=args.seed,
                           checkpoint=ckpt_path, resume=args.resume, info=info, progress=show, callback=report)
         summary = {"out": str(out), "status": history.status, "message": history.message, "steps": args.steps,
                    "checkpoint": str(ckpt_path)}
         if history.status == "diverged" or rank != 0:
             return summary
-        test = evaluate(flow, ds.test, levels=levels, seed=args.seed)
+        test = evaluate(flow, ds.test, levels=levels, seed=args.seed,
+                        context=None if ds.context is None else ds.context[2])
         checkpoint.save(model_path, flow, info={**info, "history": history.to_dict(), "test": test})
         checkpoint.write_json(out / "config.json", {"spec": flow.spec, **info, "test": test, "status": history.status,
                                                     "best_step": history.best_step, "seconds": history.seconds})
         pictures = []
         if args.plots:
             cpu_flow = flow.to("cpu")
-            if ds.shape == (2,):
+            if ds.shape == (2,) and ds.context is None:
                 pictures = plots.plot_2d(cpu_flow, ds.test, out, history)
             else:
                 pictures = [plots.curves(history, out / "curves.png")]

@@ -34,8 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--anneal", type=int, default=0, help="steps over which beta rises from 0.01 to 1 (0: off)")
     p.add_argument("--samples", type=int, default=20000, help="draws for the final ELBO / log Z / ESS")
+    p.add_argument("--ema", type=float, default=None, help="EMA decay of the weights (e.g. 0.999; default off)")
+    p.add_argument("--eval-every", type=int, default=100, help="steps between validation ELBOs (default 100)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="folder for result.json and density.png (default runs/vi-<target>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    p.add_argument("--out", default=None, help="folder for result.json, model.safetensors (read by exactflow.load) "
+                   "and density.png (default runs/vi-<target>)")
     add_threads_option(p)
     p.add_argument("--no-plots", "--no-plot", dest="no_plot", action="store_true", help="skip the picture")
     p.set_defaults(run=run)
@@ -68,8 +72,13 @@ def plot_density(target, flow, path: Path, title: str = "", points: int = 200) -
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+    import warnings
+
+    from ..checkpoint import save
+    from ..targets import quadrature_log_z
     from ..targets import registry as targets
-    from ..vi import build_flow, fit_reverse_kl
+    from ..vi import build_flow, check_log_z, fit_reverse_kl
 
     apply_threads(args)
     torch.manual_seed(args.seed)
@@ -78,20 +87,39 @@ def run(args: argparse.Namespace) -> int:
     except TypeError:
         raise ValueError(f"target {args.target!r} has a fixed dimension; drop --dim") from None
     flow = build_flow(args.flow, target.dim, depth=args.layers)
-    result = fit_reverse_kl(flow, target, steps=args.steps, batch=args.batch, lr=args.lr, anneal=args.anneal,
-                            samples=args.samples)
+    show = not args.quiet and sys.stderr.isatty()
+
+    def report(step: int, history) -> None:
+        if not args.quiet and not show:
+            valid = f"  valid {history.valid[-1]:.4f}" if history.valid_step[-1:] == [step] else ""
+            print(f"step {step:6d}/{args.steps}  -ELBO {history.train[-1]:.4f}{valid} nats", flush=True)
+
+    with warnings.catch_warnings():  # a divergence is reported below, once
+        warnings.filterwarnings("ignore", message="training diverged", category=RuntimeWarning)
+        result = fit_reverse_kl(flow, target, steps=args.steps, batch=args.batch, lr=args.lr, anneal=args.anneal,
+                                samples=args.samples, ema=args.ema, eval_every=args.eval_every, progress=show,
+                                callback=report)
     out = Path(args.out or f"runs/vi-{args.target}")
     out.mkdir(parents=True, exist_ok=True)
+    reference = target.log_z if target.log_z is not None else quadrature_log_z(target) if target.dim == 2 else None
+    warning = None if reference is None else check_log_z(result, reference)
     record = {"target": args.target, "dim": target.dim, "flow": args.flow, "layers": args.layers, "steps": args.steps,
-              "batch": args.batch, "lr": args.lr, "anneal": args.anneal, "seed": args.seed, **result.as_dict(),
-              "true_log_z": target.log_z}
+              "batch": args.batch, "lr": args.lr, "anneal": args.anneal, "seed": args.seed, "ema": args.ema,
+              **result.as_dict(), "status": result.fit.status, "true_log_z": target.log_z,
+              "reference_log_z": reference, "log_z_warning": warning}
     (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"ELBO {result.elbo:.4f}  log Z (importance sampled) {result.log_z:.4f}  "
+    save(out / "model.safetensors", flow, info={"vi": record})
+    if result.fit.status == "diverged":
+        print(f"warning: {result.fit.message}")
+    print(f"ELBO {result.elbo:.4f}  log Z (importance sampled) {result.log_z:.4f} +- {result.log_z_se:.4f}  "
           f"ESS {result.ess:.0f}/{result.samples} ({100 * result.ess_fraction:.1f}%)")
-    if target.log_z is not None:
-        print(f"true log Z {target.log_z:.4f}  (error {result.log_z - target.log_z:+.4f}; "
-              f"KL(q||p) = log Z - ELBO = {target.log_z - result.elbo:.4f})")
-    print(f"wrote {out / 'result.json'}")
+    if reference is not None:
+        how = "true" if target.log_z is not None else "quadrature"
+        print(f"{how} log Z {reference:.4f}  (error {result.log_z - reference:+.4f}; "
+              f"KL(q||p) = log Z - ELBO = {reference - result.elbo:.4f})")
+    if warning is not None:
+        print(f"warning: {warning}")
+    print(f"wrote {out / 'result.json'} and {out / 'model.safetensors'}")
     if not args.no_plot:
         if target.dim != 2:
             print(f"no picture: the target is {target.dim}-D (pictures are for 2-D targets)")

@@ -23,7 +23,8 @@ class Dataset:
 
     ``kind`` is ``"vector"`` (``shape == (features,)``) or ``"image"`` (``shape == (C, H, W)``);
     ``levels`` is the number of discrete values per pixel for quantised images (None otherwise);
-    ``info`` records how the data were made (generator, seed, file, split sizes).
+    ``info`` records how the data were made (generator, seed, file, split sizes);
+    ``context``: for conditional data, the context rows of the train, valid and test splits (None otherwise).
     """
 
     name: str
@@ -33,6 +34,7 @@ class Dataset:
     kind: str = "vector"
     levels: int | None = None
     info: dict = field(default_factory=dict)
+    context: tuple[Tensor, Tensor, Tensor] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
