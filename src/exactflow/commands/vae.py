@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import save, write_json
+from ..distributions import Flow
 from ._shared import add_batch_size_option, add_depth_option, add_hidden_option, add_threads_option, apply_threads
 
 EXAMPLES = """examples:
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
               "train": len(train), "test": len(test)}
     write_json(out / "result.json", record)
     save_vae(out / "model.safetensors", vae, info={"vae": record})
-    if getattr(vae.prior, "spec", None) is not None:
+    if isinstance(vae.prior, Flow):  # a learned prior
         save(out / "prior.safetensors", vae.prior, info={"vae": record})
     print(f"{data.name}: {len(train)} train / {len(test)} test, {args.likelihood} likelihood, "
           f"posterior {args.posterior} ({args.layers} layers), {args.steps} steps")
