@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 EXTRAS  ?= test
 
-.PHONY: demo test bench clean
+.PHONY: demo test docs bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -16,11 +16,16 @@ demo: $(STAMP)
 	$(PY) -m exactflow demo
 
 test: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks conftest.py
 	$(PY) -m pytest
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+	@echo "exactflow: the site is in site/ (open site/index.html, or serve it: $(PY) -m mkdocs serve)"
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf .venv runs
+	rm -rf .venv runs site

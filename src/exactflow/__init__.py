@@ -5,11 +5,11 @@ Convention: a bijection's ``forward`` maps data -> latent and returns ``(z, log|
 """
 
 from . import data, flows, objectives, targets, testing, transforms
-from .core import Bijection, Compose, Inverse
 from .checkpoint import load, save
-from .flows import build
+from .core import Bijection, Compose, Inverse
 from .distributions import DiagNormal, Flow, StandardNormal
 from .distributions import compile_flow as compile
+from .flows import build
 from .training import History, evaluate, fit, standardize
 from .vi import fit_reverse_kl
 

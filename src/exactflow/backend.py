@@ -275,7 +275,7 @@ def made_params(net: nn.Module, x: Tensor, context: Tensor | None, layout: str =
     h = _lib().join_context(x, context)
     if net.residual:
         h = _linear(h, *hidden[0])
-        for first, second in zip(hidden[1::2], hidden[2::2]):
+        for first, second in zip(hidden[1::2], hidden[2::2], strict=False):
             h = h + _linear(torch.relu_(_linear(torch.relu(h), *first)), *second)
         h = torch.relu(h)
     else:
@@ -489,7 +489,7 @@ def incremental_inverse(layer, z: Tensor, context: Tensor | None,
     order, structure, out_rows, out_cols, out_used = _sampler_layout(
         tuple(net.input_degrees.tolist()), tuple(tuple(g.tolist()) for g in net.hidden_degrees), ctx, params)
     blocks, spans = [], []
-    for (w, b), (rows, cols, sizes, span) in zip(hidden, structure):
+    for (w, b), (rows, cols, sizes, span) in zip(hidden, structure, strict=False):
         rows, cols = rows.to(w.device), cols.to(w.device)
         blocks.append(torch.split(torch.cat([b[rows].unsqueeze(1), w[rows[:, None], cols]], 1), sizes))
         spans.append(span)
@@ -511,7 +511,7 @@ def incremental_inverse(layer, z: Tensor, context: Tensor | None,
     ladj = z.new_zeros(n)
     inverse = _rows_inverse(layer.univariate)
     for t in range(d):  # the units of degree t are complete once the features of degree <= t are known
-        for i, (block, span) in enumerate(zip(blocks, spans)):
+        for i, (block, span) in enumerate(zip(blocks, spans, strict=False)):
             lo, hi, k = span[t]
             if hi > lo:
                 torch.mm(block[t][:, :k], states[i][:k], out=states[i + 1][1 + lo:1 + hi]).relu_()

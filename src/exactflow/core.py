@@ -18,7 +18,8 @@ Inputs are ``(batch, *event_shape)``; ``ladj`` is summed over the event.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -100,7 +101,7 @@ def layer_context(layer: nn.Module, context: Tensor | None) -> Tensor | None:
 class Compose(Bijection):
     """``T = T_k o ... o T_1`` applied left to right in ``forward``; log-dets add, ``inverse`` runs in reverse."""
 
-    def __init__(self, *bijections: Bijection):
+    def __init__(self, *bijections: Bijection) -> None:
         super().__init__()
         self.bijections = nn.ModuleList(bijections)
 
@@ -147,7 +148,7 @@ def total_ladj(ladjs: list[Tensor], x: Tensor) -> Tensor:
 class Inverse(Bijection):
     """Swaps the two directions of ``bijection``: ``Inverse(MAF layer)`` is an IAF layer."""
 
-    def __init__(self, bijection: Bijection):
+    def __init__(self, bijection: Bijection) -> None:
         super().__init__()
         self.bijection = bijection
 

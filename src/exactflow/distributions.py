@@ -45,7 +45,7 @@ def _sample_count(n: object) -> int:
 class StandardNormal(nn.Module):
     """N(0, I) over ``event_shape``; follows ``.to(device, dtype)`` through a buffer."""
 
-    def __init__(self, event_shape: int | tuple[int, ...]):
+    def __init__(self, event_shape: int | tuple[int, ...]) -> None:
         super().__init__()
         self.event_shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
         self.register_buffer("_ref", torch.zeros(()))
@@ -68,7 +68,7 @@ class StandardNormal(nn.Module):
 class DiagNormal(StandardNormal):
     """N(loc, diag(exp(log_scale))^2) with learnable ``loc`` and ``log_scale`` (initialised to N(0, I))."""
 
-    def __init__(self, event_shape: int | tuple[int, ...]):
+    def __init__(self, event_shape: int | tuple[int, ...]) -> None:
         super().__init__(event_shape)
         self.loc = nn.Parameter(torch.zeros(self.event_shape))
         self.log_scale = nn.Parameter(torch.zeros(self.event_shape))
@@ -108,7 +108,7 @@ class Flow(nn.Module):
       broadcasts parameters.
     """
 
-    def __init__(self, transform: Bijection, base: nn.Module, context: int = 0, validate: bool = True):
+    def __init__(self, transform: Bijection, base: nn.Module, context: int = 0, validate: bool = True) -> None:
         super().__init__()
         self.transform = transform
         self.base = base
@@ -248,7 +248,7 @@ class ConditionalDiagNormal(StandardNormal):
     (:class:`Flow` repeats each context row for you); ``as_torch(c)`` takes ``(c,)`` or ``(b, c)``.
     """
 
-    def __init__(self, event_shape: int | tuple[int, ...], context: int, hidden: tuple[int, ...] = (64,)):
+    def __init__(self, event_shape: int | tuple[int, ...], context: int, hidden: tuple[int, ...] = (64,)) -> None:
         super().__init__(event_shape)
         if context < 1:
             raise ValueError(f"ConditionalDiagNormal needs context >= 1 features, got {context}")

@@ -26,7 +26,7 @@ class TorchTransform(Transform):
 
     bijective = True
 
-    def __init__(self, bijection: Bijection, event_dim: int = 1, context: Tensor | None = None):
+    def __init__(self, bijection: Bijection, event_dim: int = 1, context: Tensor | None = None) -> None:
         super().__init__(cache_size=1)
         self.bijection = bijection
         self.context = context

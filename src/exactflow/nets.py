@@ -5,7 +5,7 @@ These are the reference definitions; :mod:`exactflow.backend` evaluates the same
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ class MLP(nn.Sequential):
         hidden: Sequence[int] = (64, 64),
         activation: str = "relu",
         zero_last: bool = True,
-    ):
+    ) -> None:
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
@@ -67,7 +67,7 @@ class MaskedLinear(nn.Linear):
     a loaded checkpoint): they never reach the output.
     """
 
-    def __init__(self, in_features: int, out_features: int, mask: Tensor, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, mask: Tensor, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias)
         if mask.shape != (out_features, in_features):
             raise ValueError(f"mask has shape {tuple(mask.shape)}: expected ({out_features}, {in_features})")
@@ -126,7 +126,7 @@ class MADE(nn.Module):
         activation: str = "relu",
         zero_last: bool = True,
         seed: int | None = None,
-    ):
+    ) -> None:
         super().__init__()
         if features < 1 or params < 1:
             raise ValueError(f"MADE needs features >= 1 and params >= 1, got {features} and {params}")
@@ -146,7 +146,7 @@ class MADE(nn.Module):
         for i, deg in enumerate(degrees):
             self.register_buffer(f"hidden_degrees_{i}", deg)
         layers = []
-        for deg_prev, deg in zip([d_in, *degrees[:-1]], degrees):
+        for deg_prev, deg in zip([d_in, *degrees[:-1]], degrees, strict=False):
             layers.append(MaskedLinear(len(deg_prev), len(deg), deg[:, None] >= deg_prev[None, :]))
         d_out = self.input_degrees.repeat_interleave(params)
         self.out = MaskedLinear(len(degrees[-1]), features * params, d_out[:, None] > degrees[-1][None, :])
@@ -184,7 +184,7 @@ class MADE(nn.Module):
             return fast
         h = self.layers[0](join_context(x, context))
         if self.residual:
-            for first, second in zip(self.layers[1::2], self.layers[2::2]):
+            for first, second in zip(self.layers[1::2], self.layers[2::2], strict=False):
                 h = h + second(self.act(first(self.act(h))))
         else:
             for layer in self.layers[1:]:

@@ -108,7 +108,7 @@ class DataObjective:
     label = "loss"
 
     def __init__(self, train: Data | tuple | Dataset, valid: Data | tuple | None = None, levels: int | None = None,
-                 seed: int = 0, eval_batch: int = 4096):
+                 seed: int = 0, eval_batch: int = 4096) -> None:
         if isinstance(train, Dataset):
             ctx = train.context
             if valid is None and len(train.valid):
@@ -213,7 +213,7 @@ class FlowMatching(DataObjective):
     name = "flow-matching"
     label = "FM loss"
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.unit = "FM loss"
 
@@ -272,7 +272,7 @@ class ReverseKL:
     unit = "nats"
 
     def __init__(self, log_target: Callable[[Tensor], Tensor], anneal: int = 0, valid_samples: int = 2048,
-                 seed: int = 0):
+                 seed: int = 0) -> None:
         if not callable(log_target):
             raise TypeError(f"log_target must be callable (x -> log p~(x)), got {type(log_target).__name__}")
         if anneal < 0 or valid_samples < 0:

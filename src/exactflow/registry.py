@@ -25,8 +25,9 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -56,7 +57,7 @@ class Entry:
 class Registry(dict):
     """A dict ``name -> Entry``; entries are callable factories that record how they were called."""
 
-    def __init__(self, kind: str, key: str = "name", bijections: bool = False, presets: bool = False):
+    def __init__(self, kind: str, key: str = "name", bijections: bool = False, presets: bool = False) -> None:
         super().__init__()
         self.kind = kind  # for messages: "transform", "flow", ...
         self.key = key  # the key naming the entry in a recorded spec: {key: name, ...}

@@ -21,8 +21,8 @@ get a wall outside that box, ``-(max(|z1| - 4, 0)/0.5)^2 / 2``, which is zero in
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -87,12 +87,12 @@ def _grads(name: str, module: nn.Module, loss: Tensor, inputs: dict[str, Tensor]
     params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     tensors = [p for _, p in params] + list(inputs.values())
     grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-    for (label, _), g in zip([*params, *inputs.items()], grads):
+    for (label, _), g in zip([*params, *inputs.items()], grads, strict=False):
         if g is None:
             raise CheckError(f"{name}: no gradient reaches {label}")
         if not torch.isfinite(g).all():
             raise CheckError(f"{name}: non-finite gradient for {label}")
-    for (label, p), g in zip(params, grads):
+    for (label, _p), g in zip(params, grads, strict=False):
         if not g.any():
             raise CheckError(f"{name}: gradient for parameter {label} is identically zero")
 
@@ -220,7 +220,7 @@ _OUTPUTS = ("forward", "forward log-det", "inverse", "inverse log-det")
 
 
 def _agree(name: str, what: str, got: list[Tensor], want: list[Tensor], atol: float) -> None:
-    for label, g, r in zip(_OUTPUTS, got, want):
+    for label, g, r in zip(_OUTPUTS, got, want, strict=False):
         if g.dtype == torch.float32 and r.dtype == torch.float64:
             _close32(name, f"{what}: {label}", g, r)
         else:
@@ -243,9 +243,9 @@ def _check_fast_paths(name: str, b: Bijection, x: Tensor, w: Tensor, context: Te
         grads = []
         for scope in (contextlib.nullcontext, backend.reference):
             with scope():
-                loss = sum((t * v).sum() for t, v in zip(_outputs(b, x, w, context), weights))
+                loss = sum((t * v).sum() for t, v in zip(_outputs(b, x, w, context), weights, strict=False))
                 grads.append(torch.autograd.grad(loss, params, allow_unused=True))
-        for (label, _), g, r in zip(b.named_parameters(), *grads):
+        for (label, _), g, r in zip(b.named_parameters(), *grads, strict=False):
             if (g is None) != (r is None) or (g is not None and not torch.allclose(g, r, atol=atol * 10, rtol=1e-4)):
                 raise CheckError(f"{name}: the gradient for {label} differs from the reference's")
 
@@ -262,7 +262,7 @@ def _check_fast_paths(name: str, b: Bijection, x: Tensor, w: Tensor, context: Te
         with torch.no_grad():
             rows = [_outputs(b, big[0][k:k + 1], big[1][k:k + 1], None if context is None else big[2][k:k + 1])
                     for k in (0, len(i) - 1)]
-        for k, row in zip((0, len(i) - 1), rows):
+        for k, row in zip((0, len(i) - 1), rows, strict=False):
             _agree(name, f"row {k} of a batch of {len(i)} equals that row alone", row, [t[k:k + 1] for t in want_big], atol)
 
     if params:  # user actions on the weights are seen by the next call, whatever was computed before

@@ -148,7 +148,7 @@ class EMA:
     :meth:`applied` swaps the averaged weights into the model for evaluation and saving.
     """
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0 < decay < 1:
             raise ValueError(f"ema must be a decay in (0, 1), e.g. 0.999, got {decay}")
         self.decay = decay
@@ -294,7 +294,7 @@ class Trainer:
     a checkpoint write or read, the divergence policy. :func:`fit` only wires them together."""
 
     def __init__(self, model: nn.Module, objective: Objective, options: Options, weight_decay: float,
-                 ema: float | None, checkpoint: Path | None, info: dict | None):
+                 ema: float | None, checkpoint: Path | None, info: dict | None) -> None:
         self.model, self.objective, self.o = model, objective, options
         self.world, self.rank = _world()
         self.opt = torch.optim.Adam(model.parameters(), lr=options.lr, weight_decay=weight_decay)

@@ -73,7 +73,7 @@ class VAE(nn.Module):
         prior: str = "normal",
         likelihood: str = "bernoulli",
         levels: int = 17,
-    ):
+    ) -> None:
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")

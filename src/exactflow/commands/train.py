@@ -11,8 +11,20 @@ from pathlib import Path
 
 import torch
 
-from ._shared import (FILE_SUFFIXES, add_batch_size_option, add_depth_option, add_hidden_option, add_threads_option,
-                      apply_threads, assignments, build_data, data_record, describe, device, flow_kwargs)
+from ._shared import (
+    FILE_SUFFIXES,
+    add_batch_size_option,
+    add_depth_option,
+    add_hidden_option,
+    add_threads_option,
+    apply_threads,
+    assignments,
+    build_data,
+    data_record,
+    describe,
+    device,
+    flow_kwargs,
+)
 
 EPILOG = """\
 examples:

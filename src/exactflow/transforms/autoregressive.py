@@ -10,7 +10,7 @@ pass t the first t features in the order are exact).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -58,7 +58,7 @@ class AffineUnivariate(Univariate):
 
     n_params = 2
 
-    def __init__(self, scale_bound: float | None = 3.0):
+    def __init__(self, scale_bound: float | None = 3.0) -> None:
         if scale_bound is not None and scale_bound <= 0:
             raise ValueError(f"scale_bound must be positive or None, got {scale_bound}")
         self.scale_bound = scale_bound
@@ -99,7 +99,7 @@ class MaskedAutoregressive(Bijection):
         activation: str = "relu",
         seed: int | None = None,
         identity_init: bool = True,
-    ):
+    ) -> None:
         super().__init__()
         self.univariate = univariate if univariate is not None else AffineUnivariate()
         self.features = features
@@ -156,7 +156,7 @@ class MaskedAffineAutoregressive(MaskedAutoregressive):
         scale_bound: float | None = 3.0,
         seed: int | None = None,
         identity_init: bool = False,
-    ):
+    ) -> None:
         super().__init__(features, context, AffineUnivariate(scale_bound), hidden, order, residual, activation, seed,
                          identity_init)
 

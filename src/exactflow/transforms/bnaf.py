@@ -17,7 +17,7 @@ sampling, not for training through samples.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,7 @@ class BlockLinear(nn.Module):
     raw weight outside the lower block triangle are masked on use, so they may hold anything.
     """
 
-    def __init__(self, features: int, a_in: int, a_out: int):
+    def __init__(self, features: int, a_in: int, a_out: int) -> None:
         super().__init__()
         self.features, self.a_in, self.a_out = features, a_in, a_out
         lower, diag = _block_masks(features, a_out, a_in)
@@ -91,7 +91,7 @@ class BNAF(Bijection):
     exact_inverse = False
 
     def __init__(self, features: int, context: int = 0, hidden: Sequence[int] = (16, 16), alpha: float = 0.1,
-                 iters: int = 60):
+                 iters: int = 60) -> None:
         super().__init__()
         if not hidden:
             raise ValueError("BNAF needs at least one hidden layer")
@@ -99,7 +99,7 @@ class BNAF(Bijection):
             raise ValueError(f"alpha must be positive, got {alpha}")
         self.features, self.alpha, self.iters = features, alpha, iters
         widths = [1, *hidden, 1]
-        self.layers = nn.ModuleList(BlockLinear(features, a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.layers = nn.ModuleList(BlockLinear(features, a, b) for a, b in zip(widths[:-1], widths[1:], strict=False))
         self.context_net = nn.Linear(context, features * sum(widths[1:])) if context else None
         self._splits = [features * w for w in widths[1:]]
 

@@ -26,7 +26,7 @@ or maximum likelihood ``-flow.log_prob(x).mean()`` through the solver (FFJORD).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +46,7 @@ class VelocityNet(nn.Module):
     """
 
     def __init__(self, features: int, context: int = 0, hidden: Sequence[int] = (64, 64),
-                 activation: str = "silu", frequencies: int = 4):
+                 activation: str = "silu", frequencies: int = 4) -> None:
         super().__init__()
         self.register_buffer("freqs", math.pi * torch.arange(1, frequencies + 1, dtype=torch.get_default_dtype()))
         self.net = MLP(features + 1 + 2 * frequencies + context, features, hidden, activation)
@@ -69,7 +69,7 @@ class CNF(Bijection):
     analytic_forward = False
 
     def __init__(self, features: int, context: int = 0, hidden: Sequence[int] = (64, 64), steps: int = 32,
-                 trace: str = "exact", velocity: nn.Module | None = None, activation: str = "silu"):
+                 trace: str = "exact", velocity: nn.Module | None = None, activation: str = "silu") -> None:
         super().__init__()
         if trace not in ("exact", "hutchinson"):
             raise ValueError(f"trace must be 'exact' or 'hutchinson', got {trace!r}")

@@ -3,7 +3,7 @@ an elementwise map of the other part, so the Jacobian is triangular and log|det|
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -45,7 +45,7 @@ class Coupling(Bijection):
     params_per_feature = 1
 
     def __init__(self, features: int, context: int = 0, mask: str | Tensor = "half", flip: bool = False,
-                 hidden: Sequence[int] = (64, 64), activation: str = "relu"):
+                 hidden: Sequence[int] = (64, 64), activation: str = "relu") -> None:
         super().__init__()
         m = coupling_mask(features, mask, flip)
         self.register_buffer("idx_id", torch.nonzero(m).flatten())
@@ -156,7 +156,7 @@ class AffineCoupling(Coupling):
     params_per_feature = 2
 
     def __init__(self, features: int, context: int = 0, mask: str | Tensor = "half", flip: bool = False,
-                 hidden: Sequence[int] = (64, 64), activation: str = "relu", scale_bound: float | None = 3.0):
+                 hidden: Sequence[int] = (64, 64), activation: str = "relu", scale_bound: float | None = 3.0) -> None:
         super().__init__(features, context, mask, flip, hidden, activation)
         self.scale_bound = scale_bound
 

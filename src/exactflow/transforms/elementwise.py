@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +39,7 @@ class ElementwiseAffine(Bijection):
     As a one-layer flow on N(0, 1), x = exp(log_scale) z + loc has the N(loc, exp(2 log_scale)) density.
     """
 
-    def __init__(self, features: int, context: int = 0, hidden: Sequence[int] = (32,)):
+    def __init__(self, features: int, context: int = 0, hidden: Sequence[int] = (32,)) -> None:
         super().__init__()
         self.features = features
         if context:

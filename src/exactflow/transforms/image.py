@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import Bijection
-from ..utils import sum_except_batch
 from ..nets import ACTIVATIONS
 from ..registry import TRANSFORMS
+from ..utils import sum_except_batch
 from .elementwise import bounded_log_scale
 from .linear import lu_solve, lu_weight
 from .normalization import ActNorm
@@ -81,7 +81,7 @@ class ConvNet(nn.Sequential):
     the others). The last conv is zero-initialised (``zero_last``) so the layer built on it starts as the identity."""
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int | Sequence[int] = 64, activation: str = "relu",
-                 zero_last: bool = True):
+                 zero_last: bool = True) -> None:
         widths = (hidden, hidden) if isinstance(hidden, int) else tuple(hidden)
         if not widths or not all(isinstance(h, int) and h > 0 for h in widths):
             raise ValueError(f"hidden must be a positive int or a sequence of them, got {hidden!r}")
@@ -99,7 +99,7 @@ class Squeeze(Bijection):
     """Space to depth: ``(C, H, W) -> (C f^2, H/f, W/f)``; output channel ``c f^2 + a f + b`` holds pixel
     ``(f i + a, f j + b)`` of input channel ``c`` (``torch.pixel_unshuffle``). A permutation: log|det| = 0."""
 
-    def __init__(self, factor: int = 2):
+    def __init__(self, factor: int = 2) -> None:
         super().__init__()
         if factor < 1:
             raise ValueError(f"squeeze factor must be a positive int, got {factor}")
@@ -130,7 +130,7 @@ class Squeeze(Bijection):
 class Unsqueeze(Bijection):
     """Depth to space, the inverse of :class:`Squeeze`: ``(C f^2, H, W) -> (C, H f, W f)``; log|det| = 0."""
 
-    def __init__(self, factor: int = 2):
+    def __init__(self, factor: int = 2) -> None:
         super().__init__()
         self.squeeze = Squeeze(factor)
 
@@ -168,7 +168,7 @@ class InvConv1x1(Bijection):
 
     The log-det uses ``slogdet`` (O(C^3)); ``W`` starts as a random rotation."""
 
-    def __init__(self, shape: tuple[int, int, int], context: int = 0, seed: int | None = None):
+    def __init__(self, shape: tuple[int, int, int], context: int = 0, seed: int | None = None) -> None:
         super().__init__()
         channels = image_shape(shape)[0]
         self.weight = nn.Parameter(_random_rotation(channels, seed))
@@ -190,7 +190,7 @@ class InvConv1x1LU(Bijection):
     ``P`` is a fixed permutation, ``L`` unit lower-triangular, ``U`` upper-triangular with diagonal
     ``exp(log_diag)``, ``S`` a fixed diagonal of signs. Starts as a random rotation (its LU factors)."""
 
-    def __init__(self, shape: tuple[int, int, int], context: int = 0, seed: int | None = None):
+    def __init__(self, shape: tuple[int, int, int], context: int = 0, seed: int | None = None) -> None:
         super().__init__()
         channels = image_shape(shape)[0]
         p, l, u = torch.linalg.lu(_random_rotation(channels, seed))
@@ -239,7 +239,7 @@ class ImageCoupling(Bijection):
     params_per_channel = 1
 
     def __init__(self, shape: tuple[int, int, int], context: int = 0, mask: str = "channel", flip: bool = False,
-                 hidden: int | Sequence[int] = 64, activation: str = "relu"):
+                 hidden: int | Sequence[int] = 64, activation: str = "relu") -> None:
         super().__init__()
         channels, height, width = image_shape(shape)
         self.mask_kind, self.flip = mask, flip
@@ -293,7 +293,7 @@ class ImageAffineCoupling(ImageCoupling):
     params_per_channel = 2
 
     def __init__(self, shape: tuple[int, int, int], context: int = 0, mask: str = "channel", flip: bool = False,
-                 hidden: int | Sequence[int] = 64, activation: str = "relu", scale_bound: float | None = 3.0):
+                 hidden: int | Sequence[int] = 64, activation: str = "relu", scale_bound: float | None = 3.0) -> None:
         super().__init__(shape, context, mask, flip, hidden, activation)
         self.scale_bound = scale_bound
 
@@ -350,7 +350,7 @@ def checkerboard_additive_coupling(shape: tuple[int, int, int], context: int = 0
     return ImageAdditiveCoupling(shape, context, mask="checkerboard", **kwargs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _logit_edges(alpha: float, dtype: torch.dtype) -> tuple[float, float, float, float]:
     """``(lo, hi, lo_in, hi_in)``: :class:`Logit`'s domain edges ``-a`` and ``1 + a`` rounded to ``dtype``, and
     the representable points just inside them (``nextafter`` inwards; the smallest normal number if
@@ -390,7 +390,7 @@ class Logit(Bijection):
     density at the drawn latent and ``log_prob`` the finite density at the point returned.)
     """
 
-    def __init__(self, alpha: float = 0.05):
+    def __init__(self, alpha: float = 0.05) -> None:
         super().__init__()
         if not 0 <= alpha < 0.5:
             raise ValueError(f"alpha must be in [0, 0.5), got {alpha}")

@@ -15,7 +15,7 @@ __all__ = ["Permutation", "Reverse", "Rotation", "LULinear", "lu_weight"]
 class Permutation(Bijection):
     """``z = x[:, perm]`` for a fixed permutation (random with ``seed`` if not given); log|det| = 0."""
 
-    def __init__(self, features: int, context: int = 0, perm: Tensor | None = None, seed: int | None = None):
+    def __init__(self, features: int, context: int = 0, perm: Tensor | None = None, seed: int | None = None) -> None:
         super().__init__()
         if perm is None:
             gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -36,7 +36,7 @@ class Permutation(Bijection):
 class Reverse(Permutation):
     """``z = x[:, ::-1]``, the order reversal used between autoregressive layers; log|det| = 0."""
 
-    def __init__(self, features: int, context: int = 0):
+    def __init__(self, features: int, context: int = 0) -> None:
         super().__init__(features, perm=torch.arange(features - 1, -1, -1))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -50,7 +50,7 @@ class Reverse(Permutation):
 class Rotation(Bijection):
     """``z = Q x`` with ``Q = exp(A - A^T)`` a learned rotation (orthogonal, det +1); log|det| = 0."""
 
-    def __init__(self, features: int, context: int = 0):
+    def __init__(self, features: int, context: int = 0) -> None:
         super().__init__()
         self.generator = nn.Parameter(torch.zeros(features, features))
 
@@ -89,7 +89,7 @@ class LULinear(Bijection):
     """``z = W x + b`` with ``W = P L U`` (``P`` a fixed random permutation, ``L`` unit lower-, ``U`` upper-triangular
     with positive diagonal ``exp(log_diag)``); log|det dz/dx| = sum(log_diag). Starts as a permutation."""
 
-    def __init__(self, features: int, context: int = 0, seed: int | None = None):
+    def __init__(self, features: int, context: int = 0, seed: int | None = None) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         self.register_buffer("perm", torch.randperm(features, generator=gen))

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from ..core import Bijection, layer_context
 from ..registry import TRANSFORMS
-from .elementwise import bounded_log_scale
 from ..utils import sum_except_batch
+from .elementwise import bounded_log_scale
 from .image import append_context, image_shape
 
 __all__ = ["Split"]
@@ -37,7 +37,7 @@ class Split(Bijection):
     """
 
     def __init__(self, shape: tuple[int, int, int], context: int = 0, inner: Bijection | None = None,
-                 prior: bool = True, scale_bound: float | None = 3.0):
+                 prior: bool = True, scale_bound: float | None = 3.0) -> None:
         super().__init__()
         channels = image_shape(shape)[0]
         if channels < 2:

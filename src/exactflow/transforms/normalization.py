@@ -36,7 +36,7 @@ class BatchNorm(Bijection):
     mode, and always in the latent -> data direction, the running statistics are used.
     """
 
-    def __init__(self, features: int, context: int = 0, momentum: float = 0.1, eps: float = 1e-5):
+    def __init__(self, features: int, context: int = 0, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
         self.momentum, self.eps = momentum, eps
         self.log_gamma = nn.Parameter(torch.zeros(features))
@@ -76,7 +76,7 @@ class ActNorm(Bijection):
     flag is a buffer, saved in the state dict, so a reloaded model is not initialised again.
     """
 
-    def __init__(self, features: int, context: int = 0, eps: float = 1e-6):
+    def __init__(self, features: int, context: int = 0, eps: float = 1e-6) -> None:
         super().__init__()
         self.eps = eps
         self.loc = nn.Parameter(torch.zeros(features))

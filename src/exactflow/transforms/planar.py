@@ -42,7 +42,7 @@ def _raw(module: nn.Module, base: list[Tensor], context: Tensor | None) -> list[
         raise ValueError(f"{type(module).__name__} was built with context={net.in_features} and needs a context")
     sizes = [t.numel() for t in base]
     delta = net(context.to(base[0].dtype)).split(sizes, dim=-1)
-    return [t + d.reshape(-1, *t.shape) for t, d in zip(base, delta)]
+    return [t + d.reshape(-1, *t.shape) for t, d in zip(base, delta, strict=False)]
 
 
 def _effective_u(u: Tensor, w: Tensor) -> Tensor:
@@ -65,7 +65,7 @@ class Planar(Bijection):
 
     analytic_forward = False
 
-    def __init__(self, features: int, context: int = 0):
+    def __init__(self, features: int, context: int = 0) -> None:
         super().__init__()
         self.u = nn.Parameter(torch.randn(features) * 0.1)
         self.w = nn.Parameter(torch.randn(features) * 0.1)
@@ -117,7 +117,7 @@ class Radial(Bijection):
     With ``context > 0``, the raw ``(z0, alpha, beta)`` are ``(z0_0, alpha_0, beta_0) + A c``.
     """
 
-    def __init__(self, features: int, context: int = 0):
+    def __init__(self, features: int, context: int = 0) -> None:
         super().__init__()
         self.features = features
         self.z0 = nn.Parameter(torch.randn(features) * 0.1)

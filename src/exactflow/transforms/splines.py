@@ -18,7 +18,7 @@ discriminant clamped at zero, as ``xi = 2c / (-b - sqrt(b^2 - 4ac))`` where ``b 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +50,7 @@ class RQSpline(Univariate):
     """
 
     def __init__(self, bins: int = 8, bound: float = 5.0, min_width: float = 1e-3, min_height: float = 1e-3,
-                 min_derivative: float = 1e-3):
+                 min_derivative: float = 1e-3) -> None:
         if bins < 1:
             raise ValueError(f"bins must be >= 1, got {bins}")
         if bound <= 0:
@@ -148,7 +148,7 @@ class ElementwiseRQSpline(Bijection):
     """
 
     def __init__(self, features: int, context: int = 0, bins: int = 8, bound: float = 5.0,
-                 hidden: Sequence[int] = (32,)):
+                 hidden: Sequence[int] = (32,)) -> None:
         super().__init__()
         self.spline = RQSpline(bins, bound)
         self.features = features
@@ -182,7 +182,7 @@ class RQSplineCoupling(Coupling):
     per transformed feature; log|det dz/dx| = sum log f'(x_tr; p)."""
 
     def __init__(self, features: int, context: int = 0, mask: str | Tensor = "half", flip: bool = False,
-                 hidden: Sequence[int] = (64, 64), activation: str = "relu", bins: int = 8, bound: float = 5.0):
+                 hidden: Sequence[int] = (64, 64), activation: str = "relu", bins: int = 8, bound: float = 5.0) -> None:
         self.spline = RQSpline(bins, bound)  # read by params_per_feature inside Coupling.__init__
         super().__init__(features, context, mask, flip, hidden, activation)
 
@@ -227,6 +227,6 @@ class RQSplineAutoregressive(MaskedAutoregressive):
         activation: str = "relu",
         seed: int | None = None,
         identity_init: bool = True,
-    ):
+    ) -> None:
         super().__init__(features, context, RQSpline(bins, bound), hidden, order, residual, activation, seed,
                          identity_init)

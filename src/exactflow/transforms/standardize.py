@@ -40,7 +40,7 @@ class Standardize(Bijection):
     """
 
     def __init__(self, features: int, context: int = 0, loc: float | Sequence[float] | Tensor | None = None,
-                 scale: float | Sequence[float] | Tensor | None = None):
+                 scale: float | Sequence[float] | Tensor | None = None) -> None:
         super().__init__()
         if context:
             raise ValueError(f"Standardize is unconditional; got context={context}")

@@ -56,7 +56,7 @@ def unpatchify(x: Tensor, shape: tuple[int, ...], patch: int) -> Tensor:
 class _Attention(nn.Module):
     """Multi-head causal self-attention that can extend a key/value cache one position at a time."""
 
-    def __init__(self, channels: int, heads: int):
+    def __init__(self, channels: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(channels, 3 * channels)
@@ -84,7 +84,7 @@ class _Attention(nn.Module):
 class _Layer(nn.Module):
     """Pre-norm transformer layer: ``h + attn(LN h)``, then ``h + MLP(LN h)``."""
 
-    def __init__(self, channels: int, heads: int, expansion: int = 4):
+    def __init__(self, channels: int, heads: int, expansion: int = 4) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(channels)
         self.attn = _Attention(channels, heads)
@@ -114,7 +114,7 @@ class TarFlowBlock(Bijection):
 
     def __init__(self, shape: tuple[int, ...] | None = None, features: int | None = None, context: int = 0,
                  patch: int = 1, channels: int = 64, layers: int = 2, heads: int = 4, flip: bool = False,
-                 scale_bound: float | None = 3.0):
+                 scale_bound: float | None = 3.0) -> None:
         super().__init__()
         if (shape is None) == (features is None):
             raise ValueError("give exactly one of shape=(C, H, W) for images or features=D for vectors")
