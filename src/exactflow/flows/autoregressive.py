@@ -8,7 +8,7 @@ sample in D; IAF the reverse; NSF (coupling) does both in one; BNAF scores in on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -48,7 +48,8 @@ def _flow(layers: list[nn.Module], features: int, context: int, conditional_base
     return Flow(compose(*layers), base, context=context)
 
 
-def _stack(make, features: int, depth: int, permutation: str, batch_norm: bool = False) -> list[nn.Module]:
+def _stack(make: Callable[[int], nn.Module], features: int, depth: int, permutation: str,
+           batch_norm: bool = False) -> list[nn.Module]:
     """``make(i)`` for ``i < depth`` with a mixer (and optionally batch norm) between consecutive layers."""
     layers: list[nn.Module] = []
     for i in range(depth):
@@ -62,7 +63,8 @@ def _stack(make, features: int, depth: int, permutation: str, batch_norm: bool =
     return layers
 
 
-def _made_stack(make, features: int, depth: int, permutation: str, batch_norm: bool = False) -> list[nn.Module]:
+def _made_stack(make: Callable[[int, str], nn.Module], features: int, depth: int, permutation: str,
+                batch_norm: bool = False) -> list[nn.Module]:
     """Autoregressive layers ``make(i, order)``. ``permutation="reverse"`` alternates the MADE's order (natural,
     reversed, ...) instead of flipping the features between layers: the same flow family without a copy of
     x per layer; the other mixers go between the layers, each MADE in natural order."""

@@ -22,7 +22,8 @@ def RealNVP(features: int, context: int = 0, depth: int = 8, hidden: Sequence[in
     check_sizes(features, context, hidden, depth=depth)
     layers = []
     for i in range(depth):
-        layers.append(AffineCoupling(features, context, mask=mask, flip=i % 2 == 1, hidden=hidden, scale_bound=scale_bound))
+        layers.append(AffineCoupling(features, context, mask=mask, flip=i % 2 == 1, hidden=hidden,
+                                     scale_bound=scale_bound))
         if batch_norm and i < depth - 1:
             layers.append(BatchNorm(features))
     return Flow(CouplingChain(*layers), StandardNormal(features), context=context)

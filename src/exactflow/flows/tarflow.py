@@ -15,6 +15,8 @@ bits/dim comparable with the other image flows (:func:`exactflow.images.bits_per
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -57,7 +59,7 @@ def TarFlow(shape: tuple[int, int, int] | None = None, patch: int = 2, channels:
 
 @FLOWS.register("TarFlow1d", renamed={"blocks": "depth"},
                 test_kwargs={"patch": 1, "channels": 16, "depth": 2, "layers_per_block": 1, "heads": 2})
-def TarFlow1d(features: int, context: int = 0, patch: int = 1, **kwargs) -> Flow:
+def TarFlow1d(features: int, context: int = 0, patch: int = 1, **kwargs: Any) -> Flow:
     """TarFlow on vectors: every group of ``patch`` features (default 1) is one patch."""
     return TarFlow(features=features, context=context, patch=patch, **kwargs)
 

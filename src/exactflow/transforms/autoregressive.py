@@ -11,6 +11,7 @@ pass t the first t features in the order are exact).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -162,7 +163,7 @@ class MaskedAffineAutoregressive(MaskedAutoregressive):
 
 
 @TRANSFORMS.register("IAF", test_kwargs={"hidden": (16, 16)})
-def IAF(features: int, context: int = 0, **kwargs) -> Inverse:
+def IAF(features: int, context: int = 0, **kwargs: Any) -> Inverse:
     """IAF layer (Kingma et al. 2016) = ``Inverse(MaskedAffineAutoregressive)``: one-pass sampling, D-pass density.
 
     Latent -> data (sampling, and ``sample_and_log_prob`` for variational posteriors) is one MADE pass;

@@ -17,7 +17,7 @@ sampling, not for training through samples.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -136,7 +136,7 @@ class BNAF(Bijection):
         return z, log_j.sum(-1)
 
     @staticmethod
-    def _bracket(f, target: Tensor) -> tuple[Tensor, Tensor]:
+    def _bracket(f: Callable[[Tensor], Tensor], target: Tensor) -> tuple[Tensor, Tensor]:
         """``[lo, hi]`` with ``f(lo) <= target <= f(hi)``, grown by doubling (``f`` is increasing and onto R)."""
         lo, hi = torch.full_like(target, -1.0), torch.full_like(target, 1.0)
         for _ in range(64):

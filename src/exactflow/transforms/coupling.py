@@ -40,7 +40,8 @@ def coupling_mask(features: int, mask: str | Tensor = "half", flip: bool = False
 
 class Coupling(Bijection):
     """Shared mechanics: split by mask, run the conditioner on ``(x_id, context)``, apply an elementwise
-    map with ``params_per_feature`` parameters to ``x_tr``, merge back. Subclasses give ``_map``/``_unmap`` (or their own :meth:`step`)."""
+    map with ``params_per_feature`` parameters to ``x_tr``, merge back. Subclasses give ``_map``/``_unmap``
+    (or their own :meth:`step`)."""
 
     params_per_feature = 1
 

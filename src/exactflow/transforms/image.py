@@ -12,6 +12,7 @@ import itertools
 import math
 import operator
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -193,11 +194,11 @@ class InvConv1x1LU(Bijection):
     def __init__(self, shape: tuple[int, int, int], context: int = 0, seed: int | None = None) -> None:
         super().__init__()
         channels = image_shape(shape)[0]
-        p, l, u = torch.linalg.lu(_random_rotation(channels, seed))
+        p, lower, u = torch.linalg.lu(_random_rotation(channels, seed))
         d = torch.diagonal(u)
         self.register_buffer("perm", p.argmax(0))
         self.register_buffer("sign", torch.sign(d))
-        self.lower = nn.Parameter(torch.tril(l, -1))
+        self.lower = nn.Parameter(torch.tril(lower, -1))
         self.upper = nn.Parameter(torch.triu(u * torch.sign(d), 1))
         self.log_diag = nn.Parameter(torch.log(d.abs()))
 
@@ -327,25 +328,26 @@ _SMALL = {"hidden": 8}
 
 
 @TRANSFORMS.register("ChannelAffineCoupling", input="image", test_kwargs=_SMALL)
-def channel_affine_coupling(shape: tuple[int, int, int], context: int = 0, **kwargs) -> ImageAffineCoupling:
+def channel_affine_coupling(shape: tuple[int, int, int], context: int = 0, **kwargs: Any) -> ImageAffineCoupling:
     """Affine coupling on images, channel mask: z_tr = (x_tr - t) exp(-s); log|det| = -sum(s)."""
     return ImageAffineCoupling(shape, context, mask="channel", **kwargs)
 
 
 @TRANSFORMS.register("CheckerboardAffineCoupling", input="image", test_kwargs={**_SMALL, "shape": (1, 8, 8)})
-def checkerboard_affine_coupling(shape: tuple[int, int, int], context: int = 0, **kwargs) -> ImageAffineCoupling:
+def checkerboard_affine_coupling(shape: tuple[int, int, int], context: int = 0, **kwargs: Any) -> ImageAffineCoupling:
     """Affine coupling on images, checkerboard mask: z_tr = (x_tr - t) exp(-s); log|det| = -sum(s)."""
     return ImageAffineCoupling(shape, context, mask="checkerboard", **kwargs)
 
 
 @TRANSFORMS.register("ChannelAdditiveCoupling", input="image", test_kwargs=_SMALL)
-def channel_additive_coupling(shape: tuple[int, int, int], context: int = 0, **kwargs) -> ImageAdditiveCoupling:
+def channel_additive_coupling(shape: tuple[int, int, int], context: int = 0, **kwargs: Any) -> ImageAdditiveCoupling:
     """Additive coupling on images, channel mask: z_tr = x_tr + t; log|det| = 0."""
     return ImageAdditiveCoupling(shape, context, mask="channel", **kwargs)
 
 
 @TRANSFORMS.register("CheckerboardAdditiveCoupling", input="image", test_kwargs={**_SMALL, "shape": (1, 8, 8)})
-def checkerboard_additive_coupling(shape: tuple[int, int, int], context: int = 0, **kwargs) -> ImageAdditiveCoupling:
+def checkerboard_additive_coupling(shape: tuple[int, int, int], context: int = 0,
+                                   **kwargs: Any) -> ImageAdditiveCoupling:
     """Additive coupling on images, checkerboard mask: z_tr = x_tr + t; log|det| = 0."""
     return ImageAdditiveCoupling(shape, context, mask="checkerboard", **kwargs)
 

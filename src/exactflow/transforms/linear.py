@@ -69,19 +69,19 @@ def lu_weight(perm: Tensor, lower: Tensor, upper: Tensor, log_diag: Tensor) -> T
     """``W = P L U``: ``P`` the permutation matrix of ``perm``, ``L`` unit lower-triangular from ``lower``,
     ``U`` upper-triangular with diagonal ``exp(log_diag)``; log|det W| = sum(log_diag)."""
     eye = torch.eye(lower.shape[0], dtype=lower.dtype, device=lower.device)
-    l = torch.tril(lower, -1) + eye
-    u = torch.triu(upper, 1) + torch.diag(torch.exp(log_diag))
-    return (l @ u)[torch.argsort(perm)] if perm is not None else l @ u
+    lo = torch.tril(lower, -1) + eye
+    up = torch.triu(upper, 1) + torch.diag(torch.exp(log_diag))
+    return (lo @ up)[torch.argsort(perm)] if perm is not None else lo @ up
 
 
 def lu_solve(perm: Tensor, lower: Tensor, upper: Tensor, log_diag: Tensor, y: Tensor) -> Tensor:
     """Solve ``W x = y`` for the columns of ``y`` (shape ``(D, N)``) with two triangular solves."""
     eye = torch.eye(lower.shape[0], dtype=lower.dtype, device=lower.device)
-    l = torch.tril(lower, -1) + eye
-    u = torch.triu(upper, 1) + torch.diag(torch.exp(log_diag))
+    lo = torch.tril(lower, -1) + eye
+    up = torch.triu(upper, 1) + torch.diag(torch.exp(log_diag))
     y = y[perm]
-    y = torch.linalg.solve_triangular(l, y, upper=False, unitriangular=True)
-    return torch.linalg.solve_triangular(u, y, upper=True)
+    y = torch.linalg.solve_triangular(lo, y, upper=False, unitriangular=True)
+    return torch.linalg.solve_triangular(up, y, upper=True)
 
 
 @TRANSFORMS.register("LULinear", conditional=False)

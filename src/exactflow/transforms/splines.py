@@ -119,7 +119,8 @@ class RQSpline(Univariate):
         spline at ``z`` clamped into ``[-B, B]``."""
         return self._quadratic(z.clamp(-self.bound, self.bound), p)[0]
 
-    def _quadratic(self, zc: Tensor, p: Tensor):
+    def _quadratic(self, zc: Tensor, p: Tensor) -> tuple[tuple[Tensor, Tensor, Tensor],
+                                                         tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
         x0, w, y0, h, d0, d1 = self._bin(zc, p, along_y=True)
         s, dy = h / w, zc - y0
         slack = d0 + d1 - 2 * s

@@ -20,6 +20,7 @@ order, and a TarFlow stack alternates it between blocks so every patch is condit
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -205,6 +206,6 @@ class TarFlowBlock(Bijection):
 
 
 @TRANSFORMS.register("TarFlowBlock1d", test_kwargs={"patch": 1, "channels": 16, "layers": 1, "heads": 2})
-def TarFlowBlock1d(features: int, context: int = 0, **kwargs) -> TarFlowBlock:
+def TarFlowBlock1d(features: int, context: int = 0, **kwargs: Any) -> TarFlowBlock:
     """A TarFlow block on vectors: each group of ``patch`` features (default 1) is one patch."""
     return TarFlowBlock(features=features, context=context, **kwargs)
