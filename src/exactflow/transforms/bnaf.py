@@ -84,8 +84,35 @@ class BNAF(Bijection):
     ``L_l`` (:class:`BlockLinear`), ``hidden`` units per feature in each hidden layer and
     ``sigma(u) = tanh(u) + alpha u``; log|det dz/dx| = sum_i log dz_i/dx_i, exact (see the module doc).
 
+    Data -> latent is the network above (one pass); latent -> data inverts it feature by feature by
+    bisection (slow, see the module doc) and returns ``log|det dx/dz| = -sum_i log dz_i/dx_i`` at the root.
+
     Features are in natural order (:attr:`order`); stack layers with :class:`~exactflow.transforms.linear.Reverse`
-    between them. The context shifts the pre-activations of every layer. ``inverse`` is bisection (slow).
+    between them. The context shifts the pre-activations of every layer.
+
+    Args:
+        features: Number of features ``D``.
+        context: Number of context features (0: unconditional); a linear map of the context shifts the
+            pre-activations of every layer.
+        hidden: Units per feature in each hidden layer (at least one layer).
+        alpha: Slope ``alpha > 0`` of the linear part of ``sigma``, which makes each feature's map onto R.
+        iters: Bisection steps per feature in ``inverse``.
+
+    References:
+        N. De Cao, I. Titov, W. Aziz. Block Neural Autoregressive Flow (UAI 2019).
+        https://arxiv.org/abs/1904.04676
+
+    Examples:
+        >>> layer = BNAF(2, hidden=(4,))
+        >>> x = torch.randn(3, 2)
+        >>> z, ladj = layer(x)
+        >>> z.shape, ladj.shape
+        (torch.Size([3, 2]), torch.Size([3]))
+        >>> jac = torch.autograd.functional.jacobian(lambda v: layer(v[None])[0][0], x[0])
+        >>> torch.allclose(ladj[0], torch.linalg.slogdet(jac)[1], atol=1e-5)  # the exact log-det
+        True
+        >>> torch.allclose(layer.inverse(z)[0], x, atol=1e-5)
+        True
     """
 
     exact_inverse = False

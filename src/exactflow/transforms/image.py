@@ -144,14 +144,65 @@ class Unsqueeze(Bijection):
 
 @TRANSFORMS.register("Squeeze", input="image", conditional=False, test_kwargs={"shape": (1, 8, 8)})
 def squeeze(shape: tuple[int, int, int], context: int = 0, factor: int = 2) -> Squeeze:
-    """Space to depth ``(C, H, W) -> (4C, H/2, W/2)``; log|det| = 0."""
+    """Space to depth: ``(C, H, W) -> (C f^2, H/f, W/f)``, a permutation of the values; volume preserving.
+
+    Data -> latent: output channel ``c f^2 + a f + b`` at ``(i, j)`` holds input pixel ``(f i + a, f j + b)`` of
+    channel ``c`` (see :class:`Squeeze`); latent -> data is depth to space. ``log|det dz/dx| = 0``.
+
+    Args:
+        shape: Event shape ``(C, H, W)`` of the input; ``H`` and ``W`` divisible by ``factor``.
+        context: Must be 0 (unconditional); accepted for the registry's common signature.
+        factor: The squeeze factor ``f``.
+
+    Returns:
+        The layer, a :class:`Squeeze`.
+
+    References:
+        L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017).
+        https://arxiv.org/abs/1605.08803
+
+    Examples:
+        >>> layer = squeeze((1, 4, 4))
+        >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> z, ladj = layer(x)
+        >>> z.shape, ladj
+        (torch.Size([1, 4, 2, 2]), tensor([0.]))
+        >>> z[0, :, 0, 0]  # the top-left 2x2 block of pixels, now four channels
+        tensor([0., 1., 4., 5.])
+        >>> torch.equal(layer.inverse(z)[0], x)
+        True
+    """
     image_shape(shape, factor)
     return Squeeze(factor)
 
 
 @TRANSFORMS.register("Unsqueeze", input="image", conditional=False)
 def unsqueeze(shape: tuple[int, int, int], context: int = 0, factor: int = 2) -> Unsqueeze:
-    """Depth to space ``(4C, H, W) -> (C, 2H, 2W)``; log|det| = 0."""
+    """Depth to space: ``(C f^2, H, W) -> (C, H f, W f)``, the inverse of :func:`squeeze`; volume preserving.
+
+    Data -> latent is depth to space, latent -> data space to depth; ``log|det dz/dx| = 0``.
+
+    Args:
+        shape: Event shape ``(C, H, W)`` of the input; ``C`` divisible by ``factor**2``.
+        context: Must be 0 (unconditional); accepted for the registry's common signature.
+        factor: The factor ``f``.
+
+    Returns:
+        The layer, an :class:`Unsqueeze`.
+
+    References:
+        L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017).
+        https://arxiv.org/abs/1605.08803
+
+    Examples:
+        >>> layer = unsqueeze((4, 2, 2))
+        >>> x = torch.randn(3, 4, 2, 2)
+        >>> z, ladj = layer(x)
+        >>> z.shape, ladj.shape
+        (torch.Size([3, 1, 4, 4]), torch.Size([3]))
+        >>> torch.equal(layer.inverse(z)[0], x)
+        True
+    """
     if image_shape(shape)[0] % factor**2:
         raise ValueError(f"Unsqueeze needs channels divisible by {factor ** 2}, got shape {tuple(shape)}")
     return Unsqueeze(factor)
@@ -165,9 +216,30 @@ def _random_rotation(channels: int, seed: int | None) -> Tensor:
 
 @TRANSFORMS.register("InvConv1x1", input="image", conditional=False)
 class InvConv1x1(Bijection):
-    """Invertible 1x1 convolution z = W x at every pixel (Kingma & Dhariwal 2018); log|det| = H W log|det W|.
+    """Invertible 1x1 convolution (Kingma & Dhariwal 2018): one learned channel-mixing matrix at every pixel.
 
-    The log-det uses ``slogdet`` (O(C^3)); ``W`` starts as a random rotation."""
+    Data -> latent: ``z[:, :, i, j] = W x[:, :, i, j]``, ``log|det dz/dx| = H W log|det W|``; latent -> data
+    applies ``W^-1``, with the negated log-det. The log-det uses ``slogdet`` (O(C^3)); ``W`` starts as a random
+    rotation.
+
+    Args:
+        shape: Event shape ``(C, H, W)``.
+        context: Must be 0 (unconditional); accepted for the registry's common signature.
+        seed: Seed of the initial random rotation (``None``: torch's global generator).
+
+    References:
+        D. P. Kingma, P. Dhariwal. Glow: Generative Flow with Invertible 1x1 Convolutions (2018).
+        https://arxiv.org/abs/1807.03039
+
+    Examples:
+        >>> layer = InvConv1x1((3, 4, 4), seed=0)
+        >>> x = torch.randn(2, 3, 4, 4)
+        >>> z, ladj = layer(x)
+        >>> z.shape, torch.allclose(ladj, torch.zeros(2), atol=1e-5)  # a rotation: |det W| = 1
+        (torch.Size([2, 3, 4, 4]), True)
+        >>> torch.allclose(layer.inverse(z)[0], x, atol=1e-5)
+        True
+    """
 
     def __init__(self, shape: tuple[int, int, int], context: int = 0, seed: int | None = None) -> None:
         super().__init__()
@@ -188,8 +260,31 @@ class InvConv1x1(Bijection):
 class InvConv1x1LU(Bijection):
     """Invertible 1x1 convolution in LU form, W = P L U S; log|det| = H W sum(log_diag), in O(C).
 
+    Data -> latent: ``z[:, :, i, j] = W x[:, :, i, j]`` at every pixel, ``log|det dz/dx| = H W sum(log_diag)``;
+    latent -> data applies ``W^-1`` (two triangular solves), with the negated log-det.
     ``P`` is a fixed permutation, ``L`` unit lower-triangular, ``U`` upper-triangular with diagonal
-    ``exp(log_diag)``, ``S`` a fixed diagonal of signs. Starts as a random rotation (its LU factors)."""
+    ``exp(log_diag)``, ``S`` a fixed diagonal of signs. Starts as a random rotation (its LU factors).
+
+    Args:
+        shape: Event shape ``(C, H, W)``.
+        context: Must be 0 (unconditional); accepted for the registry's common signature.
+        seed: Seed of the initial random rotation (``None``: torch's global generator).
+
+    References:
+        D. P. Kingma, P. Dhariwal. Glow: Generative Flow with Invertible 1x1 Convolutions (2018).
+        https://arxiv.org/abs/1807.03039
+
+    Examples:
+        >>> layer = InvConv1x1LU((3, 4, 4), seed=0)
+        >>> with torch.no_grad():
+        ...     _ = layer.log_diag.add_(0.5)
+        >>> x = torch.randn(2, 3, 4, 4)
+        >>> z, ladj = layer(x)
+        >>> torch.allclose(ladj, 16 * torch.linalg.slogdet(layer.weight())[1].expand(2), atol=1e-4)
+        True
+        >>> torch.allclose(layer.inverse(z)[0], x, atol=1e-5)
+        True
+    """
 
     def __init__(self, shape: tuple[int, int, int], context: int = 0, seed: int | None = None) -> None:
         super().__init__()
@@ -222,7 +317,31 @@ class InvConv1x1LU(Bijection):
 
 @TRANSFORMS.register("ActNorm2d", input="image", conditional=False)
 def actnorm2d(shape: tuple[int, int, int], context: int = 0) -> ActNorm:
-    """ActNorm per channel on (C, H, W): z = (x - loc_c) exp(-log_scale_c); log|det| = -H W sum(log_scale)."""
+    """ActNorm per channel on images ``(C, H, W)``, with data-dependent initialisation (Glow).
+
+    Data -> latent: ``z[:, c] = (x[:, c] - loc_c) exp(-log_scale_c)``, ``log|det dz/dx| = -H W sum_c log_scale_c``;
+    the first forward call in training mode sets ``loc`` and ``log_scale`` from that batch (see :class:`ActNorm`).
+
+    Args:
+        shape: Event shape ``(C, H, W)``.
+        context: Must be 0 (unconditional); accepted for the registry's common signature.
+
+    Returns:
+        The layer, an :class:`~exactflow.transforms.normalization.ActNorm` on ``C`` channels.
+
+    References:
+        D. P. Kingma, P. Dhariwal. Glow: Generative Flow with Invertible 1x1 Convolutions (2018).
+        https://arxiv.org/abs/1807.03039
+
+    Examples:
+        >>> layer = actnorm2d((3, 4, 4))
+        >>> x = 2 + 3 * torch.randn(8, 3, 4, 4)
+        >>> z, ladj = layer(x)
+        >>> torch.allclose(z.mean((0, 2, 3)), torch.zeros(3), atol=1e-5), ladj.shape
+        (True, torch.Size([8]))
+        >>> torch.allclose(layer.inverse(z)[0], x, atol=1e-5)
+        True
+    """
     if context:
         raise ValueError("ActNorm2d is unconditional: context must be 0")
     return ActNorm(image_shape(shape)[0])
@@ -329,26 +448,137 @@ _SMALL = {"hidden": 8}
 
 @TRANSFORMS.register("ChannelAffineCoupling", input="image", test_kwargs=_SMALL)
 def channel_affine_coupling(shape: tuple[int, int, int], context: int = 0, **kwargs: Any) -> ImageAffineCoupling:
-    """Affine coupling on images, channel mask: z_tr = (x_tr - t) exp(-s); log|det| = -sum(s)."""
+    """Affine coupling on images, channel mask: z_tr = (x_tr - t) exp(-s); log|det| = -sum(s).
+
+    Data -> latent: ``x_id`` is the first ``C // 2`` channels, ``z_id = x_id``, ``z_tr = (x_tr - t) exp(-s)`` with
+    ``(t, s)`` from a CNN on ``(x_id, context)``; ``log|det dz/dx| = -sum(s)``. Latent -> data:
+    ``x_tr = z_tr exp(s) + t``.
+
+    Args:
+        shape: Event shape ``(C, H, W)``, ``C >= 2``.
+        context: Number of context features, given to the CNN as constant channels (0: unconditional).
+        **kwargs: Passed to :class:`ImageAffineCoupling`: ``flip`` (swap the two parts), ``hidden`` (width of the
+            :class:`ConvNet`'s hidden layers), ``activation`` and ``scale_bound`` (bound of the log-scale).
+
+    Returns:
+        The layer, an :class:`ImageAffineCoupling` with ``mask="channel"``.
+
+    References:
+        L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017); D. P. Kingma,
+        P. Dhariwal. Glow (2018). https://arxiv.org/abs/1605.08803, https://arxiv.org/abs/1807.03039
+
+    Examples:
+        >>> layer = channel_affine_coupling((4, 4, 4), context=2, hidden=8)
+        >>> _ = torch.nn.init.normal_(layer.net[-1].weight, std=0.1)  # leave the identity it starts as
+        >>> x, c = torch.randn(3, 4, 4, 4), torch.randn(3, 2)
+        >>> z, ladj = layer(x, c)
+        >>> torch.equal(z[:, :2], x[:, :2]), ladj.shape
+        (True, torch.Size([3]))
+        >>> torch.allclose(layer.inverse(z, c)[0], x, atol=1e-5)
+        True
+    """
     return ImageAffineCoupling(shape, context, mask="channel", **kwargs)
 
 
 @TRANSFORMS.register("CheckerboardAffineCoupling", input="image", test_kwargs={**_SMALL, "shape": (1, 8, 8)})
 def checkerboard_affine_coupling(shape: tuple[int, int, int], context: int = 0, **kwargs: Any) -> ImageAffineCoupling:
-    """Affine coupling on images, checkerboard mask: z_tr = (x_tr - t) exp(-s); log|det| = -sum(s)."""
+    """Affine coupling on images, checkerboard mask: z_tr = (x_tr - t) exp(-s); log|det| = -sum(s).
+
+    Data -> latent: ``x_id`` is the pixels with ``i + j`` even (odd with ``flip``) in every channel,
+    ``z_id = x_id``, ``z_tr = (x_tr - t) exp(-s)`` with ``(t, s)`` from a CNN on ``(x * mask, context)``;
+    ``log|det dz/dx| = -sum(s)`` over the transformed pixels. Latent -> data: ``x_tr = z_tr exp(s) + t``.
+
+    Args:
+        shape: Event shape ``(C, H, W)`` with at least 2 pixels.
+        context: Number of context features, given to the CNN as constant channels (0: unconditional).
+        **kwargs: Passed to :class:`ImageAffineCoupling`: ``flip`` (swap the two parts), ``hidden`` (width of the
+            :class:`ConvNet`'s hidden layers), ``activation`` and ``scale_bound`` (bound of the log-scale).
+
+    Returns:
+        The layer, an :class:`ImageAffineCoupling` with ``mask="checkerboard"``.
+
+    References:
+        L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017).
+        https://arxiv.org/abs/1605.08803
+
+    Examples:
+        >>> layer = checkerboard_affine_coupling((1, 4, 4), hidden=8)
+        >>> _ = torch.nn.init.normal_(layer.net[-1].weight, std=0.1)
+        >>> x = torch.randn(3, 1, 4, 4)
+        >>> z, ladj = layer(x)
+        >>> torch.equal(z[:, :, 0, 0], x[:, :, 0, 0]), ladj.shape  # pixel (0, 0) is fixed
+        (True, torch.Size([3]))
+        >>> torch.allclose(layer.inverse(z)[0], x, atol=1e-5)
+        True
+    """
     return ImageAffineCoupling(shape, context, mask="checkerboard", **kwargs)
 
 
 @TRANSFORMS.register("ChannelAdditiveCoupling", input="image", test_kwargs=_SMALL)
 def channel_additive_coupling(shape: tuple[int, int, int], context: int = 0, **kwargs: Any) -> ImageAdditiveCoupling:
-    """Additive coupling on images, channel mask: z_tr = x_tr + t; log|det| = 0."""
+    """Additive coupling on images, channel mask: z_tr = x_tr + t; log|det| = 0.
+
+    Data -> latent: ``x_id`` is the first ``C // 2`` channels, ``z_id = x_id``, ``z_tr = x_tr + t(x_id, context)``
+    with ``t`` a CNN; latent -> data ``x_tr = z_tr - t``. Volume preserving: ``log|det dz/dx| = 0``.
+
+    Args:
+        shape: Event shape ``(C, H, W)``, ``C >= 2``.
+        context: Number of context features, given to the CNN as constant channels (0: unconditional).
+        **kwargs: Passed to :class:`ImageAdditiveCoupling`: ``flip`` (swap the two parts), ``hidden`` (width of
+            the :class:`ConvNet`'s hidden layers) and ``activation``.
+
+    Returns:
+        The layer, an :class:`ImageAdditiveCoupling` with ``mask="channel"``.
+
+    References:
+        L. Dinh, D. Krueger, Y. Bengio. NICE: Non-linear Independent Components Estimation (2014).
+        https://arxiv.org/abs/1410.8516
+
+    Examples:
+        >>> layer = channel_additive_coupling((2, 4, 4), hidden=8)
+        >>> _ = torch.nn.init.normal_(layer.net[-1].weight, std=0.1)
+        >>> x = torch.randn(3, 2, 4, 4)
+        >>> z, ladj = layer(x)
+        >>> torch.equal(z[:, :1], x[:, :1]), ladj
+        (True, tensor([0., 0., 0.]))
+        >>> torch.allclose(layer.inverse(z)[0], x, atol=1e-5)
+        True
+    """
     return ImageAdditiveCoupling(shape, context, mask="channel", **kwargs)
 
 
 @TRANSFORMS.register("CheckerboardAdditiveCoupling", input="image", test_kwargs={**_SMALL, "shape": (1, 8, 8)})
 def checkerboard_additive_coupling(shape: tuple[int, int, int], context: int = 0,
                                    **kwargs: Any) -> ImageAdditiveCoupling:
-    """Additive coupling on images, checkerboard mask: z_tr = x_tr + t; log|det| = 0."""
+    """Additive coupling on images, checkerboard mask: z_tr = x_tr + t; log|det| = 0.
+
+    Data -> latent: ``x_id`` is the pixels with ``i + j`` even (odd with ``flip``) in every channel,
+    ``z_id = x_id``, ``z_tr = x_tr + t(x * mask, context)`` with ``t`` a CNN; latent -> data ``x_tr = z_tr - t``.
+    Volume preserving: ``log|det dz/dx| = 0``.
+
+    Args:
+        shape: Event shape ``(C, H, W)`` with at least 2 pixels.
+        context: Number of context features, given to the CNN as constant channels (0: unconditional).
+        **kwargs: Passed to :class:`ImageAdditiveCoupling`: ``flip`` (swap the two parts), ``hidden`` (width of
+            the :class:`ConvNet`'s hidden layers) and ``activation``.
+
+    Returns:
+        The layer, an :class:`ImageAdditiveCoupling` with ``mask="checkerboard"``.
+
+    References:
+        L. Dinh, D. Krueger, Y. Bengio. NICE: Non-linear Independent Components Estimation (2014).
+        https://arxiv.org/abs/1410.8516
+
+    Examples:
+        >>> layer = checkerboard_additive_coupling((1, 4, 4), context=2, hidden=8, flip=True)
+        >>> _ = torch.nn.init.normal_(layer.net[-1].weight, std=0.1)
+        >>> x, c = torch.randn(3, 1, 4, 4), torch.randn(3, 2)
+        >>> z, ladj = layer(x, c)
+        >>> torch.equal(z[:, :, 0, 1], x[:, :, 0, 1]), ladj  # with flip, pixel (0, 1) is fixed
+        (True, tensor([0., 0., 0.]))
+        >>> torch.allclose(layer.inverse(z, c)[0], x, atol=1e-5)
+        True
+    """
     return ImageAdditiveCoupling(shape, context, mask="checkerboard", **kwargs)
 
 
@@ -422,5 +652,31 @@ class Logit(Bijection):
 
 @TRANSFORMS.register("Logit", input="image", conditional=False, domain="unit")
 def logit(shape: tuple[int, ...] | None = None, context: int = 0, alpha: float = 0.05) -> Logit:
-    """Logit preprocessing for data in (0, 1): x = logit(alpha + (1 - 2 alpha) y), with its log-det."""
+    """Logit preprocessing for data in (0, 1): x = logit(alpha + (1 - 2 alpha) y), with its log-det.
+
+    Data -> latent, elementwise on any shape: ``x = logit(s)``, ``s = alpha + (1 - 2 alpha) y``,
+    ``log|det dx/dy| = sum[log(1 - 2 alpha) - log s - log(1 - s)]``; latent -> data is
+    ``y = (sigmoid(x) - alpha) / (1 - 2 alpha)``. See :class:`Logit` for the domain and the floating-point care.
+
+    Args:
+        shape: Event shape (unused: the map is elementwise); accepted for the registry's common signature.
+        context: Must be 0 (unconditional).
+        alpha: Margin in ``[0, 0.5)`` that keeps ``s`` away from 0 and 1.
+
+    Returns:
+        The layer, a :class:`Logit`.
+
+    References:
+        L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017).
+        https://arxiv.org/abs/1605.08803
+
+    Examples:
+        >>> layer = logit((1, 2, 2), alpha=0.05)
+        >>> y = torch.rand(3, 1, 2, 2)
+        >>> x, ladj = layer(y)
+        >>> x.shape, ladj.shape
+        (torch.Size([3, 1, 2, 2]), torch.Size([3]))
+        >>> torch.allclose(layer.inverse(x)[0], y, atol=1e-5)
+        True
+    """
     return Logit(alpha)
