@@ -98,7 +98,22 @@ class ConvNet(nn.Sequential):
 
 class Squeeze(Bijection):
     """Space to depth: ``(C, H, W) -> (C f^2, H/f, W/f)``; output channel ``c f^2 + a f + b`` holds pixel
-    ``(f i + a, f j + b)`` of input channel ``c`` (``torch.pixel_unshuffle``). A permutation: log|det| = 0."""
+    ``(f i + a, f j + b)`` of input channel ``c`` (``torch.pixel_unshuffle``). A permutation: log|det| = 0.
+
+    Data -> latent is space to depth, latent -> data depth to space (``torch.pixel_shuffle``).
+
+    Args:
+        factor: The squeeze factor ``f``; ``H`` and ``W`` of the input must be divisible by it.
+
+    References:
+        L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017).
+        https://arxiv.org/abs/1605.08803
+
+    Examples:
+        >>> z, ladj = Squeeze(2)(torch.randn(3, 1, 4, 4))
+        >>> z.shape, ladj.shape
+        (torch.Size([3, 4, 2, 2]), torch.Size([3]))
+    """
 
     def __init__(self, factor: int = 2) -> None:
         super().__init__()
@@ -129,7 +144,16 @@ class Squeeze(Bijection):
 
 
 class Unsqueeze(Bijection):
-    """Depth to space, the inverse of :class:`Squeeze`: ``(C f^2, H, W) -> (C, H f, W f)``; log|det| = 0."""
+    """Depth to space, the inverse of :class:`Squeeze`: ``(C f^2, H, W) -> (C, H f, W f)``; log|det| = 0.
+
+    Args:
+        factor: The factor ``f``; the input's channels must be divisible by ``f**2``.
+
+    Examples:
+        >>> x = torch.randn(3, 4, 2, 2)
+        >>> torch.equal(Unsqueeze(2)(x)[0], Squeeze(2).inverse(x)[0])
+        True
+    """
 
     def __init__(self, factor: int = 2) -> None:
         super().__init__()
@@ -354,6 +378,14 @@ class ImageCoupling(Bijection):
     ``mask="channel"``: x_id is the first ``C // 2`` channels (the rest with ``flip``); the net sees
     x_id only. ``mask="checkerboard"``: x_id is the pixels with ``i + j`` even (odd with ``flip``) in
     every channel; the net sees ``x * mask``. Subclasses give ``_map``/``_unmap``.
+
+    Args:
+        shape: Event shape ``(C, H, W)``.
+        context: Number of context features, given to the CNN as constant channels (0: unconditional).
+        mask: ``"channel"`` or ``"checkerboard"``.
+        flip: Swap the fixed and the transformed parts.
+        hidden: Hidden channels of the :class:`ConvNet`: one int for both hidden layers, or a sequence of widths.
+        activation: Activation of the CNN: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
     """
 
     params_per_channel = 1
@@ -408,7 +440,24 @@ class ImageCoupling(Bijection):
 
 class ImageAffineCoupling(ImageCoupling):
     """Affine coupling (RealNVP, Glow): ``z_tr = (x_tr - t) exp(-s)``, ``z_id = x_id``, with ``(t, s_raw)`` from
-    the CNN and ``s = B tanh(s_raw / B)`` (``B = scale_bound``; None: no bound); log|det dz/dx| = -sum(s)."""
+    the CNN and ``s = B tanh(s_raw / B)`` (``B = scale_bound``; None: no bound); log|det dz/dx| = -sum(s).
+
+    Data -> latent as above; latent -> data ``x_tr = z_tr exp(s) + t``, ``log|det dx/dz| = +sum(s)``. The
+    registered :func:`channel_affine_coupling` and :func:`checkerboard_affine_coupling` build it.
+
+    Args:
+        shape: Event shape ``(C, H, W)``.
+        context: Number of context features, given to the CNN as constant channels (0: unconditional).
+        mask: ``"channel"`` or ``"checkerboard"``.
+        flip: Swap the fixed and the transformed parts.
+        hidden: Hidden channels of the :class:`ConvNet`: one int for both hidden layers, or a sequence of widths.
+        activation: Activation of the CNN: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
+        scale_bound: Bound ``B`` of the log-scale; ``None``: unbounded.
+
+    References:
+        L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017); D. P. Kingma,
+        P. Dhariwal. Glow (2018). https://arxiv.org/abs/1605.08803, https://arxiv.org/abs/1807.03039
+    """
 
     params_per_channel = 2
 
@@ -434,7 +483,23 @@ class ImageAffineCoupling(ImageCoupling):
 
 
 class ImageAdditiveCoupling(ImageCoupling):
-    """Additive coupling (NICE): ``z_tr = x_tr + t(x_id, context)``, ``z_id = x_id``; log|det| = 0."""
+    """Additive coupling (NICE): ``z_tr = x_tr + t(x_id, context)``, ``z_id = x_id``; log|det| = 0.
+
+    Data -> latent as above; latent -> data ``x_tr = z_tr - t``. The registered :func:`channel_additive_coupling`
+    and :func:`checkerboard_additive_coupling` build it.
+
+    Args:
+        shape: Event shape ``(C, H, W)``.
+        context: Number of context features, given to the CNN as constant channels (0: unconditional).
+        mask: ``"channel"`` or ``"checkerboard"``.
+        flip: Swap the fixed and the transformed parts.
+        hidden: Hidden channels of the :class:`ConvNet`: one int for both hidden layers, or a sequence of widths.
+        activation: Activation of the CNN: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
+
+    References:
+        L. Dinh, D. Krueger, Y. Bengio. NICE: Non-linear Independent Components Estimation (2014).
+        https://arxiv.org/abs/1410.8516
+    """
 
     def _map(self, x: Tensor, params: Tensor, active: Tensor | None) -> tuple[Tensor, Tensor]:
         return x + (params if active is None else params * active), x.new_zeros(x.shape[0])
@@ -620,6 +685,24 @@ class Logit(Bijection):
     infinite, and out-of-domain data (raw pixel values of exactly 1 with ``alpha = 0``) without an error.
     (A sample clamped this way is scored at the clamped point, so there ``sample_and_log_prob`` reports the
     density at the drawn latent and ``log_prob`` the finite density at the point returned.)
+
+    Args:
+        alpha: Margin in ``[0, 0.5)`` that keeps ``s`` away from 0 and 1.
+
+    Raises:
+        ValueError: If ``alpha`` is outside ``[0, 0.5)``; from ``forward``, if an input is outside ``(lo, hi)``.
+
+    References:
+        L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017), section 4.1.
+        https://arxiv.org/abs/1605.08803
+
+    Examples:
+        >>> layer = Logit(alpha=0.0)
+        >>> x, ladj = layer(torch.tensor([[0.5, 0.75]]))
+        >>> torch.allclose(x, torch.tensor([[0.0, 1.0986]]), atol=1e-4)  # log(0.75 / 0.25) = log 3
+        True
+        >>> layer.inverse(x)[0]
+        tensor([[0.5000, 0.7500]])
     """
 
     def __init__(self, alpha: float = 0.05) -> None:

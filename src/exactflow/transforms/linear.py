@@ -102,6 +102,11 @@ class Rotation(Bijection):
         features: Number of features ``D``.
         context: Must be 0 (unconditional); accepted for the registry's common signature.
 
+    References:
+        E. Hoogeboom, V. Garcia Satorras, J. M. Tomczak, M. Welling. The Convolution Exponential and Generalized
+        Sylvester Flows (2020), on the exponential of a linear map as a flow layer (log|det| = trace, 0 here).
+        https://arxiv.org/abs/2006.01910
+
     Examples:
         >>> layer = Rotation(3)
         >>> with torch.no_grad():
