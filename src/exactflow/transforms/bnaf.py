@@ -42,6 +42,11 @@ class BlockLinear(nn.Module):
 
     :meth:`weight` also returns ``log W`` of the diagonal blocks, shape ``(D, a_out, a_in)``. Entries of the
     raw weight outside the lower block triangle are masked on use, so they may hold anything.
+
+    Args:
+        features: Number of features ``D`` (blocks).
+        a_in: Units per feature on the input side.
+        a_out: Units per feature on the output side.
     """
 
     def __init__(self, features: int, a_in: int, a_out: int) -> None:

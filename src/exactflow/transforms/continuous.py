@@ -43,6 +43,13 @@ class VelocityNet(nn.Module):
 
     The last layer starts at zero (v = 0: the CNF starts as the identity); activations default to SiLU so
     that v is smooth, which RK4 needs for its accuracy.
+
+    Args:
+        features: Number of features ``D`` of ``x`` (and of ``v``).
+        context: Number of context features (0: none).
+        hidden: Hidden layer sizes of the MLP.
+        activation: Activation of the MLP.
+        frequencies: Number of Fourier frequencies of the time embedding.
     """
 
     def __init__(self, features: int, context: int = 0, hidden: Sequence[int] = (64, 64),

@@ -41,7 +41,17 @@ def coupling_mask(features: int, mask: str | Tensor = "half", flip: bool = False
 class Coupling(Bijection):
     """Shared mechanics: split by mask, run the conditioner on ``(x_id, context)``, apply an elementwise
     map with ``params_per_feature`` parameters to ``x_tr``, merge back. Subclasses give ``_map``/``_unmap``
-    (or their own :meth:`step`)."""
+    (or their own :meth:`step`).
+
+    Args:
+        features: Number of features ``D``.
+        context: Number of context features given to the conditioner with ``x_id`` (0: unconditional).
+        mask: Which features pass through unchanged: ``"half"``, ``"alternating"`` (= ``"checkerboard"``) or a
+            boolean tensor of shape ``(D,)``, True where fixed.
+        flip: Swap the fixed and the transformed parts.
+        hidden: Hidden layer sizes of the MLP conditioner.
+        activation: Activation of the MLP: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
+    """
 
     params_per_feature = 1
 

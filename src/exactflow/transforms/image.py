@@ -79,7 +79,15 @@ def append_context(h: Tensor, context: Tensor | None) -> Tensor:
 class ConvNet(nn.Sequential):
     """Glow's conditioner: conv 3x3 -> act -> conv 1x1 -> act -> conv 3x3 ('same' padding). ``hidden`` is the
     width of both hidden layers (an int) or the widths ``(h1, ..., hk)`` (conv 3x3 to h1, 1x1 convs between
-    the others). The last conv is zero-initialised (``zero_last``) so the layer built on it starts as the identity."""
+    the others). The last conv is zero-initialised (``zero_last``) so the layer built on it starts as the identity.
+
+    Args:
+        in_channels: Input channels (the fixed part plus the context channels).
+        out_channels: Output channels (the parameters of the elementwise map).
+        hidden: Width of both hidden layers (an int) or the widths of all hidden layers.
+        activation: Activation: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
+        zero_last: Zero-initialise the last convolution.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int | Sequence[int] = 64, activation: str = "relu",
                  zero_last: bool = True) -> None:
