@@ -8,7 +8,7 @@ sample in D; IAF the reverse; NSF (coupling) does both in one; BNAF scores in on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -48,7 +48,8 @@ def _flow(layers: list[nn.Module], features: int, context: int, conditional_base
     return Flow(compose(*layers), base, context=context)
 
 
-def _stack(make, features: int, depth: int, permutation: str, batch_norm: bool = False) -> list[nn.Module]:
+def _stack(make: Callable[[int], nn.Module], features: int, depth: int, permutation: str,
+           batch_norm: bool = False) -> list[nn.Module]:
     """``make(i)`` for ``i < depth`` with a mixer (and optionally batch norm) between consecutive layers."""
     layers: list[nn.Module] = []
     for i in range(depth):
@@ -62,7 +63,8 @@ def _stack(make, features: int, depth: int, permutation: str, batch_norm: bool =
     return layers
 
 
-def _made_stack(make, features: int, depth: int, permutation: str, batch_norm: bool = False) -> list[nn.Module]:
+def _made_stack(make: Callable[[int, str], nn.Module], features: int, depth: int, permutation: str,
+                batch_norm: bool = False) -> list[nn.Module]:
     """Autoregressive layers ``make(i, order)``. ``permutation="reverse"`` alternates the MADE's order (natural,
     reversed, ...) instead of flipping the features between layers: the same flow family without a copy of
     x per layer; the other mixers go between the layers, each MADE in natural order."""
@@ -80,7 +82,41 @@ def MAF(features: int, context: int = 0, depth: int = 5, hidden: Sequence[int] =
 
     ``depth`` masked affine autoregressive layers, their MADE orders alternating (``permutation="reverse"``)
     or with a ``"random"`` permutation or ``"lu"`` linear map between them, optionally with batch norm too.
-    ``log_prob`` is one MADE pass per layer; ``sample`` takes D passes per layer."""
+    Each layer maps data -> latent by ``z_i = x_i exp(-s_i) + t_i`` with ``(t_i, s_i)`` from a MADE on ``x_<i``,
+    ``log|det dz/dx| = -sum_i s_i``, and ``log p(x) = log N(T(x); 0, I) + sum over layers of log|det|``.
+    ``log_prob`` is one MADE pass per layer; ``sample`` takes D passes per layer.
+
+    Args:
+        features: Number of features ``D``.
+        context: Number of context features (0: unconditional).
+        depth: Number of autoregressive layers.
+        hidden: Hidden layer sizes of each MADE.
+        residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
+        permutation: What mixes the features between layers: ``"reverse"`` (alternate the MADE orders),
+            ``"random"`` (a fixed random permutation), ``"lu"`` (a learned
+            :class:`~exactflow.transforms.linear.LULinear`) or ``"none"``.
+        batch_norm: Put a :class:`~exactflow.transforms.normalization.BatchNorm` between consecutive layers.
+        scale_bound: Smooth bound of every log-scale; ``None``: unbounded.
+        conditional_base: Draw the base from a :class:`~exactflow.distributions.ConditionalDiagNormal` on the
+            context instead of N(0, I) (needs ``context > 0``).
+
+    Returns:
+        The flow, a :class:`~exactflow.Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
+
+    References:
+        G. Papamakarios, T. Pavlakou, I. Murray. Masked Autoregressive Flow for Density Estimation (2017).
+        https://arxiv.org/abs/1705.07057
+
+    Examples:
+        >>> flow = MAF(3, context=2, depth=2, hidden=(8, 8))
+        >>> x, c = torch.randn(5, 3), torch.randn(5, 2)
+        >>> flow.log_prob(x, c).shape
+        torch.Size([5])
+        >>> flow.sample(4, c[0]).shape
+        torch.Size([4, 3])
+        >>> torch.allclose(flow.from_latent(flow.to_latent(x, c), c), x, atol=1e-5)
+        True
+    """
     check_sizes(features, context, hidden, depth=depth)
     layers = _made_stack(lambda i, order: MaskedAffineAutoregressive(features, context, hidden, order, residual,
                                                                      scale_bound=scale_bound),
@@ -94,9 +130,40 @@ def IAF(features: int, context: int = 0, depth: int = 5, hidden: Sequence[int] =
         conditional_base: bool = False) -> Flow:
     """IAF (Kingma et al. 2016): inverted MAF layers; the flow for fast sampling and variational posteriors.
 
+    Each layer maps latent -> data by ``x_i = z_i exp(-s_i) + t_i`` with ``(t_i, s_i)`` from a MADE on ``z_<i``
+    (``log|det dx/dz| = -sum_i s_i``); data -> latent inverts it feature by feature.
     ``sample``/``rsample`` and ``sample_and_log_prob`` take one MADE pass per layer, so a variational
     posterior q(x | context) trains by reverse KL on ``sample_and_log_prob``. ``log_prob`` of given data takes
-    D passes per layer."""
+    D passes per layer.
+
+    Args:
+        features: Number of features ``D``.
+        context: Number of context features (0: unconditional).
+        depth: Number of autoregressive layers.
+        hidden: Hidden layer sizes of each MADE.
+        residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
+        permutation: What mixes the features between layers: ``"reverse"`` (alternate the MADE orders),
+            ``"random"`` (a fixed random permutation), ``"lu"`` (a learned
+            :class:`~exactflow.transforms.linear.LULinear`) or ``"none"``.
+        scale_bound: Smooth bound of every log-scale; ``None``: unbounded.
+        conditional_base: Draw the base from a :class:`~exactflow.distributions.ConditionalDiagNormal` on the
+            context instead of N(0, I) (needs ``context > 0``).
+
+    Returns:
+        The flow, a :class:`~exactflow.Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
+
+    References:
+        D. P. Kingma, T. Salimans, R. Jozefowicz, X. Chen, I. Sutskever, M. Welling. Improved Variational
+        Inference with Inverse Autoregressive Flow (2016). https://arxiv.org/abs/1606.04934
+
+    Examples:
+        >>> flow = IAF(3, depth=2, hidden=(8, 8))
+        >>> x, log_q = flow.sample_and_log_prob(6)  # one MADE pass per layer
+        >>> x.shape, log_q.shape
+        (torch.Size([6, 3]), torch.Size([6]))
+        >>> torch.allclose(flow.log_prob(x), log_q, atol=1e-4)  # the same density, D passes per layer
+        True
+    """
     check_sizes(features, context, hidden, depth=depth)
     layers = _made_stack(lambda i, order: Inverse(MaskedAffineAutoregressive(features, context, hidden, order, residual,
                                                                              scale_bound=scale_bound)),
@@ -111,7 +178,39 @@ def NSF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
 
     ``depth`` rational-quadratic spline couplings (``bins`` bins on ``[-bound, bound]``, identity tails),
     the fixed half flipping every layer, with a ``permutation`` (default an LU-parametrised linear map, as in
-    the paper) between them, or none (``permutation="none"``)."""
+    the paper) between them, or none (``permutation="none"``). Each coupling maps data -> latent by
+    ``z_tr = f(x_tr; net(x_id))``, ``z_id = x_id`` with ``f`` a monotone rational-quadratic spline per feature,
+    ``log|det dz/dx| = sum log f'(x_tr)``.
+
+    Args:
+        features: Number of features ``D``.
+        context: Number of context features (0: unconditional).
+        depth: Number of spline couplings.
+        hidden: Hidden layer sizes of each coupling's MLP.
+        bins: Number of spline bins.
+        bound: Half-width ``B`` of the interval ``[-B, B]`` the splines cover (identity tails outside).
+        mask: Which features a coupling keeps fixed: ``"half"`` or ``"alternating"`` (flipped every layer).
+        permutation: What mixes the features between layers: ``"reverse"`` (reverse their order),
+            ``"random"`` (a fixed random permutation), ``"lu"`` (a learned
+            :class:`~exactflow.transforms.linear.LULinear`) or ``"none"``.
+        conditional_base: Draw the base from a :class:`~exactflow.distributions.ConditionalDiagNormal` on the
+            context instead of N(0, I) (needs ``context > 0``).
+
+    Returns:
+        The flow, a :class:`~exactflow.Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
+
+    References:
+        C. Durkan, A. Bekasov, I. Murray, G. Papamakarios. Neural Spline Flows (2019).
+        https://arxiv.org/abs/1906.04032
+
+    Examples:
+        >>> flow = NSF(4, depth=2, hidden=(8,), bins=4)
+        >>> x = torch.randn(5, 4)
+        >>> flow.log_prob(x).shape, flow.sample(3).shape
+        (torch.Size([5]), torch.Size([3, 4]))
+        >>> torch.allclose(flow.from_latent(flow.to_latent(x)), x, atol=1e-5)
+        True
+    """
     check_sizes(features, context, hidden, depth=depth, bins=bins)
     layers = _stack(lambda i: RQSplineCoupling(features, context, mask=mask, flip=i % 2 == 1, hidden=hidden, bins=bins,
                                                bound=bound),
@@ -127,7 +226,36 @@ def NSFAutoregressive(features: int, context: int = 0, depth: int = 3, hidden: S
     """Neural spline flow, autoregressive form (Durkan et al. 2019): one-pass density, D-pass sampling.
 
     ``depth`` rational-quadratic spline layers conditioned by MADEs, their orders alternating
-    (``permutation="reverse"``) or with a ``"random"`` permutation or ``"lu"`` map between them."""
+    (``permutation="reverse"``) or with a ``"random"`` permutation or ``"lu"`` map between them. Each layer maps
+    data -> latent by ``z_i = f(x_i; theta_i(x_<i))``, ``log|det dz/dx| = sum_i log f'(x_i)``.
+
+    Args:
+        features: Number of features ``D``.
+        context: Number of context features (0: unconditional).
+        depth: Number of autoregressive spline layers.
+        hidden: Hidden layer sizes of each MADE.
+        bins: Number of spline bins.
+        bound: Half-width ``B`` of the interval ``[-B, B]`` the splines cover (identity tails outside).
+        residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
+        permutation: What mixes the features between layers: ``"reverse"`` (alternate the MADE orders),
+            ``"random"`` (a fixed random permutation), ``"lu"`` (a learned
+            :class:`~exactflow.transforms.linear.LULinear`) or ``"none"``.
+        conditional_base: Draw the base from a :class:`~exactflow.distributions.ConditionalDiagNormal` on the
+            context instead of N(0, I) (needs ``context > 0``).
+
+    Returns:
+        The flow, a :class:`~exactflow.Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
+
+    References:
+        C. Durkan, A. Bekasov, I. Murray, G. Papamakarios. Neural Spline Flows (2019).
+        https://arxiv.org/abs/1906.04032
+
+    Examples:
+        >>> flow = NSFAutoregressive(3, depth=2, hidden=(8, 8), bins=4)
+        >>> x = torch.randn(5, 3)
+        >>> flow.log_prob(x).shape, flow.sample(2).shape
+        (torch.Size([5]), torch.Size([2, 3]))
+    """
     check_sizes(features, context, hidden, depth=depth, bins=bins)
     layers = _made_stack(lambda i, order: RQSplineAutoregressive(features, context, hidden, bins=bins, bound=bound,
                                                                  order=order, residual=residual),
@@ -143,7 +271,35 @@ def BNAF(features: int, context: int = 0, depth: int = 2, hidden: Sequence[int] 
 
     ``depth`` layers (``hidden`` units per feature in each hidden layer) with a ``permutation`` between
     them. ``log_prob`` is one pass per layer; ``sample`` inverts every layer by bisection, about D * 60
-    passes per layer."""
+    passes per layer. Each layer maps data -> latent by a monotone network per feature, ``z_i = f_i(x_<=i)``,
+    with the exact ``log|det dz/dx| = sum_i log dz_i/dx_i``.
+
+    Args:
+        features: Number of features ``D``.
+        context: Number of context features (0: unconditional).
+        depth: Number of BNAF layers.
+        hidden: Units per feature in each hidden layer of every BNAF layer.
+        permutation: What mixes the features between layers: ``"reverse"`` (reverse their order),
+            ``"random"`` (a fixed random permutation), ``"lu"`` (a learned
+            :class:`~exactflow.transforms.linear.LULinear`) or ``"none"``.
+        conditional_base: Draw the base from a :class:`~exactflow.distributions.ConditionalDiagNormal` on the
+            context instead of N(0, I) (needs ``context > 0``).
+
+    Returns:
+        The flow, a :class:`~exactflow.Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
+
+    References:
+        N. De Cao, I. Titov, W. Aziz. Block Neural Autoregressive Flow (UAI 2019).
+        https://arxiv.org/abs/1904.04676
+
+    Examples:
+        >>> flow = BNAF(2, depth=2, hidden=(4,))
+        >>> x = torch.randn(3, 2)
+        >>> flow.log_prob(x).shape
+        torch.Size([3])
+        >>> torch.allclose(flow.from_latent(flow.to_latent(x)), x, atol=1e-4)  # bisection inverse
+        True
+    """
     check_sizes(features, context, hidden, depth=depth)
     layers = _stack(lambda i: BNAFLayer(features, context, hidden), features, depth, permutation)
     return _flow(layers, features, context, conditional_base)

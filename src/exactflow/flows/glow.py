@@ -67,8 +67,35 @@ def Glow(shape: Shape, context: int = 0, levels: int = 3, depth: int = 8, hidden
     Logit, then ``levels`` levels of squeeze and ``depth`` steps (ActNorm, 1x1 conv LU, affine coupling
     whose CNN has hidden layers of ``hidden`` channels, see :class:`~exactflow.transforms.image.ConvNet`), with the
     split prior after every level but the last; N(0, I) latent; sampling takes a temperature. H and W must be
-    divisible by 2^levels (28x28 MNIST: levels <= 2). ``scale_bound`` bounds every log-scale (couplings and
-    split prior) smoothly; ``alpha`` is the logit's."""
+    divisible by 2^levels (28x28 MNIST: levels <= 2). Data -> latent is that composition ``T``, and
+    ``log p(y) = log N(T(y); 0, I) + log|det dT/dy|``, the logit's log-det included, so
+    :func:`~exactflow.images.bits_per_dim` of it is the discrete-data bound.
+
+    Args:
+        shape: Image shape ``(C, H, W)``, ``H`` and ``W`` divisible by ``2**levels``.
+        context: Number of context features, given to every coupling and split prior (0: unconditional).
+        levels: Number of levels (squeezes); every level but the last ends with the split prior.
+        depth: Steps per level.
+        hidden: Hidden channels of each coupling's CNN (see :class:`~exactflow.transforms.image.ConvNet`).
+        alpha: The logit's margin, ``logit(alpha + (1 - 2 alpha) y)``.
+        scale_bound: Smooth bound of every log-scale (couplings and split prior); ``None``: unbounded.
+
+    Returns:
+        The flow, an :class:`ImageFlow` (a :class:`~exactflow.Flow` whose sampling takes a ``temperature``) on
+        N(0, I) of the data's shape; ``flow.spec`` records the call.
+
+    References:
+        D. P. Kingma, P. Dhariwal. Glow: Generative Flow with Invertible 1x1 Convolutions (2018).
+        https://arxiv.org/abs/1807.03039
+
+    Examples:
+        >>> flow = Glow((1, 4, 4), levels=2, depth=1, hidden=(8, 8))
+        >>> y = torch.rand(3, 1, 4, 4)  # dequantised pixels in (0, 1)
+        >>> flow.log_prob(y).shape, flow.sample(2, temperature=0.7).shape
+        (torch.Size([3]), torch.Size([2, 1, 4, 4]))
+        >>> torch.allclose(flow.from_latent(flow.to_latent(y)), y, atol=1e-5)
+        True
+    """
     if levels < 1 or depth < 1:
         raise ValueError(f"levels and depth must be >= 1, got levels={levels}, depth={depth}")
     shape = image_shape(shape, 2**levels)
@@ -93,7 +120,35 @@ def RealNVPImage(shape: Shape, context: int = 0, levels: int = 2, depth: int = 3
 
     Logit, then per level ``depth`` checkerboard affine couplings, squeeze, ``depth`` channel-wise affine
     couplings (masks alternating, ActNorm after each coupling), and half the channels factored out onto
-    N(0, I); the last level has ``depth + 1`` checkerboard couplings only. Sampling takes a temperature."""
+    N(0, I); the last level has ``depth + 1`` checkerboard couplings only. Sampling takes a temperature.
+    Every coupling maps data -> latent by ``z_tr = (x_tr - t(x_id)) exp(-s(x_id))``, ``log|det| = -sum(s)``, and
+    ``log p(y) = log N(T(y); 0, I) + log|det dT/dy|``, the logit's log-det included.
+
+    Args:
+        shape: Image shape ``(C, H, W)``, ``H`` and ``W`` divisible by ``2**(levels - 1)``.
+        context: Number of context features, given to every coupling's CNN (0: unconditional).
+        levels: Number of levels; every level but the last squeezes and factors out half the channels.
+        depth: Couplings of each kind per level.
+        hidden: Hidden channels of each coupling's CNN (see :class:`~exactflow.transforms.image.ConvNet`).
+        alpha: The logit's margin, ``logit(alpha + (1 - 2 alpha) y)``.
+        scale_bound: Smooth bound of every log-scale; ``None``: unbounded.
+
+    Returns:
+        The flow, an :class:`ImageFlow` (a :class:`~exactflow.Flow` whose sampling takes a ``temperature``) on
+        N(0, I) of the data's shape; ``flow.spec`` records the call.
+
+    References:
+        L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017).
+        https://arxiv.org/abs/1605.08803
+
+    Examples:
+        >>> flow = RealNVPImage((1, 4, 4), levels=2, depth=1, hidden=(8, 8))
+        >>> y = torch.rand(3, 1, 4, 4)  # dequantised pixels in (0, 1)
+        >>> flow.log_prob(y).shape, flow.sample(2).shape
+        (torch.Size([3]), torch.Size([2, 1, 4, 4]))
+        >>> torch.allclose(flow.from_latent(flow.to_latent(y)), y, atol=1e-5)
+        True
+    """
     if levels < 1 or depth < 1:
         raise ValueError(f"levels and depth must be >= 1, got levels={levels}, depth={depth}")
     shape = image_shape(shape, 2 ** (levels - 1))

@@ -11,6 +11,7 @@ pass t the first t features in the order are exact).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -46,14 +47,16 @@ class AffineUnivariate(Univariate):
 
     The shift acts after the scale, in latent units: dz/dt = 1 whatever the scale, so the network's shift
     and scale outputs move z independently. With the shift first, ``(x - t) exp(-s)``, the shift's gradient
-    carries the factor exp(-s) and its effective step size follows the learnt scale; in MAF on 8 Gaussians
-    (docs/benchmarks.md, 10 seeds) that form ended 0.07 nats worse in test NLL.
+    carries the factor exp(-s) and its effective step size follows the learnt scale.
 
-    Example:
+    Args:
+        scale_bound: Bound ``B`` of the log-scale; ``None``: unbounded.
+
+    Examples:
         >>> kernel = AffineUnivariate(scale_bound=3.0)
         >>> z, logd = kernel.forward(torch.tensor([1.0]), torch.tensor([[0.5, 0.0]]))
-        >>> z, logd
-        (tensor([1.5000]), tensor([0.]))
+        >>> z, logd == 0
+        (tensor([1.5000]), tensor([True]))
     """
 
     n_params = 2
@@ -83,9 +86,24 @@ class MaskedAutoregressive(Bijection):
 
     ``forward`` (data -> latent, density) is one MADE pass; ``inverse`` (latent -> data, sampling) runs
     D passes ``x <- f^-1(z; MADE(x))`` from ``x = 0``. ``Inverse`` of this layer is an inverse
-    autoregressive flow layer with the costs swapped. ``order``, ``residual`` and ``seed`` go to
-    :class:`~exactflow.nets.MADE`; ``identity_init`` zeroes its output layer so the layer starts as the
-    identity (all-zero kernel parameters), otherwise it keeps PyTorch's default initialisation.
+    autoregressive flow layer with the costs swapped.
+
+    Args:
+        features: Number of features ``D``.
+        context: Number of context features fed to the MADE (0: unconditional).
+        univariate: The elementwise kernel ``f``; ``None``: :class:`AffineUnivariate`.
+        hidden: Hidden layer sizes of the MADE.
+        order: Autoregressive order of the MADE: ``"natural"``, ``"reversed"``, ``"random"`` or a permutation
+            tensor listing the features in the order they are generated.
+        residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
+        activation: Activation of the MADE: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
+        seed: Seed of the ``"random"`` order.
+        identity_init: Zero the MADE's output layer so the layer starts as the identity (all-zero kernel
+            parameters); otherwise keep PyTorch's default initialisation.
+
+    References:
+        M. Germain, K. Gregor, I. Murray, H. Larochelle. MADE: Masked Autoencoder for Distribution
+        Estimation (2015). https://arxiv.org/abs/1502.03509
     """
 
     def __init__(
@@ -139,11 +157,43 @@ class MaskedAutoregressive(Bijection):
 class MaskedAffineAutoregressive(MaskedAutoregressive):
     """MAF layer (Papamakarios et al. 2017): affine autoregressive; one-pass forward, D-pass inverse.
 
-    ``z_i = x_i * exp(-s_i) + t_i``, ``(t_i, s_i)`` from a MADE on ``x_<i`` and the context;
-    log|det dz/dx| = -sum_i s_i, with ``s = B tanh(s_raw / B)``, ``B = scale_bound``.
+    Data -> latent (``forward``, one MADE pass)::
 
-    The MADE keeps its random initialisation by default (``identity_init=False``): on the 2-D benchmarks in
-    docs/benchmarks.md it reached clearly lower test NLL than starting every layer at the identity."""
+        z_i = x_i * exp(-s_i) + t_i,     (t_i, s_raw_i) = MADE(x_<i, context),
+        log|det dz/dx| = -sum_i s_i,     s = B tanh(s_raw / B),  B = scale_bound.
+
+    Latent -> data (``inverse``) is ``x_i = (z_i - t_i) exp(s_i)``, computed in D sequential MADE passes.
+    The MADE keeps PyTorch's random initialisation by default (``identity_init=False``).
+
+    Args:
+        features: Number of features ``D``.
+        context: Number of context features fed to the MADE (0: unconditional).
+        hidden: Hidden layer sizes of the MADE.
+        order: Autoregressive order of the MADE: ``"natural"``, ``"reversed"``, ``"random"`` or a permutation
+            tensor listing the features in the order they are generated.
+        residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
+        activation: Activation of the MADE: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
+        scale_bound: Bound ``B`` of the log-scale; ``None``: unbounded.
+        seed: Seed of the ``"random"`` order.
+        identity_init: Zero the MADE's output layer so the layer starts as the identity.
+
+    References:
+        G. Papamakarios, T. Pavlakou, I. Murray. Masked Autoregressive Flow for Density Estimation (2017),
+        with the MADE of M. Germain et al. (2015). https://arxiv.org/abs/1705.07057,
+        https://arxiv.org/abs/1502.03509
+
+    Examples:
+        >>> layer = MaskedAffineAutoregressive(3, context=2, hidden=(8, 8))
+        >>> x, c = torch.randn(4, 3), torch.randn(4, 2)
+        >>> z, ladj = layer(x, c)
+        >>> z.shape, ladj.shape
+        (torch.Size([4, 3]), torch.Size([4]))
+        >>> torch.allclose(layer.inverse(z, c)[0], x, atol=1e-5)
+        True
+        >>> jac = torch.autograd.functional.jacobian(lambda v: layer(v[None], c[:1])[0][0], x[0])
+        >>> torch.equal(jac, jac.tril())  # dz_i/dx_j = 0 for j > i: triangular in the natural order
+        True
+    """
 
     def __init__(
         self,
@@ -162,9 +212,37 @@ class MaskedAffineAutoregressive(MaskedAutoregressive):
 
 
 @TRANSFORMS.register("IAF", test_kwargs={"hidden": (16, 16)})
-def IAF(features: int, context: int = 0, **kwargs) -> Inverse:
+def IAF(features: int, context: int = 0, **kwargs: Any) -> Inverse:
     """IAF layer (Kingma et al. 2016) = ``Inverse(MaskedAffineAutoregressive)``: one-pass sampling, D-pass density.
 
-    Latent -> data (sampling, and ``sample_and_log_prob`` for variational posteriors) is one MADE pass;
-    data -> latent takes D passes."""
+    Latent -> data (``inverse``: sampling, and ``sample_and_log_prob`` for variational posteriors) is one MADE
+    pass over the latent::
+
+        x_i = z_i * exp(-s_i) + t_i,     (t_i, s_raw_i) = MADE(z_<i, context),     log|det dx/dz| = -sum_i s_i.
+
+    Data -> latent (``forward``) inverts it, ``z_i = (x_i - t_i) exp(s_i)`` with ``log|det dz/dx| = +sum_i s_i``,
+    in D sequential MADE passes.
+
+    Args:
+        features: Number of features ``D``.
+        context: Number of context features (0: unconditional).
+        **kwargs: Passed to :class:`MaskedAffineAutoregressive` (``hidden``, ``order``, ``residual``,
+            ``activation``, ``scale_bound``, ``seed``, ``identity_init``).
+
+    Returns:
+        The layer, an :class:`~exactflow.core.Inverse` of a :class:`MaskedAffineAutoregressive`.
+
+    References:
+        D. P. Kingma, T. Salimans, R. Jozefowicz, X. Chen, I. Sutskever, M. Welling. Improved Variational
+        Inference with Inverse Autoregressive Flow (2016). https://arxiv.org/abs/1606.04934
+
+    Examples:
+        >>> layer = IAF(3, hidden=(8, 8))
+        >>> z = torch.randn(4, 3)
+        >>> x, ladj = layer.inverse(z)  # sampling direction: one pass
+        >>> x.shape, ladj.shape
+        (torch.Size([4, 3]), torch.Size([4]))
+        >>> torch.allclose(layer(x)[0], z, atol=1e-5)
+        True
+    """
     return Inverse(MaskedAffineAutoregressive(features, context, **kwargs))

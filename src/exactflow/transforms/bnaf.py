@@ -17,7 +17,7 @@ sampling, not for training through samples.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,11 @@ class BlockLinear(nn.Module):
 
     :meth:`weight` also returns ``log W`` of the diagonal blocks, shape ``(D, a_out, a_in)``. Entries of the
     raw weight outside the lower block triangle are masked on use, so they may hold anything.
+
+    Args:
+        features: Number of features ``D`` (blocks).
+        a_in: Units per feature on the input side.
+        a_out: Units per feature on the output side.
     """
 
     def __init__(self, features: int, a_in: int, a_out: int) -> None:
@@ -84,8 +89,35 @@ class BNAF(Bijection):
     ``L_l`` (:class:`BlockLinear`), ``hidden`` units per feature in each hidden layer and
     ``sigma(u) = tanh(u) + alpha u``; log|det dz/dx| = sum_i log dz_i/dx_i, exact (see the module doc).
 
+    Data -> latent is the network above (one pass); latent -> data inverts it feature by feature by
+    bisection (slow, see the module doc) and returns ``log|det dx/dz| = -sum_i log dz_i/dx_i`` at the root.
+
     Features are in natural order (:attr:`order`); stack layers with :class:`~exactflow.transforms.linear.Reverse`
-    between them. The context shifts the pre-activations of every layer. ``inverse`` is bisection (slow).
+    between them. The context shifts the pre-activations of every layer.
+
+    Args:
+        features: Number of features ``D``.
+        context: Number of context features (0: unconditional); a linear map of the context shifts the
+            pre-activations of every layer.
+        hidden: Units per feature in each hidden layer (at least one layer).
+        alpha: Slope ``alpha > 0`` of the linear part of ``sigma``, which makes each feature's map onto R.
+        iters: Bisection steps per feature in ``inverse``.
+
+    References:
+        N. De Cao, I. Titov, W. Aziz. Block Neural Autoregressive Flow (UAI 2019).
+        https://arxiv.org/abs/1904.04676
+
+    Examples:
+        >>> layer = BNAF(2, hidden=(4,))
+        >>> x = torch.randn(3, 2)
+        >>> z, ladj = layer(x)
+        >>> z.shape, ladj.shape
+        (torch.Size([3, 2]), torch.Size([3]))
+        >>> jac = torch.autograd.functional.jacobian(lambda v: layer(v[None])[0][0], x[0])
+        >>> torch.allclose(ladj[0], torch.linalg.slogdet(jac)[1], atol=1e-5)  # the exact log-det
+        True
+        >>> torch.allclose(layer.inverse(z)[0], x, atol=1e-5)
+        True
     """
 
     exact_inverse = False
@@ -136,7 +168,7 @@ class BNAF(Bijection):
         return z, log_j.sum(-1)
 
     @staticmethod
-    def _bracket(f, target: Tensor) -> tuple[Tensor, Tensor]:
+    def _bracket(f: Callable[[Tensor], Tensor], target: Tensor) -> tuple[Tensor, Tensor]:
         """``[lo, hi]`` with ``f(lo) <= target <= f(hi)``, grown by doubling (``f`` is increasing and onto R)."""
         lo, hi = torch.full_like(target, -1.0), torch.full_like(target, 1.0)
         for _ in range(64):

@@ -40,7 +40,18 @@ def coupling_mask(features: int, mask: str | Tensor = "half", flip: bool = False
 
 class Coupling(Bijection):
     """Shared mechanics: split by mask, run the conditioner on ``(x_id, context)``, apply an elementwise
-    map with ``params_per_feature`` parameters to ``x_tr``, merge back. Subclasses give ``_map``/``_unmap`` (or their own :meth:`step`)."""
+    map with ``params_per_feature`` parameters to ``x_tr``, merge back. Subclasses give ``_map``/``_unmap``
+    (or their own :meth:`step`).
+
+    Args:
+        features: Number of features ``D``.
+        context: Number of context features given to the conditioner with ``x_id`` (0: unconditional).
+        mask: Which features pass through unchanged: ``"half"``, ``"alternating"`` (= ``"checkerboard"``) or a
+            boolean tensor of shape ``(D,)``, True where fixed.
+        flip: Swap the fixed and the transformed parts.
+        hidden: Hidden layer sizes of the MLP conditioner.
+        activation: Activation of the MLP: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
+    """
 
     params_per_feature = 1
 
@@ -135,7 +146,33 @@ class CouplingChain(Compose):
 
 @TRANSFORMS.register("AdditiveCoupling")
 class AdditiveCoupling(Coupling):
-    """NICE: ``z_tr = x_tr + t(x_id, context)``, ``z_id = x_id``; volume preserving, log|det| = 0."""
+    """Additive coupling layer (NICE): shift one part of x by a function of the other; volume preserving.
+
+    Data -> latent: ``z_id = x_id``, ``z_tr = x_tr + t(x_id, context)`` with ``t`` an MLP; latent -> data:
+    ``x_tr = z_tr - t(z_id, context)``. The Jacobian is unit triangular: ``log|det dz/dx| = 0``.
+
+    Args:
+        features: Number of features ``D``.
+        context: Number of context features given to the conditioner with ``x_id`` (0: unconditional).
+        mask: Which features pass through unchanged: ``"half"`` (the first ``ceil(D/2)``), ``"alternating"``
+            (= ``"checkerboard"``, the even indices) or a boolean tensor of shape ``(D,)``, True where fixed.
+        flip: Swap the fixed and the transformed parts.
+        hidden: Hidden layer sizes of the MLP conditioner.
+        activation: Activation of the MLP: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
+
+    References:
+        L. Dinh, D. Krueger, Y. Bengio. NICE: Non-linear Independent Components Estimation (2014).
+        https://arxiv.org/abs/1410.8516
+
+    Examples:
+        >>> layer = AdditiveCoupling(4, context=2, hidden=(8,))
+        >>> x, c = torch.randn(3, 4), torch.randn(3, 2)
+        >>> z, ladj = layer(x, c)
+        >>> torch.equal(z[:, :2], x[:, :2]), ladj  # the first half passes unchanged
+        (True, tensor([0., 0., 0.]))
+        >>> torch.allclose(layer.inverse(z, c)[0], x, atol=1e-5)
+        True
+    """
 
     def _map(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         return x + params, x.new_zeros(x.shape[0])
@@ -146,11 +183,42 @@ class AdditiveCoupling(Coupling):
 
 @TRANSFORMS.register("AffineCoupling")
 class AffineCoupling(Coupling):
-    """RealNVP: ``z_tr = (x_tr - t) * exp(-s)``, ``z_id = x_id``, with ``(t, s_raw) = net(x_id, context)``;
-    log|det dz/dx| = -sum(s). The latent -> data map is ``x_tr = z_tr * exp(s) + t`` (log|det| = +sum(s)).
+    """Affine coupling layer (RealNVP): scale and shift one part of x by functions of the other.
+
+    Data -> latent (``forward``)::
+
+        z_id = x_id,    z_tr = (x_tr - t) * exp(-s),    (t, s_raw) = net(x_id, context),
+        log|det dz/dx| = -sum(s).
+
+    The latent -> data map is ``x_tr = z_tr * exp(s) + t`` (log|det| = +sum(s)).
 
     The log-scale is bounded smoothly, ``s = B tanh(s_raw / B)`` with ``B = scale_bound`` (default 3),
     which keeps exp(s) in (e^-B, e^B) and avoids the overflow of an unbounded exp; ``None`` removes it.
+
+    Args:
+        features: Number of features ``D``.
+        context: Number of context features given to the conditioner with ``x_id`` (0: unconditional).
+        mask: Which features pass through unchanged: ``"half"`` (the first ``ceil(D/2)``), ``"alternating"``
+            (= ``"checkerboard"``, the even indices) or a boolean tensor of shape ``(D,)``, True where fixed.
+        flip: Swap the fixed and the transformed parts.
+        hidden: Hidden layer sizes of the MLP conditioner.
+        activation: Activation of the MLP: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
+        scale_bound: Bound ``B`` of the log-scale; ``None``: unbounded.
+
+    References:
+        L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017).
+        https://arxiv.org/abs/1605.08803
+
+    Examples:
+        >>> layer = AffineCoupling(4, context=2, mask="alternating", hidden=(8,))
+        >>> _ = torch.nn.init.normal_(layer.net[-1].weight, std=0.5)  # leave the identity it starts as
+        >>> x, c = torch.randn(3, 4), torch.randn(3, 2)
+        >>> z, ladj = layer(x, c)
+        >>> torch.equal(z[:, ::2], x[:, ::2]), ladj.shape  # the even features pass unchanged
+        (True, torch.Size([3]))
+        >>> x_back, inv_ladj = layer.inverse(z, c)
+        >>> torch.allclose(x_back, x, atol=1e-5), torch.allclose(ladj + inv_ladj, torch.zeros(3), atol=1e-5)
+        (True, True)
     """
 
     params_per_feature = 2

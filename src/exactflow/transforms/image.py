@@ -12,6 +12,7 @@ import itertools
 import math
 import operator
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +79,15 @@ def append_context(h: Tensor, context: Tensor | None) -> Tensor:
 class ConvNet(nn.Sequential):
     """Glow's conditioner: conv 3x3 -> act -> conv 1x1 -> act -> conv 3x3 ('same' padding). ``hidden`` is the
     width of both hidden layers (an int) or the widths ``(h1, ..., hk)`` (conv 3x3 to h1, 1x1 convs between
-    the others). The last conv is zero-initialised (``zero_last``) so the layer built on it starts as the identity."""
+    the others). The last conv is zero-initialised (``zero_last``) so the layer built on it starts as the identity.
+
+    Args:
+        in_channels: Input channels (the fixed part plus the context channels).
+        out_channels: Output channels (the parameters of the elementwise map).
+        hidden: Width of both hidden layers (an int) or the widths of all hidden layers.
+        activation: Activation: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
+        zero_last: Zero-initialise the last convolution.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int | Sequence[int] = 64, activation: str = "relu",
                  zero_last: bool = True) -> None:
@@ -97,7 +106,22 @@ class ConvNet(nn.Sequential):
 
 class Squeeze(Bijection):
     """Space to depth: ``(C, H, W) -> (C f^2, H/f, W/f)``; output channel ``c f^2 + a f + b`` holds pixel
-    ``(f i + a, f j + b)`` of input channel ``c`` (``torch.pixel_unshuffle``). A permutation: log|det| = 0."""
+    ``(f i + a, f j + b)`` of input channel ``c`` (``torch.pixel_unshuffle``). A permutation: log|det| = 0.
+
+    Data -> latent is space to depth, latent -> data depth to space (``torch.pixel_shuffle``).
+
+    Args:
+        factor: The squeeze factor ``f``; ``H`` and ``W`` of the input must be divisible by it.
+
+    References:
+        L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017).
+        https://arxiv.org/abs/1605.08803
+
+    Examples:
+        >>> z, ladj = Squeeze(2)(torch.randn(3, 1, 4, 4))
+        >>> z.shape, ladj.shape
+        (torch.Size([3, 4, 2, 2]), torch.Size([3]))
+    """
 
     def __init__(self, factor: int = 2) -> None:
         super().__init__()
@@ -128,7 +152,16 @@ class Squeeze(Bijection):
 
 
 class Unsqueeze(Bijection):
-    """Depth to space, the inverse of :class:`Squeeze`: ``(C f^2, H, W) -> (C, H f, W f)``; log|det| = 0."""
+    """Depth to space, the inverse of :class:`Squeeze`: ``(C f^2, H, W) -> (C, H f, W f)``; log|det| = 0.
+
+    Args:
+        factor: The factor ``f``; the input's channels must be divisible by ``f**2``.
+
+    Examples:
+        >>> x = torch.randn(3, 4, 2, 2)
+        >>> torch.equal(Unsqueeze(2)(x)[0], Squeeze(2).inverse(x)[0])
+        True
+    """
 
     def __init__(self, factor: int = 2) -> None:
         super().__init__()
@@ -143,14 +176,65 @@ class Unsqueeze(Bijection):
 
 @TRANSFORMS.register("Squeeze", input="image", conditional=False, test_kwargs={"shape": (1, 8, 8)})
 def squeeze(shape: tuple[int, int, int], context: int = 0, factor: int = 2) -> Squeeze:
-    """Space to depth ``(C, H, W) -> (4C, H/2, W/2)``; log|det| = 0."""
+    """Space to depth: ``(C, H, W) -> (C f^2, H/f, W/f)``, a permutation of the values; volume preserving.
+
+    Data -> latent: output channel ``c f^2 + a f + b`` at ``(i, j)`` holds input pixel ``(f i + a, f j + b)`` of
+    channel ``c`` (see :class:`Squeeze`); latent -> data is depth to space. ``log|det dz/dx| = 0``.
+
+    Args:
+        shape: Event shape ``(C, H, W)`` of the input; ``H`` and ``W`` divisible by ``factor``.
+        context: Must be 0 (unconditional); accepted for the registry's common signature.
+        factor: The squeeze factor ``f``.
+
+    Returns:
+        The layer, a :class:`Squeeze`.
+
+    References:
+        L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017).
+        https://arxiv.org/abs/1605.08803
+
+    Examples:
+        >>> layer = squeeze((1, 4, 4))
+        >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> z, ladj = layer(x)
+        >>> z.shape, ladj
+        (torch.Size([1, 4, 2, 2]), tensor([0.]))
+        >>> z[0, :, 0, 0]  # the top-left 2x2 block of pixels, now four channels
+        tensor([0., 1., 4., 5.])
+        >>> torch.equal(layer.inverse(z)[0], x)
+        True
+    """
     image_shape(shape, factor)
     return Squeeze(factor)
 
 
 @TRANSFORMS.register("Unsqueeze", input="image", conditional=False)
 def unsqueeze(shape: tuple[int, int, int], context: int = 0, factor: int = 2) -> Unsqueeze:
-    """Depth to space ``(4C, H, W) -> (C, 2H, 2W)``; log|det| = 0."""
+    """Depth to space: ``(C f^2, H, W) -> (C, H f, W f)``, the inverse of :func:`squeeze`; volume preserving.
+
+    Data -> latent is depth to space, latent -> data space to depth; ``log|det dz/dx| = 0``.
+
+    Args:
+        shape: Event shape ``(C, H, W)`` of the input; ``C`` divisible by ``factor**2``.
+        context: Must be 0 (unconditional); accepted for the registry's common signature.
+        factor: The factor ``f``.
+
+    Returns:
+        The layer, an :class:`Unsqueeze`.
+
+    References:
+        L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017).
+        https://arxiv.org/abs/1605.08803
+
+    Examples:
+        >>> layer = unsqueeze((4, 2, 2))
+        >>> x = torch.randn(3, 4, 2, 2)
+        >>> z, ladj = layer(x)
+        >>> z.shape, ladj.shape
+        (torch.Size([3, 1, 4, 4]), torch.Size([3]))
+        >>> torch.equal(layer.inverse(z)[0], x)
+        True
+    """
     if image_shape(shape)[0] % factor**2:
         raise ValueError(f"Unsqueeze needs channels divisible by {factor ** 2}, got shape {tuple(shape)}")
     return Unsqueeze(factor)
@@ -164,9 +248,30 @@ def _random_rotation(channels: int, seed: int | None) -> Tensor:
 
 @TRANSFORMS.register("InvConv1x1", input="image", conditional=False)
 class InvConv1x1(Bijection):
-    """Invertible 1x1 convolution z = W x at every pixel (Kingma & Dhariwal 2018); log|det| = H W log|det W|.
+    """Invertible 1x1 convolution (Kingma & Dhariwal 2018): one learned channel-mixing matrix at every pixel.
 
-    The log-det uses ``slogdet`` (O(C^3)); ``W`` starts as a random rotation."""
+    Data -> latent: ``z[:, :, i, j] = W x[:, :, i, j]``, ``log|det dz/dx| = H W log|det W|``; latent -> data
+    applies ``W^-1``, with the negated log-det. The log-det uses ``slogdet`` (O(C^3)); ``W`` starts as a random
+    rotation.
+
+    Args:
+        shape: Event shape ``(C, H, W)``.
+        context: Must be 0 (unconditional); accepted for the registry's common signature.
+        seed: Seed of the initial random rotation (``None``: torch's global generator).
+
+    References:
+        D. P. Kingma, P. Dhariwal. Glow: Generative Flow with Invertible 1x1 Convolutions (2018).
+        https://arxiv.org/abs/1807.03039
+
+    Examples:
+        >>> layer = InvConv1x1((3, 4, 4), seed=0)
+        >>> x = torch.randn(2, 3, 4, 4)
+        >>> z, ladj = layer(x)
+        >>> z.shape, torch.allclose(ladj, torch.zeros(2), atol=1e-5)  # a rotation: |det W| = 1
+        (torch.Size([2, 3, 4, 4]), True)
+        >>> torch.allclose(layer.inverse(z)[0], x, atol=1e-5)
+        True
+    """
 
     def __init__(self, shape: tuple[int, int, int], context: int = 0, seed: int | None = None) -> None:
         super().__init__()
@@ -187,17 +292,40 @@ class InvConv1x1(Bijection):
 class InvConv1x1LU(Bijection):
     """Invertible 1x1 convolution in LU form, W = P L U S; log|det| = H W sum(log_diag), in O(C).
 
+    Data -> latent: ``z[:, :, i, j] = W x[:, :, i, j]`` at every pixel, ``log|det dz/dx| = H W sum(log_diag)``;
+    latent -> data applies ``W^-1`` (two triangular solves), with the negated log-det.
     ``P`` is a fixed permutation, ``L`` unit lower-triangular, ``U`` upper-triangular with diagonal
-    ``exp(log_diag)``, ``S`` a fixed diagonal of signs. Starts as a random rotation (its LU factors)."""
+    ``exp(log_diag)``, ``S`` a fixed diagonal of signs. Starts as a random rotation (its LU factors).
+
+    Args:
+        shape: Event shape ``(C, H, W)``.
+        context: Must be 0 (unconditional); accepted for the registry's common signature.
+        seed: Seed of the initial random rotation (``None``: torch's global generator).
+
+    References:
+        D. P. Kingma, P. Dhariwal. Glow: Generative Flow with Invertible 1x1 Convolutions (2018).
+        https://arxiv.org/abs/1807.03039
+
+    Examples:
+        >>> layer = InvConv1x1LU((3, 4, 4), seed=0)
+        >>> with torch.no_grad():
+        ...     _ = layer.log_diag.add_(0.5)
+        >>> x = torch.randn(2, 3, 4, 4)
+        >>> z, ladj = layer(x)
+        >>> torch.allclose(ladj, 16 * torch.linalg.slogdet(layer.weight())[1].expand(2), atol=1e-4)
+        True
+        >>> torch.allclose(layer.inverse(z)[0], x, atol=1e-5)
+        True
+    """
 
     def __init__(self, shape: tuple[int, int, int], context: int = 0, seed: int | None = None) -> None:
         super().__init__()
         channels = image_shape(shape)[0]
-        p, l, u = torch.linalg.lu(_random_rotation(channels, seed))
+        p, lower, u = torch.linalg.lu(_random_rotation(channels, seed))
         d = torch.diagonal(u)
         self.register_buffer("perm", p.argmax(0))
         self.register_buffer("sign", torch.sign(d))
-        self.lower = nn.Parameter(torch.tril(l, -1))
+        self.lower = nn.Parameter(torch.tril(lower, -1))
         self.upper = nn.Parameter(torch.triu(u * torch.sign(d), 1))
         self.log_diag = nn.Parameter(torch.log(d.abs()))
 
@@ -221,7 +349,31 @@ class InvConv1x1LU(Bijection):
 
 @TRANSFORMS.register("ActNorm2d", input="image", conditional=False)
 def actnorm2d(shape: tuple[int, int, int], context: int = 0) -> ActNorm:
-    """ActNorm per channel on (C, H, W): z = (x - loc_c) exp(-log_scale_c); log|det| = -H W sum(log_scale)."""
+    """ActNorm per channel on images ``(C, H, W)``, with data-dependent initialisation (Glow).
+
+    Data -> latent: ``z[:, c] = (x[:, c] - loc_c) exp(-log_scale_c)``, ``log|det dz/dx| = -H W sum_c log_scale_c``;
+    the first forward call in training mode sets ``loc`` and ``log_scale`` from that batch (see :class:`ActNorm`).
+
+    Args:
+        shape: Event shape ``(C, H, W)``.
+        context: Must be 0 (unconditional); accepted for the registry's common signature.
+
+    Returns:
+        The layer, an :class:`~exactflow.transforms.normalization.ActNorm` on ``C`` channels.
+
+    References:
+        D. P. Kingma, P. Dhariwal. Glow: Generative Flow with Invertible 1x1 Convolutions (2018).
+        https://arxiv.org/abs/1807.03039
+
+    Examples:
+        >>> layer = actnorm2d((3, 4, 4))
+        >>> x = 2 + 3 * torch.randn(8, 3, 4, 4)
+        >>> z, ladj = layer(x)
+        >>> torch.allclose(z.mean((0, 2, 3)), torch.zeros(3), atol=1e-5), ladj.shape
+        (True, torch.Size([8]))
+        >>> torch.allclose(layer.inverse(z)[0], x, atol=1e-5)
+        True
+    """
     if context:
         raise ValueError("ActNorm2d is unconditional: context must be 0")
     return ActNorm(image_shape(shape)[0])
@@ -234,6 +386,14 @@ class ImageCoupling(Bijection):
     ``mask="channel"``: x_id is the first ``C // 2`` channels (the rest with ``flip``); the net sees
     x_id only. ``mask="checkerboard"``: x_id is the pixels with ``i + j`` even (odd with ``flip``) in
     every channel; the net sees ``x * mask``. Subclasses give ``_map``/``_unmap``.
+
+    Args:
+        shape: Event shape ``(C, H, W)``.
+        context: Number of context features, given to the CNN as constant channels (0: unconditional).
+        mask: ``"channel"`` or ``"checkerboard"``.
+        flip: Swap the fixed and the transformed parts.
+        hidden: Hidden channels of the :class:`ConvNet`: one int for both hidden layers, or a sequence of widths.
+        activation: Activation of the CNN: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
     """
 
     params_per_channel = 1
@@ -288,7 +448,24 @@ class ImageCoupling(Bijection):
 
 class ImageAffineCoupling(ImageCoupling):
     """Affine coupling (RealNVP, Glow): ``z_tr = (x_tr - t) exp(-s)``, ``z_id = x_id``, with ``(t, s_raw)`` from
-    the CNN and ``s = B tanh(s_raw / B)`` (``B = scale_bound``; None: no bound); log|det dz/dx| = -sum(s)."""
+    the CNN and ``s = B tanh(s_raw / B)`` (``B = scale_bound``; None: no bound); log|det dz/dx| = -sum(s).
+
+    Data -> latent as above; latent -> data ``x_tr = z_tr exp(s) + t``, ``log|det dx/dz| = +sum(s)``. The
+    registered :func:`channel_affine_coupling` and :func:`checkerboard_affine_coupling` build it.
+
+    Args:
+        shape: Event shape ``(C, H, W)``.
+        context: Number of context features, given to the CNN as constant channels (0: unconditional).
+        mask: ``"channel"`` or ``"checkerboard"``.
+        flip: Swap the fixed and the transformed parts.
+        hidden: Hidden channels of the :class:`ConvNet`: one int for both hidden layers, or a sequence of widths.
+        activation: Activation of the CNN: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
+        scale_bound: Bound ``B`` of the log-scale; ``None``: unbounded.
+
+    References:
+        L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017); D. P. Kingma,
+        P. Dhariwal. Glow (2018). https://arxiv.org/abs/1605.08803, https://arxiv.org/abs/1807.03039
+    """
 
     params_per_channel = 2
 
@@ -314,7 +491,23 @@ class ImageAffineCoupling(ImageCoupling):
 
 
 class ImageAdditiveCoupling(ImageCoupling):
-    """Additive coupling (NICE): ``z_tr = x_tr + t(x_id, context)``, ``z_id = x_id``; log|det| = 0."""
+    """Additive coupling (NICE): ``z_tr = x_tr + t(x_id, context)``, ``z_id = x_id``; log|det| = 0.
+
+    Data -> latent as above; latent -> data ``x_tr = z_tr - t``. The registered :func:`channel_additive_coupling`
+    and :func:`checkerboard_additive_coupling` build it.
+
+    Args:
+        shape: Event shape ``(C, H, W)``.
+        context: Number of context features, given to the CNN as constant channels (0: unconditional).
+        mask: ``"channel"`` or ``"checkerboard"``.
+        flip: Swap the fixed and the transformed parts.
+        hidden: Hidden channels of the :class:`ConvNet`: one int for both hidden layers, or a sequence of widths.
+        activation: Activation of the CNN: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
+
+    References:
+        L. Dinh, D. Krueger, Y. Bengio. NICE: Non-linear Independent Components Estimation (2014).
+        https://arxiv.org/abs/1410.8516
+    """
 
     def _map(self, x: Tensor, params: Tensor, active: Tensor | None) -> tuple[Tensor, Tensor]:
         return x + (params if active is None else params * active), x.new_zeros(x.shape[0])
@@ -327,26 +520,138 @@ _SMALL = {"hidden": 8}
 
 
 @TRANSFORMS.register("ChannelAffineCoupling", input="image", test_kwargs=_SMALL)
-def channel_affine_coupling(shape: tuple[int, int, int], context: int = 0, **kwargs) -> ImageAffineCoupling:
-    """Affine coupling on images, channel mask: z_tr = (x_tr - t) exp(-s); log|det| = -sum(s)."""
+def channel_affine_coupling(shape: tuple[int, int, int], context: int = 0, **kwargs: Any) -> ImageAffineCoupling:
+    """Affine coupling on images, channel mask: z_tr = (x_tr - t) exp(-s); log|det| = -sum(s).
+
+    Data -> latent: ``x_id`` is the first ``C // 2`` channels, ``z_id = x_id``, ``z_tr = (x_tr - t) exp(-s)`` with
+    ``(t, s)`` from a CNN on ``(x_id, context)``; ``log|det dz/dx| = -sum(s)``. Latent -> data:
+    ``x_tr = z_tr exp(s) + t``.
+
+    Args:
+        shape: Event shape ``(C, H, W)``, ``C >= 2``.
+        context: Number of context features, given to the CNN as constant channels (0: unconditional).
+        **kwargs: Passed to :class:`ImageAffineCoupling`: ``flip`` (swap the two parts), ``hidden`` (width of the
+            :class:`ConvNet`'s hidden layers), ``activation`` and ``scale_bound`` (bound of the log-scale).
+
+    Returns:
+        The layer, an :class:`ImageAffineCoupling` with ``mask="channel"``.
+
+    References:
+        L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017); D. P. Kingma,
+        P. Dhariwal. Glow (2018). https://arxiv.org/abs/1605.08803, https://arxiv.org/abs/1807.03039
+
+    Examples:
+        >>> layer = channel_affine_coupling((4, 4, 4), context=2, hidden=8)
+        >>> _ = torch.nn.init.normal_(layer.net[-1].weight, std=0.1)  # leave the identity it starts as
+        >>> x, c = torch.randn(3, 4, 4, 4), torch.randn(3, 2)
+        >>> z, ladj = layer(x, c)
+        >>> torch.equal(z[:, :2], x[:, :2]), ladj.shape
+        (True, torch.Size([3]))
+        >>> torch.allclose(layer.inverse(z, c)[0], x, atol=1e-5)
+        True
+    """
     return ImageAffineCoupling(shape, context, mask="channel", **kwargs)
 
 
 @TRANSFORMS.register("CheckerboardAffineCoupling", input="image", test_kwargs={**_SMALL, "shape": (1, 8, 8)})
-def checkerboard_affine_coupling(shape: tuple[int, int, int], context: int = 0, **kwargs) -> ImageAffineCoupling:
-    """Affine coupling on images, checkerboard mask: z_tr = (x_tr - t) exp(-s); log|det| = -sum(s)."""
+def checkerboard_affine_coupling(shape: tuple[int, int, int], context: int = 0, **kwargs: Any) -> ImageAffineCoupling:
+    """Affine coupling on images, checkerboard mask: z_tr = (x_tr - t) exp(-s); log|det| = -sum(s).
+
+    Data -> latent: ``x_id`` is the pixels with ``i + j`` even (odd with ``flip``) in every channel,
+    ``z_id = x_id``, ``z_tr = (x_tr - t) exp(-s)`` with ``(t, s)`` from a CNN on ``(x * mask, context)``;
+    ``log|det dz/dx| = -sum(s)`` over the transformed pixels. Latent -> data: ``x_tr = z_tr exp(s) + t``.
+
+    Args:
+        shape: Event shape ``(C, H, W)`` with at least 2 pixels.
+        context: Number of context features, given to the CNN as constant channels (0: unconditional).
+        **kwargs: Passed to :class:`ImageAffineCoupling`: ``flip`` (swap the two parts), ``hidden`` (width of the
+            :class:`ConvNet`'s hidden layers), ``activation`` and ``scale_bound`` (bound of the log-scale).
+
+    Returns:
+        The layer, an :class:`ImageAffineCoupling` with ``mask="checkerboard"``.
+
+    References:
+        L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017).
+        https://arxiv.org/abs/1605.08803
+
+    Examples:
+        >>> layer = checkerboard_affine_coupling((1, 4, 4), hidden=8)
+        >>> _ = torch.nn.init.normal_(layer.net[-1].weight, std=0.1)
+        >>> x = torch.randn(3, 1, 4, 4)
+        >>> z, ladj = layer(x)
+        >>> torch.equal(z[:, :, 0, 0], x[:, :, 0, 0]), ladj.shape  # pixel (0, 0) is fixed
+        (True, torch.Size([3]))
+        >>> torch.allclose(layer.inverse(z)[0], x, atol=1e-5)
+        True
+    """
     return ImageAffineCoupling(shape, context, mask="checkerboard", **kwargs)
 
 
 @TRANSFORMS.register("ChannelAdditiveCoupling", input="image", test_kwargs=_SMALL)
-def channel_additive_coupling(shape: tuple[int, int, int], context: int = 0, **kwargs) -> ImageAdditiveCoupling:
-    """Additive coupling on images, channel mask: z_tr = x_tr + t; log|det| = 0."""
+def channel_additive_coupling(shape: tuple[int, int, int], context: int = 0, **kwargs: Any) -> ImageAdditiveCoupling:
+    """Additive coupling on images, channel mask: z_tr = x_tr + t; log|det| = 0.
+
+    Data -> latent: ``x_id`` is the first ``C // 2`` channels, ``z_id = x_id``, ``z_tr = x_tr + t(x_id, context)``
+    with ``t`` a CNN; latent -> data ``x_tr = z_tr - t``. Volume preserving: ``log|det dz/dx| = 0``.
+
+    Args:
+        shape: Event shape ``(C, H, W)``, ``C >= 2``.
+        context: Number of context features, given to the CNN as constant channels (0: unconditional).
+        **kwargs: Passed to :class:`ImageAdditiveCoupling`: ``flip`` (swap the two parts), ``hidden`` (width of
+            the :class:`ConvNet`'s hidden layers) and ``activation``.
+
+    Returns:
+        The layer, an :class:`ImageAdditiveCoupling` with ``mask="channel"``.
+
+    References:
+        L. Dinh, D. Krueger, Y. Bengio. NICE: Non-linear Independent Components Estimation (2014).
+        https://arxiv.org/abs/1410.8516
+
+    Examples:
+        >>> layer = channel_additive_coupling((2, 4, 4), hidden=8)
+        >>> _ = torch.nn.init.normal_(layer.net[-1].weight, std=0.1)
+        >>> x = torch.randn(3, 2, 4, 4)
+        >>> z, ladj = layer(x)
+        >>> torch.equal(z[:, :1], x[:, :1]), ladj
+        (True, tensor([0., 0., 0.]))
+        >>> torch.allclose(layer.inverse(z)[0], x, atol=1e-5)
+        True
+    """
     return ImageAdditiveCoupling(shape, context, mask="channel", **kwargs)
 
 
 @TRANSFORMS.register("CheckerboardAdditiveCoupling", input="image", test_kwargs={**_SMALL, "shape": (1, 8, 8)})
-def checkerboard_additive_coupling(shape: tuple[int, int, int], context: int = 0, **kwargs) -> ImageAdditiveCoupling:
-    """Additive coupling on images, checkerboard mask: z_tr = x_tr + t; log|det| = 0."""
+def checkerboard_additive_coupling(shape: tuple[int, int, int], context: int = 0,
+                                   **kwargs: Any) -> ImageAdditiveCoupling:
+    """Additive coupling on images, checkerboard mask: z_tr = x_tr + t; log|det| = 0.
+
+    Data -> latent: ``x_id`` is the pixels with ``i + j`` even (odd with ``flip``) in every channel,
+    ``z_id = x_id``, ``z_tr = x_tr + t(x * mask, context)`` with ``t`` a CNN; latent -> data ``x_tr = z_tr - t``.
+    Volume preserving: ``log|det dz/dx| = 0``.
+
+    Args:
+        shape: Event shape ``(C, H, W)`` with at least 2 pixels.
+        context: Number of context features, given to the CNN as constant channels (0: unconditional).
+        **kwargs: Passed to :class:`ImageAdditiveCoupling`: ``flip`` (swap the two parts), ``hidden`` (width of
+            the :class:`ConvNet`'s hidden layers) and ``activation``.
+
+    Returns:
+        The layer, an :class:`ImageAdditiveCoupling` with ``mask="checkerboard"``.
+
+    References:
+        L. Dinh, D. Krueger, Y. Bengio. NICE: Non-linear Independent Components Estimation (2014).
+        https://arxiv.org/abs/1410.8516
+
+    Examples:
+        >>> layer = checkerboard_additive_coupling((1, 4, 4), context=2, hidden=8, flip=True)
+        >>> _ = torch.nn.init.normal_(layer.net[-1].weight, std=0.1)
+        >>> x, c = torch.randn(3, 1, 4, 4), torch.randn(3, 2)
+        >>> z, ladj = layer(x, c)
+        >>> torch.equal(z[:, :, 0, 1], x[:, :, 0, 1]), ladj  # with flip, pixel (0, 1) is fixed
+        (True, tensor([0., 0., 0.]))
+        >>> torch.allclose(layer.inverse(z, c)[0], x, atol=1e-5)
+        True
+    """
     return ImageAdditiveCoupling(shape, context, mask="checkerboard", **kwargs)
 
 
@@ -388,6 +693,24 @@ class Logit(Bijection):
     infinite, and out-of-domain data (raw pixel values of exactly 1 with ``alpha = 0``) without an error.
     (A sample clamped this way is scored at the clamped point, so there ``sample_and_log_prob`` reports the
     density at the drawn latent and ``log_prob`` the finite density at the point returned.)
+
+    Args:
+        alpha: Margin in ``[0, 0.5)`` that keeps ``s`` away from 0 and 1.
+
+    Raises:
+        ValueError: If ``alpha`` is outside ``[0, 0.5)``; from ``forward``, if an input is outside ``(lo, hi)``.
+
+    References:
+        L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017), section 4.1.
+        https://arxiv.org/abs/1605.08803
+
+    Examples:
+        >>> layer = Logit(alpha=0.0)
+        >>> x, ladj = layer(torch.tensor([[0.5, 0.75]]))
+        >>> torch.allclose(x, torch.tensor([[0.0, 1.0986]]), atol=1e-4)  # log(0.75 / 0.25) = log 3
+        True
+        >>> layer.inverse(x)[0]
+        tensor([[0.5000, 0.7500]])
     """
 
     def __init__(self, alpha: float = 0.05) -> None:
@@ -420,5 +743,31 @@ class Logit(Bijection):
 
 @TRANSFORMS.register("Logit", input="image", conditional=False, domain="unit")
 def logit(shape: tuple[int, ...] | None = None, context: int = 0, alpha: float = 0.05) -> Logit:
-    """Logit preprocessing for data in (0, 1): x = logit(alpha + (1 - 2 alpha) y), with its log-det."""
+    """Logit preprocessing for data in (0, 1): x = logit(alpha + (1 - 2 alpha) y), with its log-det.
+
+    Data -> latent, elementwise on any shape: ``x = logit(s)``, ``s = alpha + (1 - 2 alpha) y``,
+    ``log|det dx/dy| = sum[log(1 - 2 alpha) - log s - log(1 - s)]``; latent -> data is
+    ``y = (sigmoid(x) - alpha) / (1 - 2 alpha)``. See :class:`Logit` for the domain and the floating-point care.
+
+    Args:
+        shape: Event shape (unused: the map is elementwise); accepted for the registry's common signature.
+        context: Must be 0 (unconditional).
+        alpha: Margin in ``[0, 0.5)`` that keeps ``s`` away from 0 and 1.
+
+    Returns:
+        The layer, a :class:`Logit`.
+
+    References:
+        L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017).
+        https://arxiv.org/abs/1605.08803
+
+    Examples:
+        >>> layer = logit((1, 2, 2), alpha=0.05)
+        >>> y = torch.rand(3, 1, 2, 2)
+        >>> x, ladj = layer(y)
+        >>> x.shape, ladj.shape
+        (torch.Size([3, 1, 2, 2]), torch.Size([3]))
+        >>> torch.allclose(layer.inverse(x)[0], y, atol=1e-5)
+        True
+    """
     return Logit(alpha)

@@ -26,14 +26,41 @@ __all__ = ["Split"]
 
 @TRANSFORMS.register("Split", input="image")
 class Split(Bijection):
-    """Glow's split prior: factor out the last C // 2 channels, (x1, x2) -> (inner(x1), (x2 - mu(x1)) exp(-logs(x1))).
+    """Glow's split prior: factor out the last ``C // 2`` channels; the rest runs through ``inner``.
 
-    log|det| = log|det d inner/dx1| - sum(logs(x1)).
+    Data -> latent (``forward``), with ``x = (x1, x2)`` split along the channels::
 
+        (x1, x2) -> (inner(x1), (x2 - mu(x1)) exp(-logs(x1))),
+        log|det dz/dx| = log|det d inner/dx1| - sum(logs(x1)).
+
+    Latent -> data inverts ``inner`` first, then ``x2 = z2 exp(logs(x1)) + mu(x1)``.
     ``inner`` (a bijection on x1's shape ``(C - C//2, H, W)``; None: identity) holds the remaining levels.
-    ``scale_bound`` bounds logs (None: unbounded). ``prior=False`` leaves x2 as it is (RealNVP's
-    factor-out onto N(0, I)). The output keeps the input's shape, so the latent of a whole multi-scale
-    flow is one tensor shaped like the data.
+    The output keeps the input's shape, so the latent of a whole multi-scale flow is one tensor shaped
+    like the data.
+
+    Args:
+        shape: Event shape ``(C, H, W)`` of the input, ``C >= 2``.
+        context: Number of context features, appended to ``x1`` as constant channels for the prior's conv.
+        inner: Bijection applied to ``x1`` (the next levels); ``None``: identity.
+        prior: ``True``: Glow's learned conditional prior ``N(mu(x1), exp(2 logs(x1)))`` on ``x2`` (a zero-init
+            3x3 convolution); ``False``: ``x2`` is left as it is (RealNVP's factor-out onto N(0, I)).
+        scale_bound: Bound ``B`` of ``logs = B tanh(logs_raw / B)``; ``None``: unbounded.
+
+    References:
+        D. P. Kingma, P. Dhariwal. Glow: Generative Flow with Invertible 1x1 Convolutions (2018); the
+        multi-scale architecture of L. Dinh, J. Sohl-Dickstein, S. Bengio, Density estimation using Real NVP
+        (2017). https://arxiv.org/abs/1807.03039, https://arxiv.org/abs/1605.08803
+
+    Examples:
+        >>> layer = Split((4, 2, 2), context=3)
+        >>> with torch.no_grad():
+        ...     _ = layer.prior.weight.normal_(std=0.1)
+        >>> x, c = torch.randn(5, 4, 2, 2), torch.randn(5, 3)
+        >>> z, ladj = layer(x, c)
+        >>> z.shape, ladj.shape
+        (torch.Size([5, 4, 2, 2]), torch.Size([5]))
+        >>> torch.allclose(layer.inverse(z, c)[0], x, atol=1e-5)
+        True
     """
 
     def __init__(self, shape: tuple[int, int, int], context: int = 0, inner: Bijection | None = None,

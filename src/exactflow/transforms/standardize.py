@@ -31,12 +31,34 @@ def _floating(v: float | Sequence[float] | Tensor, features: int) -> Tensor:
 @TRANSFORMS.register("Standardize", conditional=False,
                      test_kwargs={"loc": 0.5, "scale": 2.5})
 class Standardize(Bijection):
-    """``z = (x - loc) / scale`` with fixed per-feature ``loc`` and ``scale > 0``; log|det dz/dx| = -sum(log scale).
+    """Fixed standardisation of each feature (buffers, never trained).
 
-    ``loc`` and ``scale`` are numbers (the same for every feature) or sequences of length ``features``.
+    Data -> latent: ``z = (x - loc) / scale`` with ``scale > 0``, ``log|det dz/dx| = -sum_i log scale_i``;
+    latent -> data: ``x = z * scale + loc``, ``log|det dx/dz| = +sum_i log scale_i``.
 
     ``Standardize.fit(x)`` takes ``loc``/``scale`` from the mean and standard deviation of data ``x``
     (computed in float64, stored in ``x``'s dtype).
+
+    Args:
+        features: Number of features ``D``.
+        context: Must be 0 (unconditional); accepted for the registry's common signature.
+        loc: The per-feature shift: a number (the same for every feature), a sequence or tensor of length
+            ``features``; ``None``: 0.
+        scale: The per-feature scale, positive, given like ``loc``; ``None``: 1.
+
+    Raises:
+        ValueError: If ``context`` is not 0, the shapes are not ``(features,)``, or ``scale`` is not finite
+            and positive (or ``loc`` not finite).
+
+    Examples:
+        >>> layer = Standardize(2, loc=1.0, scale=[2.0, 4.0])
+        >>> z, ladj = layer(torch.tensor([[3.0, 9.0]]))
+        >>> z
+        tensor([[1., 2.]])
+        >>> torch.allclose(ladj, -torch.log(torch.tensor(8.0)))
+        True
+        >>> layer.inverse(z)[0]
+        tensor([[3., 9.]])
     """
 
     def __init__(self, features: int, context: int = 0, loc: float | Sequence[float] | Tensor | None = None,
