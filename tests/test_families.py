@@ -154,3 +154,15 @@ def test_the_preset_saves_and_loads(tmp_path):
                    "`from .sylvester import Sylvester` and 'Sylvester' to __all__", strict=False)
 def test_the_preset_is_exported_by_flows():
     assert "Sylvester" in flows.__all__ and flows.Sylvester is flows.registry["Sylvester"].factory
+
+
+def test_householder_sylvester_uses_the_householder_matrix():
+    """Q of a Householder Sylvester layer is H_k ... H_1, the matrix of a Householder layer with the same vectors."""
+    layer = HouseholderSylvester(4, reflections=3).double()
+    vectors = layer.q_raw[0].detach()
+    h = [torch.eye(4, dtype=torch.float64) - 2 * torch.outer(v, v) / v.dot(v) for v in vectors]
+    householder = Householder(4, reflections=3).double()
+    with torch.no_grad():
+        householder.vectors.copy_(vectors)
+    torch.testing.assert_close(householder.matrix(), h[2] @ h[1] @ h[0])
+    torch.testing.assert_close(layer.params()[0], h[2] @ h[1] @ h[0])

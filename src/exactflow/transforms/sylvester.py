@@ -1,7 +1,7 @@
 """Sylvester normalizing flows (van den Berg, Hasenclever, Tomczak & Welling, 2018), unconditional or amortised.
 
 A Sylvester layer generalises the planar flow from one hidden unit to ``M``. It is defined in the generative
-direction (latent -> data), like :class:`~exactflow.transforms.planar.Planar`::
+direction (latent -> data), like :class:`~exactflow.transforms.planar.Planar`:
 
     x = f(z) = z + A h(B z + b),    A = Q R (D x M),  B = R~ Q^T (M x D),  h = tanh,
 
@@ -203,10 +203,11 @@ class Sylvester(_SylvesterBase):
 
 @TRANSFORMS.register("HouseholderSylvester", conditional=True, test_kwargs={"reflections": 2})
 class HouseholderSylvester(_SylvesterBase):
-    """Householder Sylvester flow: :class:`Sylvester` with ``Q = H_1 ... H_k`` (``M = D``), ``H_i`` reflections.
+    """Householder Sylvester flow: :class:`Sylvester` with ``Q = H_k ... H_1`` (``M = D``), ``H_i`` reflections.
 
-    ``x = f(z) = z + Q R tanh(R~ Q^T z + b)`` (latent -> data), ``Q = H_1 ... H_k`` with
-    ``H_i = I - 2 v_i v_i^T / |v_i|^2`` (orthogonal by construction); log|det df/dz| =
+    ``x = f(z) = z + Q R tanh(R~ Q^T z + b)`` (latent -> data), ``Q = H_k ... H_1`` (the matrix of
+    :class:`~exactflow.transforms.householder.Householder`) with ``H_i = I - 2 v_i v_i^T / |v_i|^2``
+    (orthogonal by construction); log|det df/dz| =
     sum_i log(1 + R~_ii R_ii (1 - tanh^2(u_i))). ``forward`` is found numerically as in :class:`Sylvester`.
 
     Args:
@@ -236,7 +237,7 @@ class HouseholderSylvester(_SylvesterBase):
         eye = torch.eye(self.features, dtype=v.dtype, device=v.device)
         if v.dim() > 2:
             eye = eye.expand(v.shape[0], -1, -1)
-        return reflect(eye, v).mT  # row r of reflect(I) is (H_k ... H_1 e_r)^T = e_r^T H_1 ... H_k
+        return reflect(eye, v).mT  # row r of reflect(I) is (H_k ... H_1 e_r)^T: reflect(I) = (H_k ... H_1)^T
 
 
 @TRANSFORMS.register("TriangularSylvester", conditional=True)
