@@ -1,6 +1,6 @@
 """Ready-made flows, and the one construction path of every flow.
 
-Each module registers its presets in :data:`registry` (name -> factory taking ``features=`` or ``shape=``,
+Each module registers its presets in `registry` (name -> factory taking ``features=`` or ``shape=``,
 ``context=`` and the shared vocabulary ``depth=`` (number of layers, steps or blocks), ``hidden=`` (hidden
 sizes, a sequence), ``bins=``, ``bound=``). The presets are importable objects too, and every way of calling one
 gives the same flow and records ``flow.spec``::
@@ -9,8 +9,8 @@ gives the same flow and records ``flow.spec``::
     MAF(features=2)                    # == registry["MAF"](features=2) == exactflow.build("MAF", features=2)
 
 A flow composed by hand from registered parts, ``Flow(Compose(AffineCoupling(4), Permutation(4)), StandardNormal(4))``,
-is described by :func:`describe` as a tree of registry names and constructor arguments (JSON only), and
-:func:`rebuild` makes any description again; checkpoints store that tree.
+is described by `describe` as a tree of registry names and constructor arguments (JSON only), and
+`rebuild` makes any description again; checkpoints store that tree.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from .continuous import CNF
 from .coupling import NICE, RealNVP
 from .glow import Glow, ImageFlow, RealNVPImage
 from .planar import Planar, Radial
+from .sylvester import Sylvester
 from .tarflow import TarFlow, TarFlow1d
 
 __all__ = ["registry", "build", "prepend", "describe", "rebuild", "BNAF", "CNF", "Glow", "IAF", "MAF", "NICE", "NSF",
-           "NSFAutoregressive", "Planar", "Radial", "RealNVP", "RealNVPImage", "TarFlow", "TarFlow1d"]
+           "NSFAutoregressive", "Planar", "Radial", "RealNVP", "Sylvester", "RealNVPImage", "TarFlow", "TarFlow1d"]
 
 for _base in (StandardNormal, DiagNormal, ConditionalDiagNormal):
     BASES.register()(_base)
@@ -89,7 +90,7 @@ def describe(module: nn.Module, where: str = "flow") -> dict:
 
 
 def rebuild(spec: dict) -> nn.Module:
-    """The module a :func:`describe` description (or an older checkpoint's preset spec) makes, freshly initialised."""
+    """The module a `describe` description (or an older checkpoint's preset spec) makes, freshly initialised."""
     if not isinstance(spec, dict):
         raise ValueError(f"invalid flow spec {spec!r}: expected a JSON object")
     try:

@@ -1,7 +1,7 @@
 """Autoregressive and spline flows: MAF, IAF, NSF (coupling), NSFAutoregressive and BNAF.
 
 Every preset takes ``context=`` (number of context features); with ``conditional_base=True`` a conditional
-flow also draws its base from :class:`~exactflow.distributions.ConditionalDiagNormal` instead of N(0, I).
+flow also draws its base from `ConditionalDiagNormal` instead of N(0, I).
 Cost of the two directions (D features): MAF and NSFAutoregressive score data in one pass per layer and
 sample in D; IAF the reverse; NSF (coupling) does both in one; BNAF scores in one and samples by bisection.
 """
@@ -94,14 +94,14 @@ def MAF(features: int, context: int = 0, depth: int = 5, hidden: Sequence[int] =
         residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
         permutation: What mixes the features between layers: ``"reverse"`` (alternate the MADE orders),
             ``"random"`` (a fixed random permutation), ``"lu"`` (a learned
-            :class:`~exactflow.transforms.linear.LULinear`) or ``"none"``.
-        batch_norm: Put a :class:`~exactflow.transforms.normalization.BatchNorm` between consecutive layers.
+            `LULinear`) or ``"none"``.
+        batch_norm: Put a `BatchNorm` between consecutive layers.
         scale_bound: Smooth bound of every log-scale; ``None``: unbounded.
-        conditional_base: Draw the base from a :class:`~exactflow.distributions.ConditionalDiagNormal` on the
+        conditional_base: Draw the base from a `ConditionalDiagNormal` on the
             context instead of N(0, I) (needs ``context > 0``).
 
     Returns:
-        The flow, a :class:`~exactflow.Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
+        The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
 
     References:
         G. Papamakarios, T. Pavlakou, I. Murray. Masked Autoregressive Flow for Density Estimation (2017).
@@ -144,13 +144,13 @@ def IAF(features: int, context: int = 0, depth: int = 5, hidden: Sequence[int] =
         residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
         permutation: What mixes the features between layers: ``"reverse"`` (alternate the MADE orders),
             ``"random"`` (a fixed random permutation), ``"lu"`` (a learned
-            :class:`~exactflow.transforms.linear.LULinear`) or ``"none"``.
+            `LULinear`) or ``"none"``.
         scale_bound: Smooth bound of every log-scale; ``None``: unbounded.
-        conditional_base: Draw the base from a :class:`~exactflow.distributions.ConditionalDiagNormal` on the
+        conditional_base: Draw the base from a `ConditionalDiagNormal` on the
             context instead of N(0, I) (needs ``context > 0``).
 
     Returns:
-        The flow, a :class:`~exactflow.Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
+        The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
 
     References:
         D. P. Kingma, T. Salimans, R. Jozefowicz, X. Chen, I. Sutskever, M. Welling. Improved Variational
@@ -192,12 +192,12 @@ def NSF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
         mask: Which features a coupling keeps fixed: ``"half"`` or ``"alternating"`` (flipped every layer).
         permutation: What mixes the features between layers: ``"reverse"`` (reverse their order),
             ``"random"`` (a fixed random permutation), ``"lu"`` (a learned
-            :class:`~exactflow.transforms.linear.LULinear`) or ``"none"``.
-        conditional_base: Draw the base from a :class:`~exactflow.distributions.ConditionalDiagNormal` on the
+            `LULinear`) or ``"none"``.
+        conditional_base: Draw the base from a `ConditionalDiagNormal` on the
             context instead of N(0, I) (needs ``context > 0``).
 
     Returns:
-        The flow, a :class:`~exactflow.Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
+        The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
 
     References:
         C. Durkan, A. Bekasov, I. Murray, G. Papamakarios. Neural Spline Flows (2019).
@@ -239,12 +239,12 @@ def NSFAutoregressive(features: int, context: int = 0, depth: int = 3, hidden: S
         residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
         permutation: What mixes the features between layers: ``"reverse"`` (alternate the MADE orders),
             ``"random"`` (a fixed random permutation), ``"lu"`` (a learned
-            :class:`~exactflow.transforms.linear.LULinear`) or ``"none"``.
-        conditional_base: Draw the base from a :class:`~exactflow.distributions.ConditionalDiagNormal` on the
+            `LULinear`) or ``"none"``.
+        conditional_base: Draw the base from a `ConditionalDiagNormal` on the
             context instead of N(0, I) (needs ``context > 0``).
 
     Returns:
-        The flow, a :class:`~exactflow.Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
+        The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
 
     References:
         C. Durkan, A. Bekasov, I. Murray, G. Papamakarios. Neural Spline Flows (2019).
@@ -281,12 +281,12 @@ def BNAF(features: int, context: int = 0, depth: int = 2, hidden: Sequence[int] 
         hidden: Units per feature in each hidden layer of every BNAF layer.
         permutation: What mixes the features between layers: ``"reverse"`` (reverse their order),
             ``"random"`` (a fixed random permutation), ``"lu"`` (a learned
-            :class:`~exactflow.transforms.linear.LULinear`) or ``"none"``.
-        conditional_base: Draw the base from a :class:`~exactflow.distributions.ConditionalDiagNormal` on the
+            `LULinear`) or ``"none"``.
+        conditional_base: Draw the base from a `ConditionalDiagNormal` on the
             context instead of N(0, I) (needs ``context > 0``).
 
     Returns:
-        The flow, a :class:`~exactflow.Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
+        The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
 
     References:
         N. De Cao, I. Titov, W. Aziz. Block Neural Autoregressive Flow (UAI 2019).

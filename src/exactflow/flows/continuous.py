@@ -18,7 +18,7 @@ def CNF(features: int, context: int = 0, hidden: Sequence[int] = (64, 64), steps
     """Continuous normalizing flow (Chen et al. 2018) on N(0, I), trained by flow matching or likelihood.
 
     ``dx/dt = v(x, t, context)`` with noise at t = 0 and data at t = 1, RK4 with ``steps`` steps; train with
-    :func:`~exactflow.transforms.continuous.flow_matching_loss` (Lipman et al. 2023) or ``-log_prob``.
+    `flow_matching_loss` (Lipman et al. 2023) or ``-log_prob``.
     Data -> latent integrates from t = 1 to t = 0, ``z = x(0)``, with ``log|det dz/dx| = -int_0^1 div v dt``, so
     ``log p(x) = log N(z; 0, I) - int_0^1 div v(x_t, t) dt``.
 
@@ -31,7 +31,7 @@ def CNF(features: int, context: int = 0, hidden: Sequence[int] = (64, 64), steps
         activation: Activation of the velocity MLP (smooth ones suit RK4).
 
     Returns:
-        The flow, a :class:`~exactflow.Flow` on N(0, I); ``flow.spec`` records the call.
+        The flow, a `Flow` on N(0, I); ``flow.spec`` records the call.
 
     References:
         R. T. Q. Chen, Y. Rubanova, J. Bettencourt, D. Duvenaud. Neural Ordinary Differential Equations (2018);

@@ -31,10 +31,10 @@ def RealNVP(features: int, context: int = 0, depth: int = 8, hidden: Sequence[in
         hidden: Hidden layer sizes of each coupling's MLP.
         mask: Which features the first coupling keeps fixed: ``"half"`` or ``"alternating"``.
         scale_bound: Smooth bound of every log-scale; ``None``: unbounded.
-        batch_norm: Put a :class:`~exactflow.transforms.normalization.BatchNorm` between consecutive couplings.
+        batch_norm: Put a `BatchNorm` between consecutive couplings.
 
     Returns:
-        The flow, a :class:`~exactflow.Flow` on N(0, I); ``flow.spec`` records the call.
+        The flow, a `Flow` on N(0, I); ``flow.spec`` records the call.
 
     References:
         L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017).
@@ -75,7 +75,7 @@ def NICE(features: int, context: int = 0, depth: int = 4, hidden: Sequence[int] 
         mask: Which features the first coupling keeps fixed: ``"alternating"`` or ``"half"``.
 
     Returns:
-        The flow, a :class:`~exactflow.Flow` on N(0, I); ``flow.spec`` records the call.
+        The flow, a `Flow` on N(0, I); ``flow.spec`` records the call.
 
     References:
         L. Dinh, D. Krueger, Y. Bengio. NICE: Non-linear Independent Components Estimation (2014).

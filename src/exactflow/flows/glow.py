@@ -1,7 +1,7 @@
 """Multi-scale image flows: Glow (Kingma & Dhariwal 2018) and RealNVP on images (Dinh et al. 2017).
 
-Both score dequantised images ``y`` in (0, 1)^D (see :mod:`exactflow.images`): the first bijection is
-the :class:`~exactflow.transforms.image.Logit` preprocessing, so ``log_prob`` includes its log-det and
+Both score dequantised images ``y`` in (0, 1)^D (see `exactflow.images`): the first bijection is
+the `Logit` preprocessing, so ``log_prob`` includes its log-det and
 ``bits_per_dim(flow.log_prob(y), shape, levels)`` is the discrete-data bound. A level is
 
     squeeze -> steps -> Split (factor out half the channels) -> unsqueeze,
@@ -36,7 +36,7 @@ _SMALL = {"shape": (1, 4, 4), "levels": 2, "depth": 2, "hidden": (8, 8), "scale_
 
 
 class ImageFlow(Flow):
-    """A :class:`~exactflow.Flow` whose sampling takes a temperature ``T``: ``x = T^-1(T z)``, ``z ~ N(0, I)``,
+    """A `Flow` whose sampling takes a temperature ``T``: ``x = T^-1(T z)``, ``z ~ N(0, I)``,
     i.e. the base noise (every level's latent) is scaled by ``T`` (Kingma & Dhariwal 2018, sec. 5)."""
 
     def rsample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
@@ -48,7 +48,7 @@ class ImageFlow(Flow):
 
     @torch.no_grad()
     def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
-        """``n`` samples at ``temperature`` (shapes as in :meth:`Flow.sample`)."""
+        """``n`` samples at ``temperature`` (shapes as in `Flow.sample`)."""
         return self.rsample(n, context, temperature)
 
 
@@ -65,23 +65,23 @@ def Glow(shape: Shape, context: int = 0, levels: int = 3, depth: int = 8, hidden
     """Glow (Kingma & Dhariwal 2018) on dequantised images in (0, 1), multi-scale with the split prior.
 
     Logit, then ``levels`` levels of squeeze and ``depth`` steps (ActNorm, 1x1 conv LU, affine coupling
-    whose CNN has hidden layers of ``hidden`` channels, see :class:`~exactflow.transforms.image.ConvNet`), with the
+    whose CNN has hidden layers of ``hidden`` channels, see `ConvNet`), with the
     split prior after every level but the last; N(0, I) latent; sampling takes a temperature. H and W must be
     divisible by 2^levels (28x28 MNIST: levels <= 2). Data -> latent is that composition ``T``, and
     ``log p(y) = log N(T(y); 0, I) + log|det dT/dy|``, the logit's log-det included, so
-    :func:`~exactflow.images.bits_per_dim` of it is the discrete-data bound.
+    `bits_per_dim` of it is the discrete-data bound.
 
     Args:
         shape: Image shape ``(C, H, W)``, ``H`` and ``W`` divisible by ``2**levels``.
         context: Number of context features, given to every coupling and split prior (0: unconditional).
         levels: Number of levels (squeezes); every level but the last ends with the split prior.
         depth: Steps per level.
-        hidden: Hidden channels of each coupling's CNN (see :class:`~exactflow.transforms.image.ConvNet`).
+        hidden: Hidden channels of each coupling's CNN (see `ConvNet`).
         alpha: The logit's margin, ``logit(alpha + (1 - 2 alpha) y)``.
         scale_bound: Smooth bound of every log-scale (couplings and split prior); ``None``: unbounded.
 
     Returns:
-        The flow, an :class:`ImageFlow` (a :class:`~exactflow.Flow` whose sampling takes a ``temperature``) on
+        The flow, an `ImageFlow` (a `Flow` whose sampling takes a ``temperature``) on
         N(0, I) of the data's shape; ``flow.spec`` records the call.
 
     References:
@@ -129,12 +129,12 @@ def RealNVPImage(shape: Shape, context: int = 0, levels: int = 2, depth: int = 3
         context: Number of context features, given to every coupling's CNN (0: unconditional).
         levels: Number of levels; every level but the last squeezes and factors out half the channels.
         depth: Couplings of each kind per level.
-        hidden: Hidden channels of each coupling's CNN (see :class:`~exactflow.transforms.image.ConvNet`).
+        hidden: Hidden channels of each coupling's CNN (see `ConvNet`).
         alpha: The logit's margin, ``logit(alpha + (1 - 2 alpha) y)``.
         scale_bound: Smooth bound of every log-scale; ``None``: unbounded.
 
     Returns:
-        The flow, an :class:`ImageFlow` (a :class:`~exactflow.Flow` whose sampling takes a ``temperature``) on
+        The flow, an `ImageFlow` (a `Flow` whose sampling takes a ``temperature``) on
         N(0, I) of the data's shape; ``flow.spec`` records the call.
 
     References:

@@ -2,7 +2,7 @@
 
 With ``context > 0`` every layer's parameters are affine in the context (amortised posteriors);
 the base stays N(0, I) (a VAE puts its own context-dependent base under the layers, see
-:mod:`exactflow.vae`).
+`exactflow.vae`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def Planar(features: int, context: int = 0, depth: int = 16) -> Flow:
         depth: Number of planar layers.
 
     Returns:
-        The flow, a :class:`~exactflow.Flow` on N(0, I); ``flow.spec`` records the call.
+        The flow, a `Flow` on N(0, I); ``flow.spec`` records the call.
 
     References:
         D. J. Rezende, S. Mohamed. Variational Inference with Normalizing Flows (2015).
@@ -62,7 +62,7 @@ def Radial(features: int, context: int = 0, depth: int = 16) -> Flow:
         depth: Number of radial layers.
 
     Returns:
-        The flow, a :class:`~exactflow.Flow` on N(0, I); ``flow.spec`` records the call.
+        The flow, a `Flow` on N(0, I); ``flow.spec`` records the call.
 
     References:
         D. J. Rezende, S. Mohamed. Variational Inference with Normalizing Flows (2015).

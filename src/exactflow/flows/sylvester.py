@@ -24,7 +24,7 @@ def Sylvester(features: int, context: int = 0, depth: int = 8, kind: str = "orth
     """``depth`` Sylvester layers on N(0, I), each ``x = z + Q R tanh(R~ Q^T z + b)`` (latent -> data).
 
     Sampling and ``sample_and_log_prob`` are closed form; ``log_prob`` of given data solves each layer's
-    triangular system numerically (back-substitution and bisection), see :mod:`exactflow.transforms.sylvester`.
+    triangular system numerically (back-substitution and bisection), see `exactflow.transforms.sylvester`.
 
     Args:
         features: the dimension ``D`` of the data.

@@ -7,10 +7,10 @@ score step (Tweedie's formula, the posterior mean of ``x`` given ``y``):
 
     x = y + sigma^2 * grad_y log p_sigma(y),
 
-with the score from autograd of ``log_prob`` (:func:`denoise`). The noise is added in the space the
+with the score from autograd of ``log_prob`` (`denoise`). The noise is added in the space the
 flow models, so use it with ``logit=False`` on data scaled to an interval such as [-1, 1] (the paper's
 setting); with ``logit=True`` the flow models dequantised pixels in (0, 1) and its ``log_prob`` gives
-bits/dim comparable with the other image flows (:func:`exactflow.images.bits_per_dim`).
+bits/dim comparable with the other image flows (`exactflow.images.bits_per_dim`).
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ def TarFlow(shape: tuple[int, int, int] | None = None, patch: int = 2, channels:
             logit: bool | None = None, alpha: float = 0.05, scale_bound: float | None = 3.0) -> Flow:
     """TarFlow (Zhai et al. 2025): causal-transformer autoregressive blocks over patches, on N(0, I).
 
-    ``depth`` :class:`~exactflow.transforms.tarflow.TarFlowBlock` s (transformer width ``channels``,
+    ``depth`` `TarFlowBlock` s (transformer width ``channels``,
     ``layers_per_block`` layers, ``heads`` heads) with the patch order reversed between blocks.
-    Images ``shape=(C, H, W)`` in (0, 1) are first mapped to R by :class:`~exactflow.transforms.image.Logit`,
+    Images ``shape=(C, H, W)`` in (0, 1) are first mapped to R by `Logit`,
     ``logit(alpha + (1 - 2 alpha) x)`` as in Glow (``logit=False`` to skip it); vectors ``features=D``
     (``patch`` features per patch) are used as they are. Each block maps data -> latent by
     ``z_i = (x_i - mu_i(x_<i)) exp(-s_i(x_<i))`` over the patches, ``log|det dz/dx| = -sum s``, and
@@ -62,7 +62,7 @@ def TarFlow(shape: tuple[int, int, int] | None = None, patch: int = 2, channels:
         scale_bound: Smooth bound of every log-scale; ``None``: unbounded, as in the paper.
 
     Returns:
-        The flow, a :class:`~exactflow.Flow` on N(0, I) of the data's shape; ``flow.spec`` records the call.
+        The flow, a `Flow` on N(0, I) of the data's shape; ``flow.spec`` records the call.
 
     References:
         S. Zhai, R. Zhang, P. Nakkiran, D. Berthelot, J. Gu, H. Zheng, T. Chen, M. A. Bautista, N. Jaitly,
@@ -98,11 +98,11 @@ def TarFlow1d(features: int, context: int = 0, patch: int = 1, **kwargs: Any) ->
         features: Number of features ``D``, divisible by ``patch``.
         context: Number of context features (0: unconditional).
         patch: Features per patch.
-        **kwargs: Passed to :func:`TarFlow` (``channels``, ``depth``, ``layers_per_block``, ``heads``,
+        **kwargs: Passed to `TarFlow` (``channels``, ``depth``, ``layers_per_block``, ``heads``,
             ``logit``, ``alpha``, ``scale_bound``).
 
     Returns:
-        The flow, a :class:`~exactflow.Flow` on N(0, I); ``flow.spec`` records the call.
+        The flow, a `Flow` on N(0, I); ``flow.spec`` records the call.
 
     References:
         S. Zhai, R. Zhang, P. Nakkiran, D. Berthelot, J. Gu, H. Zheng, T. Chen, M. A. Bautista, N. Jaitly,

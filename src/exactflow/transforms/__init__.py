@@ -1,4 +1,4 @@
-"""All transforms. Every module in this package registers its bijections in :data:`registry`
+"""All transforms. Every module in this package registers its bijections in `registry`
 with a decorator; importing the package imports every family, so adding a transform touches
 its family module only."""
 

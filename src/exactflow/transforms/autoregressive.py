@@ -2,8 +2,8 @@
 conditioner, so the Jacobian dz/dx is triangular in the autoregressive order and
 log|det dz/dx| = sum_i log f'(x_i; theta_i).
 
-The elementwise map ``f`` is a :class:`Univariate` kernel (affine here, rational-quadratic spline in
-:mod:`exactflow.transforms.splines`); a kernel plus the generic :class:`MaskedAutoregressive` layer
+The elementwise map ``f`` is a `Univariate` kernel (affine here, rational-quadratic spline in
+`exactflow.transforms.splines`); a kernel plus the generic `MaskedAutoregressive` layer
 is a complete transform. Data -> latent takes one network pass; latent -> data takes D passes (after
 pass t the first t features in the order are exact).
 """
@@ -82,7 +82,7 @@ class AffineUnivariate(Univariate):
 
 class MaskedAutoregressive(Bijection):
     """``z_i = f(x_i; theta_i)``, ``theta = MADE(x, context)`` with ``theta_i`` a function of the features before
-    ``i`` in :attr:`order` (and of the context); log|det dz/dx| = sum_i log f'(x_i; theta_i).
+    ``i`` in `order` (and of the context); log|det dz/dx| = sum_i log f'(x_i; theta_i).
 
     ``forward`` (data -> latent, density) is one MADE pass; ``inverse`` (latent -> data, sampling) runs
     D passes ``x <- f^-1(z; MADE(x))`` from ``x = 0``. ``Inverse`` of this layer is an inverse
@@ -91,7 +91,7 @@ class MaskedAutoregressive(Bijection):
     Args:
         features: Number of features ``D``.
         context: Number of context features fed to the MADE (0: unconditional).
-        univariate: The elementwise kernel ``f``; ``None``: :class:`AffineUnivariate`.
+        univariate: The elementwise kernel ``f``; ``None``: `AffineUnivariate`.
         hidden: Hidden layer sizes of the MADE.
         order: Autoregressive order of the MADE: ``"natural"``, ``"reversed"``, ``"random"`` or a permutation
             tensor listing the features in the order they are generated.
@@ -226,11 +226,11 @@ def IAF(features: int, context: int = 0, **kwargs: Any) -> Inverse:
     Args:
         features: Number of features ``D``.
         context: Number of context features (0: unconditional).
-        **kwargs: Passed to :class:`MaskedAffineAutoregressive` (``hidden``, ``order``, ``residual``,
+        **kwargs: Passed to `MaskedAffineAutoregressive` (``hidden``, ``order``, ``residual``,
             ``activation``, ``scale_bound``, ``seed``, ``identity_init``).
 
     Returns:
-        The layer, an :class:`~exactflow.core.Inverse` of a :class:`MaskedAffineAutoregressive`.
+        The layer, an `Inverse` of a `MaskedAffineAutoregressive`.
 
     References:
         D. P. Kingma, T. Salimans, R. Jozefowicz, X. Chen, I. Sutskever, M. Welling. Improved Variational

@@ -40,7 +40,7 @@ def _block_masks(features: int, a_out: int, a_in: int) -> tuple[Tensor, Tensor]:
 class BlockLinear(nn.Module):
     """``h' = W h + b`` with ``W`` block lower triangular and positive diagonal blocks (weight-normalised rows).
 
-    :meth:`weight` also returns ``log W`` of the diagonal blocks, shape ``(D, a_out, a_in)``. Entries of the
+    `weight` also returns ``log W`` of the diagonal blocks, shape ``(D, a_out, a_in)``. Entries of the
     raw weight outside the lower block triangle are masked on use, so they may hold anything.
 
     Args:
@@ -86,13 +86,13 @@ class BNAF(Bijection):
     """Block neural autoregressive layer: exact log-det; inverse by bisection (slow).
 
     ``z = L_n(sigma(... sigma(L_1(x) + c_1(context)) ...)) + c_n(context)`` with block lower triangular
-    ``L_l`` (:class:`BlockLinear`), ``hidden`` units per feature in each hidden layer and
+    ``L_l`` (`BlockLinear`), ``hidden`` units per feature in each hidden layer and
     ``sigma(u) = tanh(u) + alpha u``; log|det dz/dx| = sum_i log dz_i/dx_i, exact (see the module doc).
 
     Data -> latent is the network above (one pass); latent -> data inverts it feature by feature by
     bisection (slow, see the module doc) and returns ``log|det dx/dz| = -sum_i log dz_i/dx_i`` at the root.
 
-    Features are in natural order (:attr:`order`); stack layers with :class:`~exactflow.transforms.linear.Reverse`
+    Features are in natural order (`order`); stack layers with `Reverse`
     between them. The context shifts the pre-activations of every layer.
 
     Args:

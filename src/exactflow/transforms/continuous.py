@@ -19,7 +19,7 @@ The divergence is exact (``D`` vector-Jacobian products per evaluation) with ``t
 Hutchinson **estimate** ``e^T (dv/dx) e`` with one Rademacher ``e`` per solve (unbiased, one product per
 evaluation) with ``trace="hutchinson"``; only the exact trace gives an exact log-likelihood.
 
-Training: :func:`flow_matching_loss` (conditional flow matching on the straight path, no ODE solve),
+Training: `flow_matching_loss` (conditional flow matching on the straight path, no ODE solve),
 or maximum likelihood ``-flow.log_prob(x).mean()`` through the solver (FFJORD).
 """
 
@@ -78,12 +78,12 @@ class CNF(Bijection):
     Args:
         features: Number of features ``D``.
         context: Number of context features given to the velocity field (0: unconditional).
-        hidden: Hidden layer sizes of the default :class:`VelocityNet`.
+        hidden: Hidden layer sizes of the default `VelocityNet`.
         steps: Number of fixed RK4 steps over ``[0, 1]``.
         trace: ``"exact"`` (D vector-Jacobian products per evaluation) or ``"hutchinson"`` (an unbiased
             estimate of the divergence, so the log-det is an estimate too).
-        velocity: A module ``v(x, t, context)`` replacing the default :class:`VelocityNet`.
-        activation: Activation of the default :class:`VelocityNet` (smooth ones suit RK4).
+        velocity: A module ``v(x, t, context)`` replacing the default `VelocityNet`.
+        activation: Activation of the default `VelocityNet` (smooth ones suit RK4).
 
     References:
         R. T. Q. Chen, Y. Rubanova, J. Bettencourt, D. Duvenaud. Neural Ordinary Differential Equations (2018);
@@ -135,7 +135,7 @@ class CNF(Bijection):
 
     def _dynamics_forward_mode(self, x: Tensor, t: Tensor, context: Tensor | None,
                                noise: Tensor | None) -> tuple[Tensor, Tensor]:
-        """:meth:`_dynamics` without a graph: the same divergence by forward-mode derivatives (``torch.func``),
+        """`_dynamics` without a graph: the same divergence by forward-mode derivatives (``torch.func``),
         which also accept tensors made in inference mode (autograd cannot record those)."""
         with torch.inference_mode(False), torch.no_grad():
             x = x.clone()
@@ -185,7 +185,7 @@ def flow_matching_loss(cnf: CNF | nn.Module, x: Tensor, context: Tensor | None =
     ``x_t = (1 - t) x_0 + t x_1`` with ``x_0 ~ N(0, I)``, ``x_1 = x`` (data), ``t ~ U(0, 1)``; the loss is
     ``E || v(x_t, t, context) - (x_1 - x_0) ||^2`` (summed over features, averaged over the batch).
 
-    ``cnf`` is a :class:`CNF` or a :class:`~exactflow.Flow` whose transform is one (its base must be N(0, I)).
+    ``cnf`` is a `CNF` or a `Flow` whose transform is one (its base must be N(0, I)).
     """
     if not isinstance(cnf, CNF):
         cnf = getattr(cnf, "transform", None)

@@ -41,7 +41,7 @@ def coupling_mask(features: int, mask: str | Tensor = "half", flip: bool = False
 class Coupling(Bijection):
     """Shared mechanics: split by mask, run the conditioner on ``(x_id, context)``, apply an elementwise
     map with ``params_per_feature`` parameters to ``x_tr``, merge back. Subclasses give ``_map``/``_unmap``
-    (or their own :meth:`step`).
+    (or their own `step`).
 
     Args:
         features: Number of features ``D``.
@@ -107,10 +107,10 @@ class Coupling(Bijection):
 
 
 class CouplingChain(Compose):
-    """:class:`~exactflow.Compose` for coupling layers: between consecutive couplings that cut x at the
+    """`Compose` for coupling layers: between consecutive couplings that cut x at the
     same column (alternating "half" masks), x stays in its two blocks, so each layer costs its network
     and its elementwise map, with no slicing or concatenation. Same layers, parameters and results as
-    ``Compose``; layers are run through :meth:`Coupling.step` (per-layer forward hooks are not called)."""
+    ``Compose``; layers are run through `Coupling.step` (per-layer forward hooks are not called)."""
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._run(x, context, list(self.bijections), inverse=False)

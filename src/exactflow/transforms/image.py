@@ -152,7 +152,7 @@ class Squeeze(Bijection):
 
 
 class Unsqueeze(Bijection):
-    """Depth to space, the inverse of :class:`Squeeze`: ``(C f^2, H, W) -> (C, H f, W f)``; log|det| = 0.
+    """Depth to space, the inverse of `Squeeze`: ``(C f^2, H, W) -> (C, H f, W f)``; log|det| = 0.
 
     Args:
         factor: The factor ``f``; the input's channels must be divisible by ``f**2``.
@@ -179,7 +179,7 @@ def squeeze(shape: tuple[int, int, int], context: int = 0, factor: int = 2) -> S
     """Space to depth: ``(C, H, W) -> (C f^2, H/f, W/f)``, a permutation of the values; volume preserving.
 
     Data -> latent: output channel ``c f^2 + a f + b`` at ``(i, j)`` holds input pixel ``(f i + a, f j + b)`` of
-    channel ``c`` (see :class:`Squeeze`); latent -> data is depth to space. ``log|det dz/dx| = 0``.
+    channel ``c`` (see `Squeeze`); latent -> data is depth to space. ``log|det dz/dx| = 0``.
 
     Args:
         shape: Event shape ``(C, H, W)`` of the input; ``H`` and ``W`` divisible by ``factor``.
@@ -187,7 +187,7 @@ def squeeze(shape: tuple[int, int, int], context: int = 0, factor: int = 2) -> S
         factor: The squeeze factor ``f``.
 
     Returns:
-        The layer, a :class:`Squeeze`.
+        The layer, a `Squeeze`.
 
     References:
         L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017).
@@ -210,7 +210,7 @@ def squeeze(shape: tuple[int, int, int], context: int = 0, factor: int = 2) -> S
 
 @TRANSFORMS.register("Unsqueeze", input="image", conditional=False)
 def unsqueeze(shape: tuple[int, int, int], context: int = 0, factor: int = 2) -> Unsqueeze:
-    """Depth to space: ``(C f^2, H, W) -> (C, H f, W f)``, the inverse of :func:`squeeze`; volume preserving.
+    """Depth to space: ``(C f^2, H, W) -> (C, H f, W f)``, the inverse of `squeeze`; volume preserving.
 
     Data -> latent is depth to space, latent -> data space to depth; ``log|det dz/dx| = 0``.
 
@@ -220,7 +220,7 @@ def unsqueeze(shape: tuple[int, int, int], context: int = 0, factor: int = 2) ->
         factor: The factor ``f``.
 
     Returns:
-        The layer, an :class:`Unsqueeze`.
+        The layer, an `Unsqueeze`.
 
     References:
         L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017).
@@ -352,14 +352,14 @@ def actnorm2d(shape: tuple[int, int, int], context: int = 0) -> ActNorm:
     """ActNorm per channel on images ``(C, H, W)``, with data-dependent initialisation (Glow).
 
     Data -> latent: ``z[:, c] = (x[:, c] - loc_c) exp(-log_scale_c)``, ``log|det dz/dx| = -H W sum_c log_scale_c``;
-    the first forward call in training mode sets ``loc`` and ``log_scale`` from that batch (see :class:`ActNorm`).
+    the first forward call in training mode sets ``loc`` and ``log_scale`` from that batch (see `ActNorm`).
 
     Args:
         shape: Event shape ``(C, H, W)``.
         context: Must be 0 (unconditional); accepted for the registry's common signature.
 
     Returns:
-        The layer, an :class:`~exactflow.transforms.normalization.ActNorm` on ``C`` channels.
+        The layer, an `ActNorm` on ``C`` channels.
 
     References:
         D. P. Kingma, P. Dhariwal. Glow: Generative Flow with Invertible 1x1 Convolutions (2018).
@@ -381,7 +381,7 @@ def actnorm2d(shape: tuple[int, int, int], context: int = 0) -> ActNorm:
 
 class ImageCoupling(Bijection):
     """Coupling on images: a mask splits x into a fixed part x_id and a transformed part x_tr; a
-    :class:`ConvNet` on ``(x_id, context)`` gives the parameters of an elementwise map of x_tr.
+    `ConvNet` on ``(x_id, context)`` gives the parameters of an elementwise map of x_tr.
 
     ``mask="channel"``: x_id is the first ``C // 2`` channels (the rest with ``flip``); the net sees
     x_id only. ``mask="checkerboard"``: x_id is the pixels with ``i + j`` even (odd with ``flip``) in
@@ -392,7 +392,7 @@ class ImageCoupling(Bijection):
         context: Number of context features, given to the CNN as constant channels (0: unconditional).
         mask: ``"channel"`` or ``"checkerboard"``.
         flip: Swap the fixed and the transformed parts.
-        hidden: Hidden channels of the :class:`ConvNet`: one int for both hidden layers, or a sequence of widths.
+        hidden: Hidden channels of the `ConvNet`: one int for both hidden layers, or a sequence of widths.
         activation: Activation of the CNN: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
     """
 
@@ -451,14 +451,14 @@ class ImageAffineCoupling(ImageCoupling):
     the CNN and ``s = B tanh(s_raw / B)`` (``B = scale_bound``; None: no bound); log|det dz/dx| = -sum(s).
 
     Data -> latent as above; latent -> data ``x_tr = z_tr exp(s) + t``, ``log|det dx/dz| = +sum(s)``. The
-    registered :func:`channel_affine_coupling` and :func:`checkerboard_affine_coupling` build it.
+    registered `channel_affine_coupling` and `checkerboard_affine_coupling` build it.
 
     Args:
         shape: Event shape ``(C, H, W)``.
         context: Number of context features, given to the CNN as constant channels (0: unconditional).
         mask: ``"channel"`` or ``"checkerboard"``.
         flip: Swap the fixed and the transformed parts.
-        hidden: Hidden channels of the :class:`ConvNet`: one int for both hidden layers, or a sequence of widths.
+        hidden: Hidden channels of the `ConvNet`: one int for both hidden layers, or a sequence of widths.
         activation: Activation of the CNN: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
         scale_bound: Bound ``B`` of the log-scale; ``None``: unbounded.
 
@@ -493,15 +493,15 @@ class ImageAffineCoupling(ImageCoupling):
 class ImageAdditiveCoupling(ImageCoupling):
     """Additive coupling (NICE): ``z_tr = x_tr + t(x_id, context)``, ``z_id = x_id``; log|det| = 0.
 
-    Data -> latent as above; latent -> data ``x_tr = z_tr - t``. The registered :func:`channel_additive_coupling`
-    and :func:`checkerboard_additive_coupling` build it.
+    Data -> latent as above; latent -> data ``x_tr = z_tr - t``. The registered `channel_additive_coupling`
+    and `checkerboard_additive_coupling` build it.
 
     Args:
         shape: Event shape ``(C, H, W)``.
         context: Number of context features, given to the CNN as constant channels (0: unconditional).
         mask: ``"channel"`` or ``"checkerboard"``.
         flip: Swap the fixed and the transformed parts.
-        hidden: Hidden channels of the :class:`ConvNet`: one int for both hidden layers, or a sequence of widths.
+        hidden: Hidden channels of the `ConvNet`: one int for both hidden layers, or a sequence of widths.
         activation: Activation of the CNN: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
 
     References:
@@ -530,11 +530,11 @@ def channel_affine_coupling(shape: tuple[int, int, int], context: int = 0, **kwa
     Args:
         shape: Event shape ``(C, H, W)``, ``C >= 2``.
         context: Number of context features, given to the CNN as constant channels (0: unconditional).
-        **kwargs: Passed to :class:`ImageAffineCoupling`: ``flip`` (swap the two parts), ``hidden`` (width of the
-            :class:`ConvNet`'s hidden layers), ``activation`` and ``scale_bound`` (bound of the log-scale).
+        **kwargs: Passed to `ImageAffineCoupling`: ``flip`` (swap the two parts), ``hidden`` (width of the
+            `ConvNet`'s hidden layers), ``activation`` and ``scale_bound`` (bound of the log-scale).
 
     Returns:
-        The layer, an :class:`ImageAffineCoupling` with ``mask="channel"``.
+        The layer, an `ImageAffineCoupling` with ``mask="channel"``.
 
     References:
         L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017); D. P. Kingma,
@@ -564,11 +564,11 @@ def checkerboard_affine_coupling(shape: tuple[int, int, int], context: int = 0, 
     Args:
         shape: Event shape ``(C, H, W)`` with at least 2 pixels.
         context: Number of context features, given to the CNN as constant channels (0: unconditional).
-        **kwargs: Passed to :class:`ImageAffineCoupling`: ``flip`` (swap the two parts), ``hidden`` (width of the
-            :class:`ConvNet`'s hidden layers), ``activation`` and ``scale_bound`` (bound of the log-scale).
+        **kwargs: Passed to `ImageAffineCoupling`: ``flip`` (swap the two parts), ``hidden`` (width of the
+            `ConvNet`'s hidden layers), ``activation`` and ``scale_bound`` (bound of the log-scale).
 
     Returns:
-        The layer, an :class:`ImageAffineCoupling` with ``mask="checkerboard"``.
+        The layer, an `ImageAffineCoupling` with ``mask="checkerboard"``.
 
     References:
         L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017).
@@ -597,11 +597,11 @@ def channel_additive_coupling(shape: tuple[int, int, int], context: int = 0, **k
     Args:
         shape: Event shape ``(C, H, W)``, ``C >= 2``.
         context: Number of context features, given to the CNN as constant channels (0: unconditional).
-        **kwargs: Passed to :class:`ImageAdditiveCoupling`: ``flip`` (swap the two parts), ``hidden`` (width of
-            the :class:`ConvNet`'s hidden layers) and ``activation``.
+        **kwargs: Passed to `ImageAdditiveCoupling`: ``flip`` (swap the two parts), ``hidden`` (width of
+            the `ConvNet`'s hidden layers) and ``activation``.
 
     Returns:
-        The layer, an :class:`ImageAdditiveCoupling` with ``mask="channel"``.
+        The layer, an `ImageAdditiveCoupling` with ``mask="channel"``.
 
     References:
         L. Dinh, D. Krueger, Y. Bengio. NICE: Non-linear Independent Components Estimation (2014).
@@ -632,11 +632,11 @@ def checkerboard_additive_coupling(shape: tuple[int, int, int], context: int = 0
     Args:
         shape: Event shape ``(C, H, W)`` with at least 2 pixels.
         context: Number of context features, given to the CNN as constant channels (0: unconditional).
-        **kwargs: Passed to :class:`ImageAdditiveCoupling`: ``flip`` (swap the two parts), ``hidden`` (width of
-            the :class:`ConvNet`'s hidden layers) and ``activation``.
+        **kwargs: Passed to `ImageAdditiveCoupling`: ``flip`` (swap the two parts), ``hidden`` (width of
+            the `ConvNet`'s hidden layers) and ``activation``.
 
     Returns:
-        The layer, an :class:`ImageAdditiveCoupling` with ``mask="checkerboard"``.
+        The layer, an `ImageAdditiveCoupling` with ``mask="checkerboard"``.
 
     References:
         L. Dinh, D. Krueger, Y. Bengio. NICE: Non-linear Independent Components Estimation (2014).
@@ -657,7 +657,7 @@ def checkerboard_additive_coupling(shape: tuple[int, int, int], context: int = 0
 
 @functools.cache
 def _logit_edges(alpha: float, dtype: torch.dtype) -> tuple[float, float, float, float]:
-    """``(lo, hi, lo_in, hi_in)``: :class:`Logit`'s domain edges ``-a`` and ``1 + a`` rounded to ``dtype``, and
+    """``(lo, hi, lo_in, hi_in)``: `Logit`'s domain edges ``-a`` and ``1 + a`` rounded to ``dtype``, and
     the representable points just inside them (``nextafter`` inwards; the smallest normal number if
     ``lo = 0``, so that a flush-to-zero mode cannot turn it into the edge)."""
     a = alpha / (1 - 2 * alpha)
@@ -747,7 +747,7 @@ def logit(shape: tuple[int, ...] | None = None, context: int = 0, alpha: float =
 
     Data -> latent, elementwise on any shape: ``x = logit(s)``, ``s = alpha + (1 - 2 alpha) y``,
     ``log|det dx/dy| = sum[log(1 - 2 alpha) - log s - log(1 - s)]``; latent -> data is
-    ``y = (sigmoid(x) - alpha) / (1 - 2 alpha)``. See :class:`Logit` for the domain and the floating-point care.
+    ``y = (sigmoid(x) - alpha) / (1 - 2 alpha)``. See `Logit` for the domain and the floating-point care.
 
     Args:
         shape: Event shape (unused: the map is elementwise); accepted for the registry's common signature.
@@ -755,7 +755,7 @@ def logit(shape: tuple[int, ...] | None = None, context: int = 0, alpha: float =
         alpha: Margin in ``[0, 0.5)`` that keeps ``s`` away from 0 and 1.
 
     Returns:
-        The layer, a :class:`Logit`.
+        The layer, a `Logit`.
 
     References:
         L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP (2017).

@@ -1,7 +1,7 @@
 """Sylvester normalizing flows (van den Berg, Hasenclever, Tomczak & Welling, 2018), unconditional or amortised.
 
 A Sylvester layer generalises the planar flow from one hidden unit to ``M``. It is defined in the generative
-direction (latent -> data), like :class:`~exactflow.transforms.planar.Planar`:
+direction (latent -> data), like `Planar`:
 
     x = f(z) = z + A h(B z + b),    A = Q R (D x M),  B = R~ Q^T (M x D),  h = tanh,
 
@@ -23,9 +23,9 @@ strictly increasing (``c = R~ R``, ``c_ii > -1``) and its root lies within ``|c_
 60 bisection steps in float64 narrow it to rounding. One Newton step on the whole system, which carries the
 gradients (implicit function theorem), polishes ``u``; then ``z = x - A h(u)``.
 
-Three choices of ``Q`` are registered: :class:`Sylvester` (orthogonal: the first ``M`` columns of
-``exp(S - S^T)``, exactly orthonormal up to rounding, smooth everywhere), :class:`HouseholderSylvester`
-(``Q`` a product of Householder reflections) and :class:`TriangularSylvester` (``Q`` the identity or the
+Three choices of ``Q`` are registered: `Sylvester` (orthogonal: the first ``M`` columns of
+``exp(S - S^T)``, exactly orthonormal up to rounding, smooth everywhere), `HouseholderSylvester`
+(``Q`` a product of Householder reflections) and `TriangularSylvester` (``Q`` the identity or the
 order reversal, ``M = D``). With ``context = c > 0`` every raw parameter is affine in the context,
 ``theta(c) = theta_0 + W c`` (amortised inference, as in the paper's VAE).
 """
@@ -56,7 +56,7 @@ def solve_triangular_tanh(c: Tensor, y: Tensor, iters: int = 60) -> Tensor:
 
     Coordinate ``i`` (from the last) solves ``u_i + c_ii tanh(u_i) = t_i``, ``t_i = y_i - sum_{j > i} c_ij
     tanh(u_j)``: the left side is strictly increasing with its root in ``[t_i - |c_ii|, t_i + |c_ii|]``, which
-    ``iters`` bisection steps narrow to ``2 |c_ii| / 2^iters``. No gradient flows (see :class:`Sylvester`).
+    ``iters`` bisection steps narrow to ``2 |c_ii| / 2^iters``. No gradient flows (see `Sylvester`).
 
     Args:
         c: upper-triangular matrices ``(M, M)`` or ``(batch, M, M)``.
@@ -203,12 +203,12 @@ class Sylvester(_SylvesterBase):
 
 @TRANSFORMS.register("HouseholderSylvester", conditional=True, test_kwargs={"reflections": 2})
 class HouseholderSylvester(_SylvesterBase):
-    """Householder Sylvester flow: :class:`Sylvester` with ``Q = H_k ... H_1`` (``M = D``), ``H_i`` reflections.
+    """Householder Sylvester flow: `Sylvester` with ``Q = H_k ... H_1`` (``M = D``), ``H_i`` reflections.
 
     ``x = f(z) = z + Q R tanh(R~ Q^T z + b)`` (latent -> data), ``Q = H_k ... H_1`` (the matrix of
-    :class:`~exactflow.transforms.householder.Householder`) with ``H_i = I - 2 v_i v_i^T / |v_i|^2``
+    `Householder`) with ``H_i = I - 2 v_i v_i^T / |v_i|^2``
     (orthogonal by construction); log|det df/dz| =
-    sum_i log(1 + R~_ii R_ii (1 - tanh^2(u_i))). ``forward`` is found numerically as in :class:`Sylvester`.
+    sum_i log(1 + R~_ii R_ii (1 - tanh^2(u_i))). ``forward`` is found numerically as in `Sylvester`.
 
     Args:
         features: the dimension ``D`` of the data (also the number of hidden units).
@@ -242,11 +242,11 @@ class HouseholderSylvester(_SylvesterBase):
 
 @TRANSFORMS.register("TriangularSylvester", conditional=True)
 class TriangularSylvester(_SylvesterBase):
-    """Triangular Sylvester flow: :class:`Sylvester` with ``Q`` the identity, or the order reversal (``M = D``).
+    """Triangular Sylvester flow: `Sylvester` with ``Q`` the identity, or the order reversal (``M = D``).
 
     ``x = f(z) = z + R tanh(R~ z + b)`` (or with ``z`` reversed in both places when ``reverse``; latent -> data);
     log|det df/dz| = sum_i log(1 + R~_ii R_ii (1 - tanh^2(u_i))). Alternating ``reverse`` between layers, as
-    in the paper, lets the triangular structure point both ways. ``forward`` is found as in :class:`Sylvester`.
+    in the paper, lets the triangular structure point both ways. ``forward`` is found as in `Sylvester`.
 
     Args:
         features: the dimension ``D`` of the data (also the number of hidden units).

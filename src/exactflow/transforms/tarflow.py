@@ -45,7 +45,7 @@ def patchify(x: Tensor, patch: int) -> Tensor:
 
 
 def unpatchify(x: Tensor, shape: tuple[int, ...], patch: int) -> Tensor:
-    """Inverse of :func:`patchify` for events of ``shape`` (``(D,)`` or ``(C, H, W)``)."""
+    """Inverse of `patchify` for events of ``shape`` (``(D,)`` or ``(C, H, W)``)."""
     b = x.shape[0]
     if len(shape) == 1:
         return x.reshape(b, shape[0])
@@ -239,16 +239,16 @@ def TarFlowBlock1d(features: int, context: int = 0, **kwargs: Any) -> TarFlowBlo
     """A TarFlow block on vectors: each group of ``patch`` features (default 1) is one patch.
 
     Data -> latent ``z_i = (x_i - mu_i(x_{<i})) exp(-s_i(x_{<i}))`` over the groups ``x_i``,
-    ``log|det dz/dx| = -sum_i sum s_i`` (see :class:`TarFlowBlock`).
+    ``log|det dz/dx| = -sum_i sum s_i`` (see `TarFlowBlock`).
 
     Args:
         features: Number of features ``D``, divisible by ``patch``.
         context: Number of context features (0: unconditional).
-        **kwargs: Passed to :class:`TarFlowBlock` (``patch``, ``channels``, ``layers``, ``heads``, ``flip``,
+        **kwargs: Passed to `TarFlowBlock` (``patch``, ``channels``, ``layers``, ``heads``, ``flip``,
             ``scale_bound``).
 
     Returns:
-        The block, a :class:`TarFlowBlock` on vectors.
+        The block, a `TarFlowBlock` on vectors.
 
     References:
         S. Zhai et al. Normalizing Flows are Capable Generative Models (2024). https://arxiv.org/abs/2412.06329
