@@ -6,10 +6,16 @@ import argparse
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ._shared import add_batch_size_option, add_depth_option, add_threads_option, apply_threads
+
+if TYPE_CHECKING:
+    from ..distributions import Flow
+    from ..targets import Target
+    from ..training import History
 
 EXAMPLES = """examples:
   exactflow vi --target u1 --flow planar --depth 32 --steps 3000 --out runs/vi-u1
@@ -46,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 @torch.no_grad()
-def plot_density(target, flow, path: Path, title: str = "", points: int = 200) -> None:
+def plot_density(target: Target, flow: Flow, path: Path, title: str = "", points: int = 200) -> None:
     """Target density and fitted density on the target's box, side by side (first two coordinates)."""
     import matplotlib
 
@@ -89,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     flow = build_flow(args.flow, target.dim, depth=args.layers)
     show = not args.quiet and sys.stderr.isatty()
 
-    def report(step: int, history) -> None:
+    def report(step: int, history: History) -> None:
         if not args.quiet and not show:
             valid = f"  valid {history.valid[-1]:.4f}" if history.valid_step[-1:] == [step] else ""
             print(f"step {step:6d}/{args.steps}  -ELBO {history.train[-1]:.4f}{valid} nats", flush=True)
