@@ -93,7 +93,7 @@ def _grads(name: str, module: nn.Module, loss: Tensor, inputs: dict[str, Tensor]
     params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     tensors = [p for _, p in params] + list(inputs.values())
     grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-    for (label, _), g in zip([*params, *inputs.items()], grads, strict=False):
+    for (label, _), g in zip([*params, *inputs.items()], grads, strict=True):
         if g is None:
             raise CheckError(f"{name}: no gradient reaches {label}")
         if not torch.isfinite(g).all():
@@ -226,7 +226,7 @@ _OUTPUTS = ("forward", "forward log-det", "inverse", "inverse log-det")
 
 
 def _agree(name: str, what: str, got: list[Tensor], want: list[Tensor], atol: float) -> None:
-    for label, g, r in zip(_OUTPUTS, got, want, strict=False):
+    for label, g, r in zip(_OUTPUTS, got, want, strict=True):
         if g.dtype == torch.float32 and r.dtype == torch.float64:
             _close32(name, f"{what}: {label}", g, r)
         else:
@@ -249,7 +249,7 @@ def _check_fast_paths(name: str, b: Bijection, x: Tensor, w: Tensor, context: Te
         grads = []
         for scope in (contextlib.nullcontext, backend.reference):
             with scope():
-                loss = sum((t * v).sum() for t, v in zip(_outputs(b, x, w, context), weights, strict=False))
+                loss = sum((t * v).sum() for t, v in zip(_outputs(b, x, w, context), weights, strict=True))
                 grads.append(torch.autograd.grad(loss, params, allow_unused=True))
         for (label, _), g, r in zip(b.named_parameters(), *grads, strict=False):
             if (g is None) != (r is None) or (g is not None and not torch.allclose(g, r, atol=atol * 10, rtol=1e-4)):
@@ -268,7 +268,7 @@ def _check_fast_paths(name: str, b: Bijection, x: Tensor, w: Tensor, context: Te
         with torch.no_grad():
             rows = [_outputs(b, big[0][k:k + 1], big[1][k:k + 1], None if context is None else big[2][k:k + 1])
                     for k in (0, len(i) - 1)]
-        for k, row in zip((0, len(i) - 1), rows, strict=False):
+        for k, row in zip((0, len(i) - 1), rows, strict=True):
             _agree(name, f"row {k} of a batch of {len(i)} equals that row alone", row,
                    [t[k:k + 1] for t in want_big], atol)
 

@@ -64,7 +64,7 @@ def plot_density(target: Target, flow: Flow, path: Path, title: str = "", points
     grid = torch.stack(torch.meshgrid(g1, g2, indexing="xy"), -1).reshape(-1, 2)
     panels = [("target  p~(x)", target(grid)), ("fitted  q(x)", flow.log_prob(grid))]
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.3))
-    for ax, (label, log_d) in zip(axes, panels, strict=False):
+    for ax, (label, log_d) in zip(axes, panels, strict=True):
         dens = torch.exp(log_d - log_d.max()).reshape(points, points)
         ax.imshow(dens.numpy(), origin="lower", extent=(x1a, x1b, x2a, x2b), cmap="viridis", aspect="auto")
         ax.set_title(label)
