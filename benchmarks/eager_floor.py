@@ -15,10 +15,12 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import peers  # noqa: E402
@@ -71,6 +73,16 @@ def flat_realnvp(flow, features: int):
     return log_prob
 
 
+def train_step(module: torch.nn.Module, log_prob: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[], None]:
+    """One training step of ``module`` on the batch ``x``: zero the gradients, backpropagate the NLL."""
+
+    def step() -> None:
+        module.zero_grad(set_to_none=True)
+        (-log_prob(x).mean()).backward()
+
+    return step
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -83,7 +95,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     results = {}
     for flow, flat in (("maf", flat_maf), ("realnvp", flat_realnvp)):
         ours = peers.build("exactflow", flow, args.dim)
-        candidates = {"exactflow": (ours.module, ours.log_prob), "flat loop": (ours.module, flat(ours.module, args.dim))}
+        candidates = {
+            "exactflow": (ours.module, ours.log_prob),
+            "flat loop": (ours.module, flat(ours.module, args.dim)),
+        }
         torch.testing.assert_close(candidates["flat loop"][1](x), ours.log_prob(x), rtol=1e-4, atol=1e-4)
         if peers.available(PEER[flow]):
             peer = peers.build(PEER[flow], flow, args.dim)
@@ -91,9 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         times = {name: [] for name in candidates}
         for _ in range(args.repeats):
             for name, (module, log_prob) in candidates.items():
-                def step():
-                    module.zero_grad(set_to_none=True)
-                    (-log_prob(x).mean()).backward()
+                step = train_step(module, log_prob, x)
                 for _ in range(3):
                     step()
                 start, n = time.perf_counter(), 0

@@ -200,7 +200,8 @@ def _normflows(flow: str, features: int) -> Model:
         for i in range(8):
             if i:
                 layers.append(nf.flows.Permute(features, mode="swap"))
-            layers.append(nf.flows.AffineCouplingBlock(nf.nets.MLP([features // 2, *HIDDEN, features], init_zeros=True)))
+            net = nf.nets.MLP([features // 2, *HIDDEN, features], init_zeros=True)
+            layers.append(nf.flows.AffineCouplingBlock(net))
     else:
         for i in range(5):
             transformed = (~_half(features, i)).int()

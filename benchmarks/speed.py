@@ -152,7 +152,8 @@ def compiled_sampler(flow: str, dim: int, batch: int) -> bool:
     """Whether ``exactflow+compile`` is timed on sampling: where the sampler traces as one straight graph
     (coupling flows; autoregressive ones on their D-pass path). The incremental autoregressive sampler's
     loop over data-dependent block bounds stays eager."""
-    return flow in ("realnvp", "nsf-cp") or dim < 2 or dim * batch < INCREMENTAL_MIN_SIZE["affine" if flow == "maf" else "spline"]
+    threshold = INCREMENTAL_MIN_SIZE["affine" if flow == "maf" else "spline"]
+    return flow in ("realnvp", "nsf-cp") or dim < 2 or dim * batch < threshold
 
 
 def time_row(flow: str, op: str, dim: int, batch: int, libraries: list[str], repeats: int, budget: float,
@@ -276,9 +277,13 @@ def scaling(flows: list[str], libraries: list[str], dims: list[int], batches: li
         by_batch = [time_row(flow, "log_prob", batch_dim, b, libraries, 3, budget, limit=False) for b in batches]
         out[flow] = {
             "dims": dims, "batches": batches, "dim_batch": dim_batch, "batch_dim": batch_dim,
-            "us_per_sample_vs_dim": {lib: [1e3 * r.ms.get(lib, math.nan) / dim_batch for r in by_dim] for lib in libraries},
-            "us_per_sample_vs_batch": {lib: [1e3 * r.ms.get(lib, math.nan) / b for r, b in zip(by_batch, batches)]
-                                       for lib in libraries},
+            "us_per_sample_vs_dim": {
+                lib: [1e3 * r.ms.get(lib, math.nan) / dim_batch for r in by_dim] for lib in libraries
+            },
+            "us_per_sample_vs_batch": {
+                lib: [1e3 * r.ms.get(lib, math.nan) / b for r, b in zip(by_batch, batches, strict=True)]
+                for lib in libraries
+            },
         }
     return out
 
@@ -290,7 +295,7 @@ def plot_scaling(data: dict[str, dict[str, list]], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(data), 2, figsize=(10, 3.2 * len(data)), squeeze=False)
-    for (flow, d), (ax_d, ax_b) in zip(data.items(), axes):
+    for (flow, d), (ax_d, ax_b) in zip(data.items(), axes, strict=True):
         for lib, ys in d["us_per_sample_vs_dim"].items():
             ax_d.plot(d["dims"], ys, "o-", label=lib)
         for lib, ys in d["us_per_sample_vs_batch"].items():

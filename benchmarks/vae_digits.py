@@ -20,6 +20,11 @@ import torch
 from exactflow.vae import VAE, binarize, evaluate_vae, fit_vae, load_data
 
 
+def spread(v: list[float]) -> str:
+    """`` ± stdev`` of ``v`` for the table, empty for a single seed."""
+    return f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else ""
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--posteriors", nargs="+", default=["diag", "planar:8", "radial:8", "iaf:2", "iaf:4"],
@@ -59,7 +64,6 @@ def main(argv: list[str] | None = None) -> None:
         params = sum(t.numel() for t in vae.parameters())
         elbo = [r["elbo"] for r in runs]
         iwae = [r["iwae"] for r in runs]
-        spread = (lambda v: f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else "")
         seconds = statistics.mean(r["seconds"] for r in runs)
         rows.append({"posterior": posterior, "layers": layers, "parameters": params, "runs": runs})
         print(f"| {posterior}{'' if posterior == 'diag' else f' (K={layers})'} | {params} | "

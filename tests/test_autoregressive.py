@@ -352,7 +352,7 @@ def test_fast_paths_keep_the_general_behaviour():
 
     grads = torch.func.grad(loss)(params)
     reference = torch.autograd.grad(loss(params), list(params.values()))
-    for g, r in zip(grads.values(), reference):
+    for g, r in zip(grads.values(), reference, strict=True):
         torch.testing.assert_close(g, r)
     with torch.no_grad():
         batched = torch.func.vmap(lambda v: layer(v)[0])(x.view(10, 500, 4))

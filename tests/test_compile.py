@@ -30,7 +30,7 @@ def _check_same(eager, compiled, atol: float) -> None:
     torch.testing.assert_close(lp_c, lp_e, atol=atol, rtol=1e-5)
     g_e = torch.autograd.grad(lp_e.sum(), list(eager.parameters()))
     g_c = torch.autograd.grad(lp_c.sum(), list(compiled.parameters()))
-    for a, b in zip(g_c, g_e):
+    for a, b in zip(g_c, g_e, strict=True):
         _near(a, b, 1e-4)
     torch.manual_seed(1)
     s_e, l_e = eager.sample_and_log_prob(16)

@@ -177,7 +177,7 @@ def test_context_is_checked_by_every_registered_transform(name, ctx):
 
 
 def test_unconditional_transforms_refuse_a_context_when_built():
-    for name, entry in transforms.items():
+    for entry in transforms.values():
         if not entry.conditional:
             with pytest.raises(ValueError, match="unconditional"):
                 entry(**_kwargs(entry, context=2))

@@ -75,10 +75,10 @@ def test_flow_contract(name, ctx, inv, device):
 
 
 def test_every_factory_builds_unconditional_and_rejects_bad_context():
-    for name, entry in transforms.items():
+    for entry in transforms.values():
         kwargs = DEFAULT_SIZE[entry.input]
         assert entry(**kwargs, context=0) is not None
-    for name, entry in flows.items():
+    for entry in flows.values():
         if not entry.conditional:
             with pytest.raises(ValueError):
                 entry(**DEFAULT_SIZE[entry.input], context=2)

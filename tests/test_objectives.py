@@ -31,7 +31,8 @@ def _flow_matching():
 
 
 def _reverse_kl():
-    return exactflow.build("Planar", features=2, layers=4), {"train": targets.build("mixture"), "objective": "reverse-kl"}
+    flow = exactflow.build("Planar", features=2, layers=4)
+    return flow, {"train": targets.build("mixture"), "objective": "reverse-kl"}
 
 
 def _elbo():

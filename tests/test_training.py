@@ -14,7 +14,6 @@ from exactflow.training import fit, standardize
 from exactflow.transforms.standardize import Standardize
 
 
-
 @pytest.fixture
 def data():
     return datasets.build("8gaussians", train=512, valid=128, test=128)

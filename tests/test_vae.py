@@ -13,7 +13,6 @@ from exactflow.testing import check_flow, randomize_
 from exactflow.vae import VAE, binarize, evaluate_vae, fit_vae, load_data, load_vae
 
 
-
 def test_diag_posterior_is_the_encoders_gaussian():
     vae = VAE(6, latent=3, hidden=(5,), posterior="diag").double()
     h = torch.randn(4, 5, dtype=torch.float64)
@@ -87,7 +86,7 @@ def test_a_flow_prior_is_trained_with_the_rest():
     vae = VAE(6, latent=2, hidden=(8,), posterior="radial", layers=2, prior="Radial")
     start = [p.detach().clone() for p in vae.prior.parameters()]
     fit_vae(vae, binarize(torch.rand(20, 6)), steps=3, batch=10)
-    assert any(not torch.equal(a, b) for a, b in zip(start, vae.prior.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(start, vae.prior.parameters(), strict=True))
     assert math.isfinite(evaluate_vae(vae, binarize(torch.rand(5, 6)), k=3)["iwae"])
 
 

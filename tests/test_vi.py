@@ -15,7 +15,6 @@ from exactflow.targets import banana, funnel, gaussian_mixture, quadrature_log_z
 from exactflow.vi import VIResult, check_log_z, fit_reverse_kl, importance_estimate
 
 
-
 def test_mixture_log_z_is_recovered_within_0_05():
     torch.manual_seed(0)
     target = registry.build("mixture")

@@ -74,7 +74,8 @@ def test_rotation_has_zero_log_det_and_composition_adds():
     with torch.no_grad():
         rot.generator.copy_(torch.tensor([[0.0, 0.7], [0.0, 0.0]]))
     q = rot.matrix()
-    torch.testing.assert_close(q, torch.tensor([[math.cos(0.7), math.sin(0.7)], [-math.sin(0.7), math.cos(0.7)]], dtype=torch.float64))
+    c, s = math.cos(0.7), math.sin(0.7)
+    torch.testing.assert_close(q, torch.tensor([[c, s], [-s, c]], dtype=torch.float64))
     x = torch.randn(4, 2, dtype=torch.float64)
     assert torch.equal(rot(x)[1], torch.zeros(4, dtype=torch.float64))
     scale = ElementwiseAffine(2).double()

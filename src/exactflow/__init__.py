@@ -15,6 +15,6 @@ from .vi import fit_reverse_kl
 
 __version__ = "0.1.0"
 
-__all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "compile", "data", "flows", "objectives", "transforms",
-           "targets", "testing", "build", "save", "load", "fit", "evaluate", "standardize", "History",
-           "fit_reverse_kl", "__version__"]
+__all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "compile", "data", "flows",
+           "objectives", "transforms", "targets", "testing", "build", "save", "load", "fit", "evaluate", "standardize",
+           "History", "fit_reverse_kl", "__version__"]

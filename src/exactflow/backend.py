@@ -34,10 +34,15 @@ import functools
 import threading
 import types
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # the families import this module; at run time _lib() fetches them
+    from .transforms.autoregressive import AffineUnivariate, MaskedAutoregressive, Univariate
+    from .transforms.splines import RQSpline, RQSplineCoupling
 
 __all__ = ["run", "reference", "covers", "large_batch", "scratch"]
 
@@ -68,7 +73,7 @@ def reference() -> Iterator[None]:
         _use_reference.reset(token)
 
 
-def run(module: nn.Module, op: str, *args):
+def run(module: nn.Module, op: str, *args: Any) -> Any:
     """The fast route of ``module.<op>(*args)``, or ``None`` where the reference must run."""
     if torch.compiler.is_compiling():
         return None
@@ -301,14 +306,14 @@ def _kernel_rows(kernel: object) -> str | None:
     return _lib().kinds.get(type(kernel))
 
 
-def _rows_inverse(kernel) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+def _rows_inverse(kernel: Univariate) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """``kernel.inverse`` on flat values (N) with the parameters as rows ``(n_params, N)``."""
     if _kernel_rows(kernel) == "spline":
         return functools.partial(spline_rows, kernel, inverse=True)
     return lambda z, rows: kernel.inverse(z, rows.t())
 
 
-def _affine_in_place(kernel, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+def _affine_in_place(kernel: AffineUnivariate, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
     """The affine kernel's forward without autograd, its steps in place on fresh tensors (at large batches every
     fresh buffer costs page faults): ``z = x exp(-s) + t``, log f' = -s, ``s = B tanh(r / B)``."""
     shift, raw = p.unbind(-1)
@@ -325,7 +330,7 @@ def _affine_in_place(kernel, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
 _spline_constants: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
 
 
-def _constants(spline, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _constants(spline: RQSpline, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(2B m, 2B (1 - K m), -B + 2B j m for j = 1..K-1)``, ``m`` the minimum width (row 0) and height
     (row 1), keyed by the hyperparameters, dtype and device; made as plain tensors even inside inference mode
     (autograd saves them in later training steps)."""
@@ -340,7 +345,7 @@ def _constants(spline, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return _spline_constants[key]
 
 
-def _spline_bin(spline, cols: Tensor, v: Tensor, kind: int) -> tuple[Tensor, ...]:
+def _spline_bin(spline: RQSpline, cols: Tensor, v: Tensor, kind: int) -> tuple[Tensor, ...]:
     """The bin holding ``v`` (``(N,)``, in ``[-B, B]``) along the x knots (``kind`` 0) or y knots (1) and its
     ``(x_k, w, y_k, h, d_k, d_{k+1})``. Only the softmax and its running sum are formed for every bin; the one
     bin in use is gathered and finished on ``(N,)`` vectors: ``x_k = -B + 2B (k m + (1 - K m) S_k)``."""
@@ -365,7 +370,7 @@ def _spline_bin(spline, cols: Tensor, v: Tensor, kind: int) -> tuple[Tensor, ...
     return left[0], size[0], left[1], size[1], d[0].masked_fill(first[0], 1.0), d[1].masked_fill(idx[0] == k - 1, 1.0)
 
 
-def spline_rows(spline, v: Tensor, rows: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+def spline_rows(spline: RQSpline, v: Tensor, rows: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
     """:class:`~exactflow.transforms.splines.RQSpline`'s map (or its inverse) on flat values ``v`` (N) with
     its parameters as rows ``(3K - 1, N)``: the same formulas as the reference, with every op along rows of N
     elements (softmax over a short last dimension is very slow on the CPU)."""
@@ -395,7 +400,8 @@ def spline_rows(spline, v: Tensor, rows: Tensor, inverse: bool) -> tuple[Tensor,
 
 # layers -------------------------------------------------------------------------------------------------------
 
-def autoregressive_forward(layer, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor] | None:
+def autoregressive_forward(layer: MaskedAutoregressive, x: Tensor,
+                           context: Tensor | None) -> tuple[Tensor, Tensor] | None:
     """Spline kernels on (feature, batch) rows from a row-laid MADE; without autograd the affine kernel in place,
     parameter-major for wide, large batches. Else None (the reference, whose MADE takes its own fast path)."""
     kind = _kernel_rows(layer.univariate)
@@ -418,7 +424,8 @@ def autoregressive_forward(layer, x: Tensor, context: Tensor | None) -> tuple[Te
     return z, logd.sum(-1)
 
 
-def autoregressive_inverse(layer, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor] | None:
+def autoregressive_inverse(layer: MaskedAutoregressive, z: Tensor,
+                           context: Tensor | None) -> tuple[Tensor, Tensor] | None:
     """Without autograd: the incremental sampler (plain ReLU MADE, D >= 2, D * batch not tiny), else the D
     passes with the masked weights formed once for all of them (and spline kernels on rows). With autograd:
     None (the reference D passes)."""
@@ -472,7 +479,7 @@ def _sampler_layout(input_degrees: tuple[int, ...], hidden_degrees: tuple[tuple[
     return order, structure, out_rows, cols, [1 + k for k in known]
 
 
-def incremental_inverse(layer, z: Tensor, context: Tensor | None,
+def incremental_inverse(layer: MaskedAutoregressive, z: Tensor, context: Tensor | None,
                         layers: list[tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, Tensor]:
     """The D-pass inverse of a masked autoregressive layer in about one MADE pass of arithmetic.
 
@@ -522,7 +529,7 @@ def incremental_inverse(layer, z: Tensor, context: Tensor | None,
     return xs[net.input_degrees - 1].t(), ladj
 
 
-def spline_coupling_step(layer, x_id: Tensor, x_tr: Tensor, context: Tensor | None,
+def spline_coupling_step(layer: RQSplineCoupling, x_id: Tensor, x_tr: Tensor, context: Tensor | None,
                          inverse: bool = False) -> tuple[Tensor, Tensor] | None:
     """A spline coupling with the network's output laid out as parameter rows (no transposed copy of them)."""
     layers = _mlp_layers(layer.net)

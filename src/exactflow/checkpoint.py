@@ -39,7 +39,8 @@ from .flows import build, describe, prepend, rebuild
 from .validation import check_device
 
 # build, prepend and rebuild live with the registry (exactflow.flows); they stay importable from here
-__all__ = ["FORMAT", "build", "info", "load", "load_state", "prepend", "read", "rebuild", "resolve", "save", "write_json"]
+__all__ = ["FORMAT", "build", "info", "load", "load_state", "prepend", "read", "rebuild", "resolve", "save",
+           "write_json"]
 
 FORMAT = 2
 MODEL = "model."
@@ -210,7 +211,7 @@ def read(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
 
 
 def load_state(flow: nn.Module, tensors: dict[str, Tensor], prefix: str = MODEL, where: str = "checkpoint") -> None:
-    """Load ``prefix``-ed ``tensors`` into ``flow``, with a ``ValueError`` listing missing/unexpected keys and shapes."""
+    """Load ``prefix``-ed ``tensors`` into ``flow``; a ``ValueError`` lists missing/unexpected keys and shapes."""
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     expected = flow.state_dict()
     missing = sorted(set(expected) - set(state))

@@ -76,7 +76,8 @@ def load_config(path: str | Path) -> dict:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def _apply_config(parser: argparse.ArgumentParser, argv: list[str] | None, args: argparse.Namespace):
+def _apply_config(parser: argparse.ArgumentParser, argv: list[str] | None,
+                  args: argparse.Namespace) -> argparse.Namespace:
     """Re-parse with the config file's values as defaults, so command-line flags still win."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
     config = load_config(args.config)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -62,7 +63,8 @@ class StandardNormal(nn.Module):
         """This density as a ``torch.distributions`` distribution with batch shape ``()`` (``context`` is unused:
         a context-free base is the same for every context row, and torch broadcasts it)."""
         zero = self._ref.expand(self.event_shape)
-        return torch.distributions.Independent(torch.distributions.Normal(zero, torch.ones_like(zero)), len(self.event_shape))
+        normal = torch.distributions.Normal(zero, torch.ones_like(zero))
+        return torch.distributions.Independent(normal, len(self.event_shape))
 
 
 class DiagNormal(StandardNormal):
@@ -259,7 +261,8 @@ class ConditionalDiagNormal(StandardNormal):
 
     def _params(self, context: Tensor | None, rows: int) -> tuple[Tensor, Tensor]:
         if context is None:
-            raise ValueError(f"ConditionalDiagNormal needs a context of shape ({rows}, {self.context_features}), got None")
+            raise ValueError(f"ConditionalDiagNormal needs a context of shape ({rows}, {self.context_features}), "
+                             "got None")
         if context.dim() != 2 or context.shape != (rows, self.context_features):
             raise ValueError(f"context has shape {tuple(context.shape)}: expected ({rows}, {self.context_features})")
         return self._loc_log_scale(context)
@@ -282,13 +285,14 @@ class ConditionalDiagNormal(StandardNormal):
     def as_torch(self, context: Tensor | None = None) -> torch.distributions.Distribution:
         """N(mu(c), diag(sigma(c))^2) as a torch distribution with batch shape ``context.shape[:-1]``."""
         if context is None:
-            raise ValueError(f"ConditionalDiagNormal needs a context of shape (batch, {self.context_features}), got None")
+            raise ValueError(f"ConditionalDiagNormal needs a context of shape (batch, {self.context_features}), "
+                             "got None")
         loc, log_scale = self._loc_log_scale(context)
         return torch.distributions.Independent(torch.distributions.Normal(loc, torch.exp(log_scale)),
                                                len(self.event_shape))
 
 
-def compile_flow(flow: Flow, **options) -> Flow:
+def compile_flow(flow: Flow, **options: Any) -> Flow:
     """Compile ``flow``'s hot paths with ``torch.compile(..., **options)`` and return the same flow.
 
     The data -> latent computation behind ``log_prob`` (transform + base density) and the latent -> data

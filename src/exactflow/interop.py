@@ -34,11 +34,11 @@ class TorchTransform(Transform):
         self._pair: tuple[Tensor, Tensor, Tensor] | None = None  # (z, x, log|det dx/dz|) of the last pass
 
     @constraints.dependent_property(is_discrete=False)
-    def domain(self):
+    def domain(self) -> constraints.Constraint:
         return constraints.independent(constraints.real, self._event_dim)
 
     @constraints.dependent_property(is_discrete=False)
-    def codomain(self):
+    def codomain(self) -> constraints.Constraint:
         return constraints.independent(constraints.real, self._event_dim)
 
     def _batch(self, shape: torch.Size) -> torch.Size:

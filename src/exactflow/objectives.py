@@ -44,8 +44,9 @@ class Objective(Protocol):
     ``name``: for messages (``"likelihood"``); ``label``: what the loss is (``"NLL"``); ``unit``: of the reported
     numbers. ``check(model)`` raises ``ValueError`` if the model does not fit the objective. ``initialize(model,
     size)`` runs once before training (data-dependent initialisation such as ActNorm, on ``size`` rows).
-    ``batch`` draws a training batch, ``loss(model, batch)`` is the scalar to minimise, ``report(value)`` turns a loss into the unit reported, and
-    ``score(model)`` is the validation score (lower is better; None when there is nothing to validate on).
+    ``batch`` draws a training batch, ``loss(model, batch)`` is the scalar to minimise, ``report(value)`` turns a
+    loss into the unit reported, and ``score(model)`` is the validation score (lower is better; None when there is
+    nothing to validate on).
     """
 
     name: str

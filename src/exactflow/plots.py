@@ -8,6 +8,7 @@ without pyplot, so nothing changes the caller's matplotlib backend.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,10 +17,17 @@ from torch import Tensor
 from .core import Compose
 from .distributions import Flow
 
+if TYPE_CHECKING:  # matplotlib and pillow are optional extras ("plot"), imported where a picture is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from .training import History
+
 __all__ = ["curves", "density", "image_grid", "morph", "plot_2d", "samples", "scatter"]
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float) -> Figure:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -30,7 +38,7 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
@@ -51,7 +59,8 @@ def _check_2d(x: Tensor, what: str) -> None:
         raise ValueError(f"{what} must have shape (n, 2) for 2-D pictures, got {tuple(x.shape)}")
 
 
-def _scatter(ax, x: Tensor, box, title: str, color="tab:blue") -> None:
+def _scatter(ax: Axes, x: Tensor, box: tuple[float, float, float, float], title: str,
+             color: str = "tab:blue") -> None:
     ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=1, alpha=0.5, c=color, linewidths=0, rasterized=True)
     ax.set_xlim(box[0], box[1])
     ax.set_ylim(box[2], box[3])
@@ -104,7 +113,7 @@ def samples(flow: Flow, data: Tensor, path: str | Path, n: int = 5000) -> Path:
     return _save(fig, path)
 
 
-def curves(history, path: str | Path) -> Path:
+def curves(history: History | dict, path: str | Path) -> Path:
     """Train NLL per step (light) with its running mean, valid NLL per evaluation, and the learning rate."""
     h = history if isinstance(history, dict) else history.to_dict()
     if not h["step"]:
@@ -135,7 +144,8 @@ def curves(history, path: str | Path) -> Path:
 @torch.no_grad()
 def _trajectory(flow: Flow, n: int, seed: int) -> tuple[list[Tensor], Tensor]:
     if not isinstance(flow.transform, Compose):
-        raise ValueError(f"morph pictures need a flow whose transform is a Compose, got {type(flow.transform).__name__}")
+        raise ValueError("morph pictures need a flow whose transform is a Compose, "
+                         f"got {type(flow.transform).__name__}")
     ref = flow._ref()
     z = torch.randn(n, *flow.event_shape, generator=torch.Generator().manual_seed(seed)).to(ref)
     points = [p.cpu() for p in flow.eval().transform.trajectory(z)]
@@ -143,7 +153,7 @@ def _trajectory(flow: Flow, n: int, seed: int) -> tuple[list[Tensor], Tensor]:
     return points, colour
 
 
-def _panel(ax, pts: Tensor, colour: Tensor, title: str) -> None:
+def _panel(ax: Axes, pts: Tensor, colour: Tensor, title: str) -> None:
     box = _bounds(pts)
     ax.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), s=1, c=colour.numpy(), cmap="hsv", linewidths=0,
                rasterized=True)
@@ -193,7 +203,7 @@ def _morph_gif(points: list[Tensor], colour: Tensor, path: str | Path, frames_pe
     return path
 
 
-def _frame(pts: Tensor, colour: Tensor, box, title: str):
+def _frame(pts: Tensor, colour: Tensor, box: tuple[float, float, float, float], title: str) -> Image.Image:
     try:
         from PIL import Image
     except ImportError:
@@ -208,7 +218,8 @@ def _frame(pts: Tensor, colour: Tensor, box, title: str):
     ax.set_xticks([])
     ax.set_yticks([])
     fig.canvas.draw()
-    return Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()).convert("P", palette=Image.Palette.ADAPTIVE)
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    return Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE)
 
 
 def image_grid(images: Tensor, path: str | Path, nrow: int | None = None, levels: int | None = None) -> Path:
@@ -239,7 +250,7 @@ def image_grid(images: Tensor, path: str | Path, nrow: int | None = None, levels
     return path
 
 
-def plot_2d(flow: Flow, data: Tensor, folder: str | Path, history=None) -> list[Path]:
+def plot_2d(flow: Flow, data: Tensor, folder: str | Path, history: History | dict | None = None) -> list[Path]:
     """Every 2-D picture of a run into ``folder``: density.png, samples.png, morph.png, morph.gif and,
     with a history, curves.png."""
     folder = Path(folder)

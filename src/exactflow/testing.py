@@ -83,11 +83,17 @@ def _jacobian(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     return jac
 
 
+def _output(fn: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]],
+            context: Tensor | None) -> Callable[[Tensor], Tensor]:
+    """``v -> fn(v, context)[0]``: the map alone (without its log-det), ``context`` bound now."""
+    return lambda v: fn(v, context)[0]
+
+
 def _grads(name: str, module: nn.Module, loss: Tensor, inputs: dict[str, Tensor]) -> None:
     params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     tensors = [p for _, p in params] + list(inputs.values())
     grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-    for (label, _), g in zip([*params, *inputs.items()], grads, strict=False):
+    for (label, _), g in zip([*params, *inputs.items()], grads, strict=True):
         if g is None:
             raise CheckError(f"{name}: no gradient reaches {label}")
         if not torch.isfinite(g).all():
@@ -151,8 +157,8 @@ def _check_reference(name: str, b: Bijection, x: Tensor, context: Tensor | None,
     for i in range(min(jacobian_rows, n)):
         ctx = None if context is None else context[i : i + 1]
         for direction, fn, point, reported in (
-            ("forward", lambda v: b(v, ctx)[0], x[i], ladj[i]),
-            ("inverse", lambda v: b.inverse(v, ctx)[0], w[i], lw[i]),
+            ("forward", _output(b, ctx), x[i], ladj[i]),
+            ("inverse", _output(b.inverse, ctx), w[i], lw[i]),
         ):
             jac = _jacobian(fn, point)
             sign, logabs = torch.linalg.slogdet(jac)
@@ -220,7 +226,7 @@ _OUTPUTS = ("forward", "forward log-det", "inverse", "inverse log-det")
 
 
 def _agree(name: str, what: str, got: list[Tensor], want: list[Tensor], atol: float) -> None:
-    for label, g, r in zip(_OUTPUTS, got, want, strict=False):
+    for label, g, r in zip(_OUTPUTS, got, want, strict=True):
         if g.dtype == torch.float32 and r.dtype == torch.float64:
             _close32(name, f"{what}: {label}", g, r)
         else:
@@ -243,7 +249,7 @@ def _check_fast_paths(name: str, b: Bijection, x: Tensor, w: Tensor, context: Te
         grads = []
         for scope in (contextlib.nullcontext, backend.reference):
             with scope():
-                loss = sum((t * v).sum() for t, v in zip(_outputs(b, x, w, context), weights, strict=False))
+                loss = sum((t * v).sum() for t, v in zip(_outputs(b, x, w, context), weights, strict=True))
                 grads.append(torch.autograd.grad(loss, params, allow_unused=True))
         for (label, _), g, r in zip(b.named_parameters(), *grads, strict=False):
             if (g is None) != (r is None) or (g is not None and not torch.allclose(g, r, atol=atol * 10, rtol=1e-4)):
@@ -262,8 +268,9 @@ def _check_fast_paths(name: str, b: Bijection, x: Tensor, w: Tensor, context: Te
         with torch.no_grad():
             rows = [_outputs(b, big[0][k:k + 1], big[1][k:k + 1], None if context is None else big[2][k:k + 1])
                     for k in (0, len(i) - 1)]
-        for k, row in zip((0, len(i) - 1), rows, strict=False):
-            _agree(name, f"row {k} of a batch of {len(i)} equals that row alone", row, [t[k:k + 1] for t in want_big], atol)
+        for k, row in zip((0, len(i) - 1), rows, strict=True):
+            _agree(name, f"row {k} of a batch of {len(i)} equals that row alone", row,
+                   [t[k:k + 1] for t in want_big], atol)
 
     if params:  # user actions on the weights are seen by the next call, whatever was computed before
         moved = copy.deepcopy(b)
@@ -284,10 +291,12 @@ def _check_fast_paths(name: str, b: Bijection, x: Tensor, w: Tensor, context: Te
         served = copy.deepcopy(b)
         _agree(name, "a copy made in inference mode", _outputs(served, x, w, context), want, atol)
     with torch.no_grad():
-        _agree(name, "a copy made in inference mode, later under no_grad", _outputs(served, x, w, context), want, atol)
+        later = _outputs(served, x, w, context)
+        _agree(name, "a copy made in inference mode, later under no_grad", later, want, atol)
 
 
-def check_flow(flow: Flow, x: Tensor, context: Tensor | None = None, atol: float = 1e-6, name: str | None = None) -> None:
+def check_flow(flow: Flow, x: Tensor, context: Tensor | None = None, atol: float = 1e-6,
+               name: str | None = None) -> None:
     """Verify a :class:`Flow` on ``x``: its transform passes :func:`check_bijection`; ``log_prob``
     equals base log-density plus log-det; sample shapes follow the documented rule;
     ``sample_and_log_prob`` agrees with ``log_prob`` of the samples; the sampler (small and large batches, with
@@ -337,4 +346,5 @@ def _check_sampler(name: str, flow: Flow, context: Tensor | None, atol: float) -
                 torch.manual_seed(0)
                 draws[label] = draw(n, ctx).detach()
         for label in ("sample", "rsample"):
-            _close(name, f"{label}({n}) equals the reference sampler", draws[label], draws["reference"], atol * 10, 1e-5)
+            _close(name, f"{label}({n}) equals the reference sampler", draws[label], draws["reference"],
+                   atol * 10, 1e-5)

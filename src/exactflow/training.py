@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from . import checkpoint as ckpt
 from .distributions import Flow
 from .images import bits_per_dim, dequantize
 from .objectives import Objective, as_pair, make_objective, reference
+
+if TYPE_CHECKING:
+    from tqdm import tqdm  # an optional extra ("progress"), imported when a bar is shown
 
 __all__ = ["EMA", "History", "evaluate", "fit", "read_module", "save_module", "standardize"]
 
@@ -201,7 +204,7 @@ def _load_optimizer(opt: torch.optim.Optimizer, saved: dict, tensors: dict[str, 
         raise ValueError(f"the checkpoint's optimizer state does not match this model: {err}") from None
 
 
-def _progress(show: bool | None, total: int, initial: int):
+def _progress(show: bool | None, total: int, initial: int) -> tqdm | None:
     if show is None:
         show = sys.stderr.isatty()
     if not show:

@@ -70,7 +70,7 @@ class VIResult:
                 "ess_fraction": self.ess_fraction, "samples": self.samples, "steps": len(self.history)}
 
 
-def build_flow(name: str, features: int, context: int = 0, depth: int | None = None, **kwargs) -> Flow:
+def build_flow(name: str, features: int, context: int = 0, depth: int | None = None, **kwargs: Any) -> Flow:
     """The registered flow ``name`` (case-insensitive) with ``depth=`` (None: the factory's default); it records
     its spec, so it can be saved and loaded."""
     from .flows import registry

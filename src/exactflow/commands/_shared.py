@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,6 +14,9 @@ from ..data import Dataset
 from ..data import registry as datasets
 from ..registry import Entry
 from ..validation import check_device
+
+if TYPE_CHECKING:
+    from ..distributions import Flow
 
 FILE_SUFFIXES = (".csv", ".npy")
 
@@ -120,7 +123,8 @@ def flow_kwargs(entry: Entry, ds: Dataset, extra: dict[str, Any]) -> dict[str, A
     import inspect
 
     if entry.input == "image" and ds.kind != "image":
-        raise ValueError(f"flow {entry.name!r} is for images but data set {ds.name!r} holds vectors of shape {ds.shape}")
+        raise ValueError(f"flow {entry.name!r} is for images but data set {ds.name!r} holds vectors "
+                         f"of shape {ds.shape}")
     if entry.input != "image" and ds.kind == "image":
         raise ValueError(f"flow {entry.name!r} is for vectors but data set {ds.name!r} holds images {ds.shape}; "
                          "pick an image flow (exactflow list)")
@@ -142,7 +146,7 @@ def device(name: str | None) -> torch.device:
     return check_device(name)
 
 
-def load_run(path: str | Path, device_name: str | None = "cpu"):
+def load_run(path: str | Path, device_name: str | None = "cpu") -> tuple[Flow, dict, dict | None]:
     """``(flow, header, data record)`` of a saved run folder or checkpoint file."""
     from .. import checkpoint
 

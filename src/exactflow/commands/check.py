@@ -15,7 +15,7 @@ examples:
 """
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("check", help="verify a saved flow numerically (round trips, log-det vs autograd)",
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                               description="Run exactflow.testing.check_flow on a saved flow in float64: round trips "
@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("-n", "--num", type=int, default=16, help="number of points to check on (default 16)")
     p.add_argument("--atol", type=float, help="float64 tolerance (default: the flow's registered tolerance)")
     p.add_argument("--data", help="check on points of this data set name or file instead of the recorded one")
-    p.add_argument("--data-arg", dest="data_args", action="append", metavar="KEY=VALUE", help="loader keyword for --data")
+    p.add_argument("--data-arg", dest="data_args", action="append", metavar="KEY=VALUE",
+                   help="loader keyword for --data")
     p.set_defaults(run=main)
 
 

@@ -7,7 +7,7 @@ import argparse
 from .train import add_training_options, print_summary, train
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="train a flow on two moons (about a minute) and draw it",
                               description="Train the default flow (RealNVP) on two moons, write the checkpoint and "
                                           "pictures to runs/demo, and print their paths and the test NLL.")

@@ -15,14 +15,15 @@ examples:
 """
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="test NLL of a saved flow (nats, bits/dim for images)", epilog=EPILOG,
                               description="Mean negative log-likelihood of a saved flow on a data split.",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="run folder or .safetensors checkpoint")
     p.add_argument("--split", choices=("train", "valid", "test"), default="test", help="which split (default test)")
     p.add_argument("--data", help="evaluate on this data set name or .csv/.npy file instead of the recorded one")
-    p.add_argument("--data-arg", dest="data_args", action="append", metavar="KEY=VALUE", help="loader keyword for --data")
+    p.add_argument("--data-arg", dest="data_args", action="append", metavar="KEY=VALUE",
+                   help="loader keyword for --data")
     add_batch_size_option(p, 4096, what="evaluation batch size")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

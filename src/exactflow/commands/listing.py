@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("list", help="list registered flows, transforms and data sets",
                               description="List what the registries hold.")
     p.add_argument("what", nargs="?", choices=("flows", "transforms", "data"), help="only this registry")

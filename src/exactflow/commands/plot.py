@@ -14,7 +14,7 @@ examples:
 """
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("plot", help="pictures of a saved run", epilog=EPILOG,
                               description="Draw the pictures of a saved run: for 2-D data the learned density "
                                           "beside the data, samples beside the data, the layer-by-layer morph "
@@ -23,7 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("model", help="run folder or .safetensors checkpoint")
     p.add_argument("--out", help="folder for the pictures (default: the run folder)")
     p.add_argument("--data", help="draw this data set name or .csv/.npy file instead of the recorded one")
-    p.add_argument("--data-arg", dest="data_args", action="append", metavar="KEY=VALUE", help="loader keyword for --data")
+    p.add_argument("--data-arg", dest="data_args", action="append", metavar="KEY=VALUE",
+                   help="loader keyword for --data")
     p.set_defaults(run=main)
 
 

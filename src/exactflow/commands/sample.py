@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import inspect
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ._shared import load_run
+
+if TYPE_CHECKING:
+    from ..distributions import Flow
 
 EPILOG = """\
 examples:
@@ -24,7 +28,7 @@ examples:
 FORMATS = (".npy", ".csv", ".png")
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sample", help="draw samples into .npy, .csv or .png", epilog=EPILOG,
                               description="Draw samples from a saved flow.",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _context(text: str | None, flow) -> torch.Tensor | None:
+def _context(text: str | None, flow: Flow) -> torch.Tensor | None:
     """The ``--context`` rows for ``flow``: values on the command line or a .csv/.npy file; checked against the
     flow's number of context features."""
     from ..data.tabular import read_table

@@ -8,6 +8,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +26,9 @@ from ._shared import (
     device,
     flow_kwargs,
 )
+
+if TYPE_CHECKING:
+    from ..training import History
 
 EPILOG = """\
 examples:
@@ -102,7 +106,7 @@ def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, b
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="fit a flow by maximum likelihood", epilog=EPILOG,
                               description="Fit a registered flow to a data set by maximum likelihood.",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -219,7 +223,7 @@ def train(args: argparse.Namespace) -> dict:
         info = {"data": describe(ds, record), "options": _options(args)}
         show = not args.quiet and sys.stderr.isatty()
 
-        def report(step: int, history) -> None:
+        def report(step: int, history: History) -> None:
             if not args.quiet and not show:
                 valid = f"  valid {history.valid[-1]:.4f}" if history.valid_step[-1:] == [step] else ""
                 print(f"step {step:6d}/{args.steps}  train {history.train[-1]:.4f}{valid} {history.unit}", flush=True)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..checkpoint import save, write_json
 from ..distributions import Flow
 from ._shared import add_batch_size_option, add_depth_option, add_hidden_option, add_threads_option, apply_threads
+
+if TYPE_CHECKING:
+    from ..training import History
 
 EXAMPLES = """examples:
   exactflow vae --posterior planar --depth 8 --steps 3000 --out runs/vae-planar
@@ -66,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
               prior=args.prior, likelihood=args.likelihood, levels=data.levels or 2)
     show = not args.quiet and sys.stderr.isatty()
 
-    def report(step: int, history) -> None:
+    def report(step: int, history: History) -> None:
         if not args.quiet and not show:
             score = f"  valid -ELBO {history.valid[-1]:.3f}" if history.valid_step[-1:] == [step] else ""
             print(f"step {step:6d}/{args.steps}  -ELBO {history.train[-1]:.3f}{score} nats", flush=True)

@@ -6,10 +6,16 @@ import argparse
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ._shared import add_batch_size_option, add_depth_option, add_threads_option, apply_threads
+
+if TYPE_CHECKING:
+    from ..distributions import Flow
+    from ..targets import Target
+    from ..training import History
 
 EXAMPLES = """examples:
   exactflow vi --target u1 --flow planar --depth 32 --steps 3000 --out runs/vi-u1
@@ -46,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 @torch.no_grad()
-def plot_density(target, flow, path: Path, title: str = "", points: int = 200) -> None:
+def plot_density(target: Target, flow: Flow, path: Path, title: str = "", points: int = 200) -> None:
     """Target density and fitted density on the target's box, side by side (first two coordinates)."""
     import matplotlib
 
@@ -58,7 +64,7 @@ def plot_density(target, flow, path: Path, title: str = "", points: int = 200) -
     grid = torch.stack(torch.meshgrid(g1, g2, indexing="xy"), -1).reshape(-1, 2)
     panels = [("target  p~(x)", target(grid)), ("fitted  q(x)", flow.log_prob(grid))]
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.3))
-    for ax, (label, log_d) in zip(axes, panels, strict=False):
+    for ax, (label, log_d) in zip(axes, panels, strict=True):
         dens = torch.exp(log_d - log_d.max()).reshape(points, points)
         ax.imshow(dens.numpy(), origin="lower", extent=(x1a, x1b, x2a, x2b), cmap="viridis", aspect="auto")
         ax.set_title(label)
@@ -89,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     flow = build_flow(args.flow, target.dim, depth=args.layers)
     show = not args.quiet and sys.stderr.isatty()
 
-    def report(step: int, history) -> None:
+    def report(step: int, history: History) -> None:
         if not args.quiet and not show:
             valid = f"  valid {history.valid[-1]:.4f}" if history.valid_step[-1:] == [step] else ""
             print(f"step {step:6d}/{args.steps}  -ELBO {history.train[-1]:.4f}{valid} nats", flush=True)

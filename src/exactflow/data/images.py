@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import gzip
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..registry import DATASETS
+
+if TYPE_CHECKING:
+    from . import Dataset
 
 __all__ = ["digits", "idx_images", "npy_images", "read_idx"]
 
@@ -69,7 +74,7 @@ def _levels(x: Tensor, levels: int | None, dtype: np.dtype, source: str) -> int:
 
 
 def _split(name: str, x: Tensor, test: Tensor | None, valid: float, test_fraction: float, seed: int,
-           levels: int, info: dict):
+           levels: int, info: dict) -> Dataset:
     """A fixed shuffled split (``seed``): ``valid`` of the data for validation, and ``test_fraction`` for
     test unless a separate test set is given."""
     from . import Dataset
@@ -90,7 +95,7 @@ def _split(name: str, x: Tensor, test: Tensor | None, valid: float, test_fractio
 
 
 @DATASETS.register("digits")
-def digits(valid: float = 0.1, test: float = 0.2, seed: int = 0):
+def digits(valid: float = 0.1, test: float = 0.2, seed: int = 0) -> Dataset:
     """scikit-learn's 8x8 digits: (N, 1, 8, 8), 17 levels, fixed 1258 / 180 / 359 split by default.
 
     1797 images in all, pixel values 0..16; ``valid`` and ``test`` are fractions, ``seed`` fixes the shuffle."""
@@ -108,8 +113,8 @@ def _read_npy(path: str | Path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
-def _from_files(read, path: str, test_path: str | None, valid: float, test: float, levels: int | None, seed: int,
-                channels_last: bool, name: str):
+def _from_files(read: Callable[[str | Path], np.ndarray], path: str, test_path: str | None, valid: float,
+                test: float, levels: int | None, seed: int, channels_last: bool, name: str) -> Dataset:
     array = read(path)
     x = _as_images(array, str(path), channels_last)
     levels = _levels(x, levels, array.dtype, str(path))
@@ -127,7 +132,7 @@ def _from_files(read, path: str, test_path: str | None, valid: float, test: floa
 
 @DATASETS.register("idx_images")
 def idx_images(path: str, test_path: str | None = None, valid: float = 0.1, test: float = 0.1,
-               levels: int | None = None, seed: int = 0, channels_last: bool = False):
+               levels: int | None = None, seed: int = 0, channels_last: bool = False) -> Dataset:
     """Images from an MNIST-format IDX file you point to (path=..., ``.gz`` allowed).
 
     ``test_path`` gives a separate test file (e.g. MNIST's t10k), otherwise ``test`` of ``path`` is held out."""
@@ -136,7 +141,7 @@ def idx_images(path: str, test_path: str | None = None, valid: float = 0.1, test
 
 @DATASETS.register("npy_images")
 def npy_images(path: str, test_path: str | None = None, valid: float = 0.1, test: float = 0.1,
-               levels: int | None = None, seed: int = 0, channels_last: bool = False):
+               levels: int | None = None, seed: int = 0, channels_last: bool = False) -> Dataset:
     """Images from a .npy array of integer levels you point to (path=...).
 
     Shape (N, H, W) or (N, C, H, W) (or (N, H, W, C) with ``channels_last``); ``test_path`` gives a

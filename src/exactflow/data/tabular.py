@@ -11,12 +11,16 @@ import hashlib
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..registry import DATASETS
+
+if TYPE_CHECKING:
+    from . import Dataset
 
 __all__ = ["context_indices", "csv_header", "read_table", "tabular"]
 
@@ -98,7 +102,7 @@ def context_indices(spec: str | int | Sequence[int | str], width: int, columns: 
 
 @DATASETS.register("tabular")
 def tabular(path: str, valid: float = 0.1, test: float = 0.1, seed: int = 0,
-            context_cols: str | int | Sequence[int | str] | None = None):
+            context_cols: str | int | Sequence[int | str] | None = None) -> Dataset:
     """Rows of a .csv/.npy file (path=...), split train/valid/test by a seeded permutation; ``context_cols``
     (indices or header names) are split off as the context of a conditional flow."""
     from . import Dataset

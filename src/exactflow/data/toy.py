@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..registry import DATASETS
+
+if TYPE_CHECKING:
+    from . import Dataset
 
 __all__ = ["checkerboard", "circles", "eight_gaussians", "pinwheel", "rings", "swiss_roll", "two_moons", "two_spirals"]
 
@@ -89,7 +94,7 @@ def swiss_roll(n: int, noise: float = 0.25, seed: int = 0) -> Tensor:
     return pts + noise * torch.randn(n, 2, generator=g)
 
 
-def _toy(name: str, make, train: int, valid: int, test: int, seed: int):
+def _toy(name: str, make: Callable[..., Tensor], train: int, valid: int, test: int, seed: int) -> Dataset:
     from . import Dataset
 
     return Dataset(name, make(train, seed=seed), make(valid, seed=seed + 1), make(test, seed=seed + 2),
@@ -97,48 +102,48 @@ def _toy(name: str, make, train: int, valid: int, test: int, seed: int):
 
 
 @DATASETS.register("8gaussians")
-def gaussians8(train: int = 20000, valid: int = 2000, test: int = 5000, seed: int = 0):
+def gaussians8(train: int = 20000, valid: int = 2000, test: int = 5000, seed: int = 0) -> Dataset:
     """Eight Gaussians on a circle (20k/2k/5k points by default)."""
     return _toy("8gaussians", eight_gaussians, train, valid, test, seed)
 
 
 @DATASETS.register("checkerboard")
-def checkerboard_data(train: int = 20000, valid: int = 2000, test: int = 5000, seed: int = 0):
+def checkerboard_data(train: int = 20000, valid: int = 2000, test: int = 5000, seed: int = 0) -> Dataset:
     """2-D checkerboard (20k/2k/5k points by default)."""
     return _toy("checkerboard", checkerboard, train, valid, test, seed)
 
 
 @DATASETS.register("moons")
-def moons(train: int = 20000, valid: int = 2000, test: int = 5000, seed: int = 0):
+def moons(train: int = 20000, valid: int = 2000, test: int = 5000, seed: int = 0) -> Dataset:
     """Two moons (20k/2k/5k points by default)."""
     return _toy("moons", two_moons, train, valid, test, seed)
 
 
 @DATASETS.register("circles")
-def circles_data(train: int = 20000, valid: int = 2000, test: int = 5000, seed: int = 0):
+def circles_data(train: int = 20000, valid: int = 2000, test: int = 5000, seed: int = 0) -> Dataset:
     """Two concentric circles (20k/2k/5k points by default)."""
     return _toy("circles", circles, train, valid, test, seed)
 
 
 @DATASETS.register("spirals")
-def spirals(train: int = 20000, valid: int = 2000, test: int = 5000, seed: int = 0):
+def spirals(train: int = 20000, valid: int = 2000, test: int = 5000, seed: int = 0) -> Dataset:
     """Two interleaved spirals (20k/2k/5k points by default)."""
     return _toy("spirals", two_spirals, train, valid, test, seed)
 
 
 @DATASETS.register("pinwheel")
-def pinwheel_data(train: int = 20000, valid: int = 2000, test: int = 5000, seed: int = 0):
+def pinwheel_data(train: int = 20000, valid: int = 2000, test: int = 5000, seed: int = 0) -> Dataset:
     """Pinwheel with five arms (20k/2k/5k points by default)."""
     return _toy("pinwheel", pinwheel, train, valid, test, seed)
 
 
 @DATASETS.register("rings")
-def rings_data(train: int = 20000, valid: int = 2000, test: int = 5000, seed: int = 0):
+def rings_data(train: int = 20000, valid: int = 2000, test: int = 5000, seed: int = 0) -> Dataset:
     """Four concentric rings (20k/2k/5k points by default)."""
     return _toy("rings", rings, train, valid, test, seed)
 
 
 @DATASETS.register("swissroll")
-def swissroll(train: int = 20000, valid: int = 2000, test: int = 5000, seed: int = 0):
+def swissroll(train: int = 20000, valid: int = 2000, test: int = 5000, seed: int = 0) -> Dataset:
     """2-D swiss roll (20k/2k/5k points by default)."""
     return _toy("swissroll", swiss_roll, train, valid, test, seed)
