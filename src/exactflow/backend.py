@@ -8,8 +8,8 @@ definition the contract checks against the autograd Jacobian. A family method fi
         return out
     ...  # the reference maths
 
-:func:`run` looks the module's class up in one table (:data:`FAST`) and returns ``None``, so that the
-reference runs, when no fast path exists or applies: inside :func:`reference` (how the contract gets the
+`run` looks the module's class up in one table (`FAST`) and returns ``None``, so that the
+reference runs, when no fast path exists or applies: inside `reference` (how the contract gets the
 reference numbers), while ``torch.compile`` traces (inductor fuses the plain maths itself), or when the
 module is not in the exact form a fast path was written for (another activation, a subclass of a kernel).
 
@@ -23,7 +23,7 @@ Nothing here is cached from the weights: masked weights and the sampler's blocks
 current parameters on every call, so ``.data`` writes, ``load_state_dict``, optimiser steps, dtype and device
 moves, parametrisations and inference mode are all seen by the next call. The only state is the scratch
 buffers (values that never leave one call) and small constant tensors keyed by hyperparameters.
-Make :func:`run` return ``None`` and the library is slower and gives the same numbers.
+Make `run` return ``None`` and the library is slower and gives the same numbers.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ class _Scratch(threading.local):
 
     def get(self, rows: int, cols: int, like: Tensor, slot: object) -> Tensor | None:
         """A ``(rows, cols)`` buffer of ``like``'s dtype for ``slot`` (contents garbage), or None off the CPU
-        and outside (:data:`SCRATCH_MIN`, :data:`SCRATCH_MAX`] elements."""
+        and outside (`SCRATCH_MIN`, `SCRATCH_MAX`] elements."""
         size = rows * cols
         if not SCRATCH_MIN < size <= SCRATCH_MAX or like.device.type != "cpu":
             return None
@@ -271,7 +271,7 @@ def made_params(net: nn.Module, x: Tensor, context: Tensor | None, layout: str =
     """The MADE's output ``(batch, D, params)`` (``layout="features"``), the same numbers with each parameter a
     ``(batch, D)`` slice with contiguous rows (``"params"``), or as ``(params, D * batch)`` rows, entry
     ``[k, f * batch + b]`` = parameter ``k`` of feature ``f`` of row ``b`` (``"rows"``). None: not a plain MADE.
-    ``layers``: the masked layers already formed from the current weights in this call (:func:`_made_layers`)."""
+    ``layers``: the masked layers already formed from the current weights in this call (`_made_layers`)."""
     layers = _made_layers(net) if layers is None else layers
     if layers is None:
         return None
@@ -371,7 +371,7 @@ def _spline_bin(spline: RQSpline, cols: Tensor, v: Tensor, kind: int) -> tuple[T
 
 
 def spline_rows(spline: RQSpline, v: Tensor, rows: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-    """:class:`~exactflow.transforms.splines.RQSpline`'s map (or its inverse) on flat values ``v`` (N) with
+    """`RQSpline`'s map (or its inverse) on flat values ``v`` (N) with
     its parameters as rows ``(3K - 1, N)``: the same formulas as the reference, with every op along rows of N
     elements (softmax over a short last dimension is very slow on the CPU)."""
     bound = spline.bound
@@ -454,7 +454,7 @@ def autoregressive_inverse(layer: MaskedAutoregressive, z: Tensor,
 @functools.lru_cache(maxsize=64)
 def _sampler_layout(input_degrees: tuple[int, ...], hidden_degrees: tuple[tuple[int, ...], ...], ctx: int,
                     params: int) -> tuple[Tensor, list, Tensor, Tensor, list[int]]:
-    """The index structure of :func:`incremental_inverse`, a function of the MADE's degrees alone (memoised on
+    """The index structure of `incremental_inverse`, a function of the MADE's degrees alone (memoised on
     their values, which are read afresh on every call, so it cannot go stale).
 
     Returns the features in degree order; per hidden layer the units in degree order (rows), the inputs in the
@@ -488,7 +488,7 @@ def incremental_inverse(layer: MaskedAutoregressive, z: Tensor, context: Tensor 
     units of degree t from the final units below, then that feature's parameters from the last layer's final
     units, and inverts that one feature. States are ``(1 + units, batch)`` with a leading row of ones that applies
     the biases inside the products; the weight blocks are cut from the current masked weights on every call
-    (``layers``: those already formed in this call, :func:`_made_layers`).
+    (``layers``: those already formed in this call, `_made_layers`).
     """
     net, d, n = layer.net, layer.features, z.shape[0]
     ctx, params = net.context_features, net.params

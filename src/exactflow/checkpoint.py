@@ -3,7 +3,7 @@ everything needed to rebuild the flow.
 
 Every flow built from registered parts can be saved: a preset records ``flow.spec = {"flow": name, "kwargs": {...},
 "preprocess": [...]}`` however it is called, and a flow composed by hand is described as a tree of registry names and
-constructor arguments (:func:`exactflow.flows.describe`, JSON only). :func:`save` writes
+constructor arguments (`exactflow.flows.describe`, JSON only). `save` writes
 
 - tensors: ``model.<key>`` (the state dict), plus any extra tensors of the caller
   (optimizer moments, RNG states, best weights when training);
@@ -16,7 +16,7 @@ constructor arguments (:func:`exactflow.flows.describe`, JSON only). :func:`save
 Writing is atomic: a temporary file in the same folder (named after the writing process), flushed
 and ``fsync``-ed, then ``os.replace``; a crash leaves either the old checkpoint or the new one,
 never a mix, and the next write of the same file removes temporary files whose process is gone.
-:func:`load` rebuilds the flow from the registries (:func:`exactflow.flows.rebuild`) and refuses, with a
+`load` rebuilds the flow from the registries (`exactflow.flows.rebuild`) and refuses, with a
 ``ValueError`` naming the problem, files that are corrupted, truncated, edited, from another format, or whose keys
 or shapes do not match the flow their spec builds.
 """
@@ -128,7 +128,7 @@ def write_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[s
 
 
 def save(path: str | Path, flow: Flow, info: dict | None = None, extra: dict[str, Tensor] | None = None) -> Path:
-    """Write ``flow`` atomically to ``path``: its description (:func:`exactflow.flows.describe`; a ``ValueError``
+    """Write ``flow`` atomically to ``path``: its description (`exactflow.flows.describe`; a ``ValueError``
     names any part that is not registered) and its weights.
 
     ``info`` (JSON-able) and ``extra`` tensors (keys must not start with ``model.``) are stored beside it.
@@ -176,7 +176,7 @@ def resolve(path: str | Path) -> Path:
 
 def read(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
     """The header and all tensors of a checkpoint, after checking format, checksum (header and tensors) and
-    that the header holds every key :data:`REQUIRED`."""
+    that the header holds every key `REQUIRED`."""
     from safetensors import SafetensorError
     from safetensors.torch import load as from_bytes
 
@@ -251,5 +251,5 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Flow:
 
 
 def info(path: str | Path) -> dict:
-    """The header of a checkpoint (format, version, spec, info), checked like :func:`read`."""
+    """The header of a checkpoint (format, version, spec, info), checked like `read`."""
     return read(path)[0]

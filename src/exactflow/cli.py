@@ -1,6 +1,6 @@
 """The ``exactflow`` command line: ``exactflow COMMAND ...`` or ``python -m exactflow COMMAND ...``.
 
-Subcommands live in :mod:`exactflow.commands`, one module each, found automatically.
+Subcommands live in `exactflow.commands`, one module each, found automatically.
 """
 
 from __future__ import annotations

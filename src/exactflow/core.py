@@ -2,7 +2,7 @@
 
 Direction convention (stated once, kept everywhere)
 ---------------------------------------------------
-A :class:`Bijection` ``T`` maps **data to latent** in ``forward`` (the normalizing
+A `Bijection` ``T`` maps **data to latent** in ``forward`` (the normalizing
 direction) and latent to data in ``inverse``::
 
     z, ladj = T(x, context)          # ladj = log|det dz/dx|, shape (batch,)
@@ -36,7 +36,7 @@ class Bijection(nn.Module):
 
     ``context_features`` is the number of context features the bijection was built for (the registry sets it
     from ``context=``; ``None``: undeclared, as for a bijection of your own). Every ``forward`` and ``inverse``
-    of a subclass first calls :meth:`check_context`, so an unconditional bijection refuses a context and a
+    of a subclass first calls `check_context`, so an unconditional bijection refuses a context and a
     conditional one refuses to run without it, with a ``ValueError`` naming the layer.
     """
 
@@ -52,7 +52,7 @@ class Bijection(nn.Module):
                 setattr(cls, method, _checks_context(fn))
 
     def check_context(self, context: Tensor | None) -> None:
-        """A ``ValueError`` unless ``context`` matches :attr:`context_features` (None when that is 0)."""
+        """A ``ValueError`` unless ``context`` matches `context_features` (None when that is 0)."""
         expected = self.context_features
         if expected is None:
             return
@@ -82,7 +82,7 @@ class Bijection(nn.Module):
 
 
 def _checks_context(method: Callable) -> Callable:
-    """``method`` (a ``forward`` or ``inverse``) preceded by :meth:`Bijection.check_context`."""
+    """``method`` (a ``forward`` or ``inverse``) preceded by `Bijection.check_context`."""
 
     @functools.wraps(method)
     def checked(self: Bijection, x: Tensor, *args: Any, **kwargs: Any) -> Any:

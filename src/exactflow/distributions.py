@@ -1,4 +1,4 @@
-"""Base densities and :class:`Flow`, the distribution a bijection and a base make together.
+"""Base densities and `Flow`, the distribution a bijection and a base make together.
 
 ``Flow(T, base)`` scores data by the change of variables with ``T`` in the data -> latent direction:
 
@@ -142,22 +142,22 @@ class Flow(nn.Module):
         return self._log_prob(x, context)
 
     def _log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
-        """The unchecked tensor computation behind :meth:`log_prob` (what :func:`compile` compiles)."""
+        """The unchecked tensor computation behind `log_prob` (what `compile` compiles)."""
         z, ladj = self.transform(x, context)
         return self.base.log_prob(z, context) + ladj
 
     def _inverse(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        """latent -> data through the transform, behind the samplers (what :func:`compile` compiles)."""
+        """latent -> data through the transform, behind the samplers (what `compile` compiles)."""
         return self.transform.inverse(z, context)
 
     def to_latent(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """z = T(x), the data ``(batch, *event)`` mapped to the base space (the inverse of :meth:`from_latent`)."""
+        """z = T(x), the data ``(batch, *event)`` mapped to the base space (the inverse of `from_latent`)."""
         context = self._check(x, context)
         return self.transform(x, context)[0]
 
     def from_latent(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        """x = T^{-1}(z), latents ``(batch, *event)`` mapped to data: the map :meth:`sample` applies to base
-        draws, and the inverse of :meth:`to_latent`. ``z`` is checked like ``x`` in :meth:`log_prob`, and the
+        """x = T^{-1}(z), latents ``(batch, *event)`` mapped to data: the map `sample` applies to base
+        draws, and the inverse of `to_latent`. ``z`` is checked like ``x`` in `log_prob`, and the
         context follows the same rule."""
         context = self._check(z, context, what="z")
         return self._inverse(z, context)[0]
@@ -180,7 +180,7 @@ class Flow(nn.Module):
         return n * b, flat, (n, b)
 
     def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
-        """Reparameterised samples (gradients flow to the parameters); shapes as in :meth:`sample`."""
+        """Reparameterised samples (gradients flow to the parameters); shapes as in `sample`."""
         total, ctx, lead = self._expand(n, context)
         x, _ = self._inverse(self.base.rsample(total, ctx), ctx)
         return x.reshape(*lead, *self.event_shape)
@@ -213,7 +213,7 @@ class Flow(nn.Module):
         return self._torch_distribution(torch.distributions.TransformedDistribution, context)
 
     def as_pyro(self, context: Tensor | None = None) -> torch.distributions.TransformedDistribution:
-        """This flow as a Pyro distribution for ``pyro.sample`` (shapes as in :meth:`as_torch_distribution`).
+        """This flow as a Pyro distribution for ``pyro.sample`` (shapes as in `as_torch_distribution`).
 
         Pyro needs its own distribution classes (callable, with ``score_parts``, ``to_event``, ``mask``), so this
         is ``pyro.distributions.TransformedDistribution`` over the same base and transform; Pyro is imported here,
@@ -247,7 +247,7 @@ class ConditionalDiagNormal(StandardNormal):
     the last layer starts at zero, so it starts as N(0, I) for every context.
 
     ``log_prob(z, c)`` needs one context row per ``z`` row; ``rsample(n, c)`` needs ``c`` with ``n`` rows
-    (:class:`Flow` repeats each context row for you); ``as_torch(c)`` takes ``(c,)`` or ``(b, c)``.
+    (`Flow` repeats each context row for you); ``as_torch(c)`` takes ``(c,)`` or ``(b, c)``.
     """
 
     def __init__(self, event_shape: int | tuple[int, ...], context: int, hidden: tuple[int, ...] = (64,)) -> None:

@@ -1,5 +1,5 @@
 """Discrete images as continuous data: uniform dequantisation and bits per dimension (PNG grids:
-:func:`exactflow.plots.image_grid`).
+`exactflow.plots.image_grid`).
 
 Pixels take ``levels`` integer values ``k in {0..levels-1}``. Dequantisation maps them into
 (0, 1): ``y = (k + u) / levels`` with ``u ~ U[0, 1)^D``. A density ``p`` on ``y`` gives a bound on
@@ -9,7 +9,7 @@ the discrete likelihood, ``log P(k) >= E_u[log p((k + u) / levels)] - D log(leve
 
 When a flow preprocesses ``y`` (e.g. ``x = logit(alpha + (1 - 2 alpha) y)``), ``log p(y)`` must
 include that map's log-det, ``log p(y) = log p_x(x) + log|det dx/dy|``: the image flows in
-:mod:`exactflow.flows.glow` start with the logit as a bijection, so their ``log_prob`` already does.
+`exactflow.flows.glow` start with the logit as a bijection, so their ``log_prob`` already does.
 """
 
 from __future__ import annotations
@@ -36,6 +36,6 @@ def bits_per_dim(log_prob: Tensor, shape: tuple[int, ...], levels: int) -> Tenso
 
 
 def quantize(y: Tensor, levels: int) -> Tensor:
-    """Back to integer levels: ``floor(y * levels)`` clamped to ``0..levels-1`` (inverse of :func:`dequantize`)."""
+    """Back to integer levels: ``floor(y * levels)`` clamped to ``0..levels-1`` (inverse of `dequantize`)."""
     return torch.clamp(torch.floor(y * levels), 0, levels - 1)
 

@@ -12,7 +12,7 @@ from .core import Bijection
 
 
 class TorchTransform(Transform):
-    """A :class:`Bijection` seen from torch: ``_call`` is latent -> data (our ``inverse``), ``_inverse`` data -> latent.
+    """A `Bijection` seen from torch: ``_call`` is latent -> data (our ``inverse``), ``_inverse`` data -> latent.
 
     Inputs have shape ``(*batch, *event)`` with any batch dimensions; they are flattened to the bijection's
     ``(rows, *event)`` and back. A bound ``context`` of shape ``(*context_batch, c)`` broadcasts against ``batch``

@@ -1,6 +1,6 @@
 """Conditioner networks: plain MLPs (coupling layers) and masked MLPs (MADE, autoregressive layers).
 
-These are the reference definitions; :mod:`exactflow.backend` evaluates the same networks faster where it can.
+These are the reference definitions; `exactflow.backend` evaluates the same networks faster where it can.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class MADE(nn.Module):
     """Masked MLP (Germain et al. 2015): ``(batch, D) [+ context (batch, c)] -> (batch, D, params)`` where
     output ``[:, i, :]`` depends only on the inputs that precede feature ``i`` in the order (and on the context).
 
-    Degrees: input ``i`` has degree ``d_i`` (:func:`made_degrees`); hidden unit ``k`` of every layer has
+    Degrees: input ``i`` has degree ``d_i`` (`made_degrees`); hidden unit ``k`` of every layer has
     degree ``m_k = 1 + (k mod (D - 1))`` (0 when D = 1), or ``m_k = k mod D`` with a context, and sees the
     units of the layer below with degree ``<= m_k``; the outputs of feature ``i`` see hidden units with
     degree ``< d_i``. Context inputs have degree 0 and feed every unit of the first hidden layer, so
@@ -173,7 +173,7 @@ class MADE(nn.Module):
 
     @property
     def hidden_degrees(self) -> list[Tensor]:
-        """Degrees of the output units of every hidden masked layer, in the order of :attr:`layers`
+        """Degrees of the output units of every hidden masked layer, in the order of `layers`
         (for ``residual=True``: the input layer, then the two layers of each block)."""
         return [getattr(self, f"hidden_degrees_{i}") for i in range(len(self.layers))]
 

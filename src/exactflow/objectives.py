@@ -1,17 +1,17 @@
-"""Training objectives for :func:`exactflow.fit`: what one step minimises and what validation scores.
+"""Training objectives for `exactflow.fit`: what one step minimises and what validation scores.
 
 An objective knows its data (or its target), draws a batch, computes the loss to minimise and a
 validation score (lower is better, used for early stopping and best-weight restore). The loop in
-:mod:`exactflow.training` does everything else (optimiser, schedule, clipping, EMA, checkpoints,
+`exactflow.training` does everything else (optimiser, schedule, clipping, EMA, checkpoints,
 divergence), so every objective gets the same training:
 
-- :class:`MaximumLikelihood`: ``-(1/B) sum_i log p(x_i | c_i)`` on rows of data (with optional context
+- `MaximumLikelihood`: ``-(1/B) sum_i log p(x_i | c_i)`` on rows of data (with optional context
   ``c``); quantised images (``levels``) are dequantised afresh every batch and reported in bits/dim.
-- :class:`FlowMatching`: conditional flow matching for a :class:`~exactflow.transforms.continuous.CNF`
+- `FlowMatching`: conditional flow matching for a `CNF`
   (straight path, no ODE solve); validated by the same loss on the validation rows with a fixed seed.
-- :class:`ReverseKL`: ``E_q[log q(x) - beta log p~(x)]`` for an unnormalised target ``p~`` (no data);
+- `ReverseKL`: ``E_q[log q(x) - beta log p~(x)]`` for an unnormalised target ``p~`` (no data);
   validated by ``-ELBO`` on a fixed set of draws.
-- :class:`ELBO`: the negative one-sample ELBO of a :class:`~exactflow.vae.VAE` on rows of data.
+- `ELBO`: the negative one-sample ELBO of a `VAE` on rows of data.
 
 A batch is drawn by ``batch(generator, size, step, shard)``: ``size`` rows of the global batch, of which
 this process keeps ``shard = (rank, world)``, i.e. rows ``rank::world``; every process draws the same
@@ -39,7 +39,7 @@ Pair = tuple[Tensor, Tensor | None]
 
 @runtime_checkable
 class Objective(Protocol):
-    """What :func:`exactflow.fit` needs from an objective.
+    """What `exactflow.fit` needs from an objective.
 
     ``name``: for messages (``"likelihood"``); ``label``: what the loss is (``"NLL"``); ``unit``: of the reported
     numbers. ``check(model)`` raises ``ValueError`` if the model does not fit the objective. ``initialize(model,
@@ -101,7 +101,7 @@ def reference(model: nn.Module) -> Tensor:
 class DataObjective:
     """Shared by the objectives on rows of data ``x`` (and optional context ``c``): batches and validation.
 
-    ``train``/``valid``: tensors or numpy arrays, or pairs ``(x, context)``; a :class:`~exactflow.data.Dataset`
+    ``train``/``valid``: tensors or numpy arrays, or pairs ``(x, context)``; a `Dataset`
     as ``train`` gives both (and its context part and levels). ``levels``: dequantise image levels every batch.
     """
 
@@ -146,7 +146,7 @@ class DataObjective:
 
     def batch(self, generator: torch.Generator, size: int, step: int, shard: tuple[int, int] = (0, 1)) -> Any:
         """Rows drawn with replacement (the same indices on every process), this process's share kept, on the
-        CPU (:meth:`loss` moves them to the model's device and dtype)."""
+        CPU (`loss` moves them to the model's device and dtype)."""
         idx = torch.randint(self.train[0].shape[0], (size,), generator=generator)
         x, c = self.train[0][idx], None if self.train[1] is None else self.train[1][idx]
         if self.levels is not None:
@@ -208,7 +208,7 @@ class MaximumLikelihood(DataObjective):
 
 
 class FlowMatching(DataObjective):
-    """Conditional flow matching for a CNF flow (see :func:`~exactflow.transforms.continuous.flow_matching_loss`);
+    """Conditional flow matching for a CNF flow (see `flow_matching_loss`);
     the validation score is the same loss on the validation rows with fixed noise (not an NLL)."""
 
     name = "flow-matching"
@@ -290,7 +290,7 @@ class ReverseKL:
         """Nothing to initialise from data."""
 
     def batch(self, generator: torch.Generator, size: int, step: int, shard: tuple[int, int] = (0, 1)) -> Any:
-        """``(draws for this process, beta)``: the draws come from the global RNG inside :meth:`loss`."""
+        """``(draws for this process, beta)``: the draws come from the global RNG inside `loss`."""
         rank, world = shard
         beta = min(1.0, 0.01 + (step - 1) / self.anneal) if self.anneal else 1.0
         return len(range(rank, size, world)), beta
@@ -332,8 +332,8 @@ OBJECTIVES = ("likelihood", "flow-matching", "reverse-kl", "elbo")
 
 def make_objective(name: str, train: Any, valid: Any = None, levels: int | None = None, seed: int = 0,
                    **options: Any) -> Objective:
-    """The objective ``name`` (one of :data:`OBJECTIVES`) on ``train``: data (or ``(x, context)``, or a
-    :class:`~exactflow.data.Dataset`), or for ``"reverse-kl"`` the target's log density."""
+    """The objective ``name`` (one of `OBJECTIVES`) on ``train``: data (or ``(x, context)``, or a
+    `Dataset`), or for ``"reverse-kl"`` the target's log density."""
     if name == "reverse-kl":
         if valid is not None:
             raise ValueError("the reverse-KL objective has no validation data (it validates on draws of q)")

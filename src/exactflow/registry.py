@@ -8,13 +8,13 @@ Registering records how every object was built. ``@TRANSFORMS.register("Name")``
 ``__init__`` (on a function, the function) so that each instance carries
 
 - ``obj.spec = {"transform": "Name", "args": [...], "kwargs": {...}}``: the registry name and the arguments
-  given (positional ones by name, except a ``*args`` list), from which :func:`exactflow.flows.rebuild` makes it again;
+  given (positional ones by name, except a ``*args`` list), from which `exactflow.flows.rebuild` makes it again;
 - ``obj.context_features``: the ``context=`` it was built with, which
-  :meth:`~exactflow.core.Bijection.check_context` enforces on every call.
+  `check_context` enforces on every call.
 
-A preset registered in :data:`FLOWS` records ``flow.spec = {"flow": "Name", "kwargs": {...}, "preprocess": []}``
+A preset registered in `FLOWS` records ``flow.spec = {"flow": "Name", "kwargs": {...}, "preprocess": []}``
 likewise, however it is called (``MAF(...)``, ``FLOWS["MAF"](...)`` or ``exactflow.build("MAF", ...)``).
-The recorded values are the caller's own objects; :func:`to_json` turns them into JSON when a checkpoint is written.
+The recorded values are the caller's own objects; `to_json` turns them into JSON when a checkpoint is written.
 
 Keywords renamed between releases stay accepted for one release: ``register(..., renamed={"old": "new"})``
 translates them with a ``DeprecationWarning``, so user code and the specs of older checkpoints still build.
@@ -193,7 +193,7 @@ def to_json(value: Any, describe: Callable[[nn.Module], dict] | None = None) -> 
 
 
 def from_json(value: Any, construct: Callable[[dict], nn.Module] | None = None) -> Any:
-    """The inverse of :func:`to_json` (``construct`` rebuilds ``{"module": ...}`` values)."""
+    """The inverse of `to_json` (``construct`` rebuilds ``{"module": ...}`` values)."""
     if isinstance(value, list):
         return [from_json(v, construct) for v in value]
     if isinstance(value, dict):

@@ -1,8 +1,8 @@
 """Unnormalised target densities for variational inference: ``log p~(x) = log Z + log p(x)``.
 
-A :class:`Target` maps a batch ``(n, dim)`` to ``log p~`` of shape ``(n,)``. ``log_z`` is the log
-normaliser when it is known in closed form (``None`` otherwise; :func:`quadrature_log_z` computes it
-for 2-D targets on a grid). :data:`registry` maps names (``u1`` ... ``u4``, ``banana``, ``funnel``,
+A `Target` maps a batch ``(n, dim)`` to ``log p~`` of shape ``(n,)``. ``log_z`` is the log
+normaliser when it is known in closed form (``None`` otherwise; `quadrature_log_z` computes it
+for 2-D targets on a grid). `registry` maps names (``u1`` ... ``u4``, ``banana``, ``funnel``,
 ``mixture``) to factories.
 
 The energies of Rezende & Mohamed (2015), ``p~(z) = exp(-U(z))``, with ``w1 = sin(2 pi z1 / 4)``,

@@ -1,12 +1,12 @@
 """Public numerical verification: run the same checks exactflow runs on its own transforms.
 
 ``check_bijection(b, x)`` checks, in float64 on randomised parameters, the reference maths of ``b``
-(:mod:`exactflow.backend` switched off): round trip both ways (and log-dets that cancel), log|det| against
+(`exactflow.backend` switched off): round trip both ways (and log-dets that cancel), log|det| against
 ``slogdet`` of the autograd Jacobian in both directions, batch independence, shapes, float32 in/out, gradients
 reaching every parameter and the input, and a ``state_dict`` round trip. Then every route the fast backend can
 take is compared with that reference: with and without autograd, in inference mode, on a batch above every
 size threshold, after a weight update through ``.data`` and through ``load_state_dict``, and on a copy made
-inside inference mode. ``check_flow(flow, x)`` checks a :class:`~exactflow.Flow` likewise. Both work on a copy
+inside inference mode. ``check_flow(flow, x)`` checks a `Flow` likewise. Both work on a copy
 (the module given keeps its dtype and train/eval mode) and raise ``AssertionError`` naming the object and the
 failed property.
 """
@@ -49,7 +49,7 @@ def _close(name: str, what: str, got: Tensor, want: Tensor, atol: float, rtol: f
 
 
 def _close32(name: str, what: str, got: Tensor, want: Tensor) -> None:
-    """``got`` (float32) against ``want`` (float64) with the float32 tolerance of :data:`FLOAT32_RTOL`."""
+    """``got`` (float32) against ``want`` (float64) with the float32 tolerance of `FLOAT32_RTOL`."""
     scale = want.square().mean().sqrt().item() if want.numel() else 0.0
     _close(name, what, got.to(want.dtype), want, FLOAT32_RTOL * max(scale, 1e-3), FLOAT32_RTOL)
 
@@ -114,7 +114,7 @@ def check_bijection(
     """Verify ``b`` on the batch ``x`` (float64 recommended; a copy of ``b`` in ``x``'s dtype is checked).
 
     ``atol`` is the float64 tolerance; float32 is compared with a looser, derived one. The copy runs
-    in eval mode; call :func:`warm_up` and :func:`randomize_` first for data-dependent layers.
+    in eval mode; call `warm_up` and `randomize_` first for data-dependent layers.
 
     Example:
         >>> from exactflow.transforms import registry
@@ -234,7 +234,7 @@ def _agree(name: str, what: str, got: list[Tensor], want: list[Tensor], atol: fl
 
 
 def _check_fast_paths(name: str, b: Bijection, x: Tensor, w: Tensor, context: Tensor | None, atol: float) -> None:
-    """Every route of :mod:`exactflow.backend` equals the reference maths: with and without autograd and in
+    """Every route of `exactflow.backend` equals the reference maths: with and without autograd and in
     inference mode (values and gradients), on a batch above every size threshold, after weight updates through
     ``.data`` and ``load_state_dict``, and on a copy made inside inference mode."""
     with backend.reference():
@@ -297,7 +297,7 @@ def _check_fast_paths(name: str, b: Bijection, x: Tensor, w: Tensor, context: Te
 
 def check_flow(flow: Flow, x: Tensor, context: Tensor | None = None, atol: float = 1e-6,
                name: str | None = None) -> None:
-    """Verify a :class:`Flow` on ``x``: its transform passes :func:`check_bijection`; ``log_prob``
+    """Verify a `Flow` on ``x``: its transform passes `check_bijection`; ``log_prob``
     equals base log-density plus log-det; sample shapes follow the documented rule;
     ``sample_and_log_prob`` agrees with ``log_prob`` of the samples; the sampler (small and large batches, with
     and without autograd) equals the reference one; gradients reach every parameter. Works on a copy."""

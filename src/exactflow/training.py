@@ -1,6 +1,6 @@
-"""Training: :func:`fit`, one loop for every objective, the loop the command line uses too.
+"""Training: `fit`, one loop for every objective, the loop the command line uses too.
 
-The objective (:mod:`exactflow.objectives`) says what a step minimises and what validation scores:
+The objective (`exactflow.objectives`) says what a step minimises and what validation scores:
 maximum likelihood on data (optionally conditional, ``(x, context)``), flow matching for a CNF, the
 reverse KL to an unnormalised target, or a VAE's ELBO. The loop gives them all the same Adam steps,
 schedule with warm-up, gradient clipping, optional EMA of the weights, early stopping on the
@@ -49,7 +49,7 @@ COMPILE_NOTICE = "compiling {name} with torch.compile: the first call takes up t
 
 @dataclass
 class History:
-    """What :func:`fit` did: per-step training loss and learning rate, per-evaluation validation score (in
+    """What `fit` did: per-step training loss and learning rate, per-evaluation validation score (in
     ``unit``), the best evaluation, and how it ended (``status``: finished, early stopped, diverged)."""
 
     unit: str = "nats"
@@ -74,7 +74,7 @@ class History:
 
 
 def standardize(flow: Flow, x: Tensor, columns: Sequence[str] | None = None) -> Flow:
-    """Prepend :class:`~exactflow.transforms.standardize.Standardize` fitted to ``x`` (mean/std per feature),
+    """Prepend `Standardize` fitted to ``x`` (mean/std per feature),
     so the flow models standardised data while ``log_prob`` stays in ``x``'s original units.
 
     A constant column (std 0, floored at 1e-8) gets a ``UserWarning`` naming it (with its name from
@@ -148,7 +148,7 @@ class EMA:
 
     After update ``t`` the average is ``a <- d a + (1 - d) w`` with ``d = min(decay, (1 + t) / (10 + t))``, so
     the first updates follow the weights closely instead of staying near the initialisation.
-    :meth:`applied` swaps the averaged weights into the model for evaluation and saving.
+    `applied` swaps the averaged weights into the model for evaluation and saving.
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
@@ -221,7 +221,7 @@ MODULE_HEADER = "exactflow.module"
 
 def save_module(path: str | Path, module: nn.Module, info: dict | None = None,
                 extra: dict[str, Tensor] | None = None) -> Path:
-    """Write a model that is not a :class:`~exactflow.Flow` (a VAE) the way :func:`exactflow.save` writes a flow:
+    """Write a model that is not a `Flow` (a VAE) the way `exactflow.save` writes a flow:
     atomically, without pickle, its ``module.spec`` (how to rebuild it), dtype and ``info`` in the header, the
     weights as ``model.<key>`` beside any ``extra`` tensors, and a SHA-256 over header and tensors."""
     from . import __version__
@@ -238,7 +238,7 @@ def save_module(path: str | Path, module: nn.Module, info: dict | None = None,
 
 
 def read_module(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
-    """The header and tensors :func:`save_module` wrote, after checking the SHA-256."""
+    """The header and tensors `save_module` wrote, after checking the SHA-256."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
@@ -267,7 +267,7 @@ def _unprefixed(tensors: dict[str, Tensor], prefix: str, device: torch.device) -
 
 @dataclass
 class Options:
-    """The loop's settings (see :func:`fit` for their meaning)."""
+    """The loop's settings (see `fit` for their meaning)."""
 
     steps: int
     batch_size: int
@@ -293,8 +293,8 @@ class Options:
 
 
 class Trainer:
-    """The state of one :func:`fit` run and the steps that change it: a training step, an evaluation,
-    a checkpoint write or read, the divergence policy. :func:`fit` only wires them together."""
+    """The state of one `fit` run and the steps that change it: a training step, an evaluation,
+    a checkpoint write or read, the divergence policy. `fit` only wires them together."""
 
     def __init__(self, model: nn.Module, objective: Objective, options: Options, weight_decay: float,
                  ema: float | None, checkpoint: Path | None, info: dict | None) -> None:
@@ -414,7 +414,7 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------------------------------
     def write(self, step: int) -> None:
         """Write the training state atomically (rank 0). With an EMA the model's tensors are the averaged weights
-        (what :func:`exactflow.load` gives), the optimised ones go under ``train.``."""
+        (what `exactflow.load` gives), the optimised ones go under ``train.``."""
         if self.checkpoint is None or self.rank != 0:
             return
         opt_json, tensors = _optimizer_state(self.opt)
@@ -506,26 +506,26 @@ def fit(
     callbacks: Sequence[Callable[[int, History], None]] = (),
     compile: bool = False,
 ) -> History:
-    """Train ``model`` on ``objective`` with Adam; returns the :class:`History`.
+    """Train ``model`` on ``objective`` with Adam; returns the `History`.
 
     ``objective``: ``"likelihood"`` (default), ``"flow-matching"`` (a CNF flow), ``"elbo"`` (a
-    :class:`~exactflow.vae.VAE`) on ``train``; ``"reverse-kl"`` with ``train`` the target's log density; or an
-    :class:`~exactflow.objectives.Objective` instance that holds its own data (``train`` and ``valid`` None).
+    `VAE`) on ``train``; ``"reverse-kl"`` with ``train`` the target's log density; or an
+    `Objective` instance that holds its own data (``train`` and ``valid`` None).
     Data are a tensor or numpy array ``(n, *event)``, a pair ``(x, context)`` for a conditional flow, or a
-    :class:`~exactflow.data.Dataset` (then ``valid``, its context and ``levels`` default to the data set's).
+    `Dataset` (then ``valid``, its context and ``levels`` default to the data set's).
 
     ``schedule`` is ``"cosine"`` (to zero at ``steps``) or ``"constant"``, after ``warmup`` linear steps;
     ``clip_grad`` caps the gradient norm. Every ``eval_every`` steps the validation score is computed; after
     ``patience`` evaluations without improvement training stops, and at the end the best weights are
-    restored. ``ema=0.999`` keeps an exponential moving average of the weights (see :class:`EMA`): evaluation,
+    restored. ``ema=0.999`` keeps an exponential moving average of the weights (see `EMA`): evaluation,
     the best weights, the saved model and the returned one are the averaged weights. Divergence (NaN/inf)
     follows the policy in the module docstring and warns with ``RuntimeWarning``.
 
-    With ``checkpoint=path`` (the model needs a ``spec``, see :func:`exactflow.build`) the weights, EMA,
+    With ``checkpoint=path`` (the model needs a ``spec``, see `exactflow.build`) the weights, EMA,
     optimizer, RNG states and history are written atomically every evaluation; ``resume=True`` continues
     from that file exactly where it stopped. ``info`` is stored in it. ``progress``: a tqdm bar (None: only
     on a terminal). ``callback`` and each of ``callbacks`` run as ``fn(step, history)`` after every
-    evaluation (on rank 0). ``compile=True`` compiles a Flow with :func:`exactflow.compile` and prints a
+    evaluation (on rank 0). ``compile=True`` compiles a Flow with `exactflow.compile` and prints a
     one-line notice to stderr before the first (slow) compiled call.
     """
     options = Options(steps, batch_size, lr, schedule, warmup, clip_grad, patience, eval_every, seed)

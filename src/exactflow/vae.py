@@ -148,11 +148,11 @@ class VAE(nn.Module):
 def fit_vae(vae: VAE, train: Tensor, steps: int = 2000, batch: int = 100, lr: float = 1e-3,
             clip_grad: float | None = 100.0, generator: torch.Generator | None = None, valid: Tensor | None = None,
             **options: Any) -> list[float]:
-    """Maximise the one-sample ELBO on minibatches of ``train``: :func:`exactflow.fit` with the
-    :class:`~exactflow.objectives.ELBO` objective and a constant learning rate; returns the mean ELBO per step.
+    """Maximise the one-sample ELBO on minibatches of ``train``: `exactflow.fit` with the
+    `ELBO` objective and a constant learning rate; returns the mean ELBO per step.
 
     The batches are seeded from ``generator`` (None: the global RNG). ``valid`` rows give the validation
-    score (-ELBO) for early stopping; any other keyword of :func:`exactflow.fit` (``ema``, ``patience``,
+    score (-ELBO) for early stopping; any other keyword of `exactflow.fit` (``ema``, ``patience``,
     ``eval_every``, ``checkpoint``, ``callbacks``, ``progress``, ...) is passed on.
     """
     from .training import fit
@@ -165,14 +165,14 @@ def fit_vae(vae: VAE, train: Tensor, steps: int = 2000, batch: int = 100, lr: fl
 
 
 def save_vae(path: str | Path, vae: VAE, info: dict | None = None) -> Path:
-    """Write ``vae`` (weights and constructor arguments) atomically, like :func:`exactflow.save` a flow."""
+    """Write ``vae`` (weights and constructor arguments) atomically, like `exactflow.save` a flow."""
     from .training import save_module
 
     return save_module(path, vae, info=info)
 
 
 def load_vae(path: str | Path, device: str | torch.device = "cpu") -> VAE:
-    """The VAE :func:`save_vae` (or a ``fit(..., checkpoint=...)`` of a VAE) wrote, in eval mode on ``device``."""
+    """The VAE `save_vae` (or a ``fit(..., checkpoint=...)`` of a VAE) wrote, in eval mode on ``device``."""
     from .training import read_module
 
     header, tensors = read_module(path)

@@ -79,7 +79,7 @@ def check_sizes(features: int, context: int = 0, hidden: Sequence[int] = (), **c
 
 
 def check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a :class:`torch.device`, with a ``ValueError`` if torch does not know it or it is not available."""
+    """``device`` as a `torch.device`, with a ``ValueError`` if torch does not know it or it is not available."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):

@@ -6,7 +6,7 @@ For ``p(x) = p~(x) / Z`` and a flow ``q``,
 
 so minimising ``E_q[log q - log p~]`` maximises the ELBO ``E_q[log p~(x) - log q(x)] <= log Z``.
 Each step draws ``x = T^{-1}(z)``, ``z ~ p_z``, and ``log q(x)`` in one reparameterised pass
-(:meth:`Flow.sample_and_log_prob`). After fitting, importance sampling with q as proposal gives
+(`Flow.sample_and_log_prob`). After fitting, importance sampling with q as proposal gives
 
     log Z ~= logsumexp_i(log p~(x_i) - log q(x_i)) - log n,     x_i ~ q,
 
@@ -14,8 +14,8 @@ with effective sample size ``ESS = 1 / sum_i w_i^2`` for the normalised weights 
 ``se(log Z) ~= sqrt(1/ESS - 1/n)`` (the delta method: the weights' squared coefficient of variation is n/ESS - 1).
 
 Neither the ESS nor that standard error can see a mode q has missed: draws of q never land there, so the
-weights look well balanced while log Z is underestimated. For 2-D targets :func:`check_log_z` compares the
-estimate with quadrature (:func:`~exactflow.targets.quadrature_log_z`) and says when they disagree by more
+weights look well balanced while log Z is underestimated. For 2-D targets `check_log_z` compares the
+estimate with quadrature (`quadrature_log_z`) and says when they disagree by more
 than the standard error allows.
 """
 
@@ -41,12 +41,12 @@ __all__ = ["VIResult", "build_flow", "check_log_z", "fit_reverse_kl", "importanc
 
 @dataclass
 class VIResult:
-    """Outcome of :func:`fit_reverse_kl`.
+    """Outcome of `fit_reverse_kl`.
 
     ``elbo``: E_q[log p~ - log q] on ``samples`` fresh draws; ``log_z``: the importance-sampled
     estimate of log Z from the same draws; ``ess``: their effective sample size (1..samples);
     ``history``: the negated training loss of every step's batch (the ELBO once ``beta`` is 1);
-    ``fit``: the :class:`~exactflow.training.History` of the run (status, validation scores, message).
+    ``fit``: the `History` of the run (status, validation scores, message).
     """
 
     elbo: float
@@ -119,13 +119,13 @@ def fit_reverse_kl(
     **options: Any,
 ) -> VIResult:
     """Fit the unconditional ``flow`` to ``p~ = exp(log_target)`` by minimising E_q[log q - beta log p~]:
-    :func:`exactflow.fit` with the :class:`~exactflow.objectives.ReverseKL` objective and a constant learning rate.
+    `exactflow.fit` with the `ReverseKL` objective and a constant learning rate.
 
     ``beta`` rises linearly from 0.01 to 1 over the first ``anneal`` steps (0: no annealing), as in
     Rezende & Mohamed (2015). ``clip_grad`` caps the gradient norm (None: off). Any other keyword of
-    :func:`exactflow.fit` (``ema``, ``patience``, ``eval_every``, ``checkpoint``, ``callbacks``, ``progress``,
+    `exactflow.fit` (``ema``, ``patience``, ``eval_every``, ``checkpoint``, ``callbacks``, ``progress``,
     ``schedule``, ...) is passed on. Returns the final ELBO, log Z estimate and ESS from ``samples`` fresh draws
-    (see :func:`importance_estimate`); a diverged run warns and is reported at its last good state.
+    (see `importance_estimate`); a diverged run warns and is reported at its last good state.
     """
     from .training import fit
 

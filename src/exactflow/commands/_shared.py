@@ -29,7 +29,7 @@ def add_threads_option(p: argparse.ArgumentParser, default: int | None = None) -
 
 
 def sizes(text: str) -> list[int]:
-    """Layer sizes from ``"64,64"`` (or one size, ``"64"``), for :class:`Sizes`."""
+    """Layer sizes from ``"64,64"`` (or one size, ``"64"``), for `Sizes`."""
     try:
         return [int(v) for v in str(text).replace(" ", "").split(",") if v]
     except ValueError:
@@ -100,7 +100,7 @@ def data_record(data: str, kwargs: dict[str, Any]) -> dict:
 
 
 def build_data(record: dict) -> Dataset:
-    """The data set a :func:`data_record` describes; a tabular file must still have the recorded SHA-256."""
+    """The data set a `data_record` describes; a tabular file must still have the recorded SHA-256."""
     try:
         ds = datasets.build(record["name"], **record["kwargs"])
     except TypeError as err:

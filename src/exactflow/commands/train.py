@@ -61,7 +61,7 @@ KEEP_ON_RESUME = ("out", "resume", "overwrite", "device", "threads", "quiet", "p
 def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, batch_size: int = 256,
                          threads: int | None = None) -> None:
     """The options of ``train`` (shared with ``demo``, which passes its own defaults). ``steps=None``: the
-    default is :data:`DEFAULT_STEPS`, or on ``--resume`` the run's own."""
+    default is `DEFAULT_STEPS`, or on ``--resume`` the run's own."""
     from ..flows import registry as flows
     from ..objectives import OBJECTIVES
     from ..training import SCHEDULES

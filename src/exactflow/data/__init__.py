@@ -1,6 +1,6 @@
-"""Data sets: a registry ``name -> loader`` whose loaders return a :class:`Dataset`.
+"""Data sets: a registry ``name -> loader`` whose loaders return a `Dataset`.
 
-Each module of this package registers its loaders in :data:`registry` (toy 2-D shapes,
+Each module of this package registers its loaders in `registry` (toy 2-D shapes,
 tabular files, images); importing the package imports them all.
 """
 

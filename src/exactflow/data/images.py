@@ -1,8 +1,8 @@
 """Image data sets as integer pixel levels: scikit-learn's 8x8 digits, MNIST-format IDX files, ``.npy`` arrays.
 
-Every loader returns a :class:`~exactflow.data.Dataset` with ``kind="image"``, float tensors of
+Every loader returns a `Dataset` with ``kind="image"``, float tensors of
 integer levels ``0..levels-1`` of shape ``(N, C, H, W)``, and ``levels`` set; dequantise with
-:func:`exactflow.images.dequantize` before fitting a density. Nothing is downloaded: the IDX and
+`exactflow.images.dequantize` before fitting a density. Nothing is downloaded: the IDX and
 ``.npy`` loaders read files you point to.
 """
 
