@@ -7,8 +7,9 @@ import torch
 
 from exactflow import Compose
 from exactflow.distributions import Flow, StandardNormal
+from exactflow.flows import describe, rebuild
 from exactflow.flows import registry as flows
-from exactflow.flows.tarflow import denoise
+from exactflow.flows.tarflow import TarFlowModel, denoise
 from exactflow.images import bits_per_dim
 from exactflow.testing import randomize_
 from exactflow.transforms.elementwise import ElementwiseAffine
@@ -123,3 +124,92 @@ def test_denoise_is_tweedie_step_on_a_gaussian():
     eps = torch.finfo(torch.float32).eps
     scale = (y.abs() + loc.abs()).max().item()
     torch.testing.assert_close(denoise(flow, y, sigma).double(), expected, rtol=8 * eps, atol=8 * eps * scale)
+
+
+def _noisy_vector_flow(noise: float = 0.1, **kw) -> TarFlowModel:
+    kw = {"channels": 16, "depth": 2, "layers_per_block": 1, "heads": 2, "noise": noise, **kw}
+    return randomize_(flows["TarFlow1d"](4, **kw), 0.2).double()
+
+
+def test_noise_is_recorded_and_added_in_training_mode_only():
+    flow = _noisy_vector_flow(0.1)
+    assert flow.spec["kwargs"]["noise"] == 0.1 and rebuild(describe(flow)).noise == 0.1
+    x = torch.randn(6, 4, dtype=torch.float64)
+    flow.eval()
+    clean = flow.log_prob(x)
+    z, ladj = flow.transform(x)
+    torch.testing.assert_close(clean, flow.base.log_prob(z) + ladj, rtol=0, atol=0)  # plain Flow maths
+    flow.train()
+    torch.manual_seed(1)
+    noisy = flow.log_prob(x)
+    torch.manual_seed(1)
+    eps = torch.randn_like(x)
+    torch.testing.assert_close(noisy, flow.eval().log_prob(x + 0.1 * eps))  # the same map at x + sigma eps
+    assert not torch.allclose(noisy, clean)
+
+
+def test_image_noise_is_added_after_the_logit():
+    flow = randomize_(flows["TarFlow"]((1, 4, 4), patch=2, channels=8, depth=2, layers_per_block=1, heads=2,
+                                       noise=0.05), 0.2).double().train()
+    x = 0.05 + 0.9 * torch.rand(3, 1, 4, 4, dtype=torch.float64)
+    torch.manual_seed(2)
+    got = flow.log_prob(x)
+    logit, *blocks = flow.transform.bijections
+    y, ladj0 = logit(x)
+    torch.manual_seed(2)
+    z, ladj1 = Compose(*blocks)(y + 0.05 * torch.randn_like(y))
+    torch.testing.assert_close(got, flow.base.log_prob(z) + ladj1 + ladj0)
+
+
+def _fd_score(fn, x: torch.Tensor, h: float = 1e-5) -> torch.Tensor:
+    """Central differences of ``fn`` (summed over the batch: rows are independent) in every coordinate."""
+    grad = torch.zeros_like(x)
+    flat = grad.view(x.shape[0], -1)
+    for i in range(flat.shape[1]):
+        e = torch.zeros_like(flat)
+        e[:, i] = h
+        e = e.view_as(x)
+        flat[:, i] = (fn(x + e) - fn(x - e)) / (2 * h)
+    return grad
+
+
+def test_denoise_is_a_score_step_checked_by_finite_differences():
+    flow = _noisy_vector_flow(0.3, context=2).eval()
+    x, c = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    with torch.no_grad():
+        expected = x + 0.3**2 * _fd_score(lambda v: flow.log_prob(v, c), x)
+    # central differences in float64 at h = 1e-5: truncation ~ h^2 f''' and rounding ~ eps |f| / h, both < 1e-8
+    torch.testing.assert_close(flow.denoise(x, c), expected, rtol=0, atol=1e-7)
+    torch.testing.assert_close(flow.denoise(x, c), denoise(flow, x, 0.3, c), rtol=0, atol=1e-12)  # no preprocessing
+
+
+def test_image_denoise_steps_in_the_logit_space():
+    flow = randomize_(flows["TarFlow"]((1, 4, 4), patch=2, channels=8, depth=2, layers_per_block=1, heads=2,
+                                       noise=0.2), 0.2).double().eval()
+    x = 0.1 + 0.8 * torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    logit, *blocks = flow.transform.bijections
+    blocks = Compose(*blocks)
+
+    def log_p_blocks(y: torch.Tensor) -> torch.Tensor:
+        z, ladj = blocks(y)
+        return flow.base.log_prob(z) + ladj
+
+    with torch.no_grad():
+        y = logit(x)[0]
+        expected = logit.inverse(y + 0.2**2 * _fd_score(log_p_blocks, y))[0]
+    torch.testing.assert_close(flow.denoise(x), expected, rtol=0, atol=1e-7)
+
+
+def test_sample_denoises_by_default_when_trained_with_noise():
+    flow = _noisy_vector_flow(0.2).eval()
+    torch.manual_seed(3)
+    raw = flow.sample(4, denoise=False)
+    torch.manual_seed(3)
+    cleaned = flow.sample(4)
+    torch.testing.assert_close(cleaned, flow.denoise(raw), rtol=0, atol=1e-12)
+    assert not torch.allclose(cleaned, raw)
+    plain = _noisy_vector_flow(0.0).eval()
+    torch.manual_seed(3)
+    a = plain.sample(4)
+    torch.manual_seed(3)
+    torch.testing.assert_close(a, plain.sample(4, denoise=False), rtol=0, atol=0)
