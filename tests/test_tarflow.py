@@ -213,3 +213,46 @@ def test_sample_denoises_by_default_when_trained_with_noise():
     a = plain.sample(4)
     torch.manual_seed(3)
     torch.testing.assert_close(a, plain.sample(4, denoise=False), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("segments", [1, 3])
+@pytest.mark.parametrize("flip", [False, True])
+def test_jacobi_inverse_equals_kv_cache_inverse(flip, segments):
+    block = _block(flip=flip, context=3)  # 16 patches, randomised: far from the identity
+    z, c = torch.randn(5, 1, 8, 8), torch.randn(5, 3)
+    with torch.no_grad():
+        x_kv, l_kv = block.inverse(z, c)
+        x_j, l_j, iterations = block.jacobi(z, c, segments=segments)
+    assert iterations <= 16
+    torch.testing.assert_close(x_j, x_kv, rtol=0, atol=1e-4)
+    torch.testing.assert_close(l_j, l_kv, rtol=0, atol=1e-4)
+
+
+def test_jacobi_stops_early_near_the_identity():
+    block = TarFlowBlock(shape=(1, 8, 8), patch=2, channels=16, layers=2, heads=2)
+    randomize_(block, 0.3)
+    with torch.no_grad():
+        block.head.weight.mul_(1e-3)  # mu, s tiny: x = z + O(1e-3), each iteration shrinks the update ~1e-3
+        block.head.bias.zero_()
+    z = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        x, _, iterations = block.jacobi(z)
+        x_kv, _ = block.inverse(z)
+        _, _, capped = block.jacobi(z, tol=0.0, max_iter=2)
+    assert iterations <= 4 < block.tokens and capped == 2
+    torch.testing.assert_close(x, x_kv, rtol=0, atol=1e-5)
+
+
+def test_flow_jacobi_samples_equal_kv_samples():
+    flow = randomize_(flows["TarFlow"]((1, 8, 8), patch=2, channels=16, depth=2, layers_per_block=1, heads=2,
+                                       logit=False), 0.2).eval()
+    torch.manual_seed(4)
+    kv = flow.sample(3)
+    torch.manual_seed(4)
+    jac = flow.sample(3, sampler="jacobi")
+    torch.manual_seed(4)
+    gs = flow.sample(3, sampler="jacobi", segments=4)
+    torch.testing.assert_close(jac, kv, rtol=0, atol=1e-4)
+    torch.testing.assert_close(gs, kv, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="sampler"):
+        flow.sample(3, sampler="newton")

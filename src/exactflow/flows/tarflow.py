@@ -123,20 +123,30 @@ class TarFlowModel(Flow):
             return self._back(pre, y, context)[0]
 
     @torch.no_grad()
-    def sample(self, n: int, context: Tensor | None = None, denoise: bool | None = None) -> Tensor:
+    def sample(self, n: int, context: Tensor | None = None, denoise: bool | None = None, sampler: str = "kv",
+               tol: float | None = None, max_iter: int | None = None, segments: int = 1) -> Tensor:
         """``n`` samples (shapes as in `Flow.sample`), denoised by default when the flow has ``noise > 0``.
 
         Args:
             n: Number of samples (for each context row).
             context: Context vector ``(c,)`` or rows ``(b, c)``, or None.
             denoise: Apply the score step `denoise` after the blocks' inverse; ``None``: when ``noise > 0``.
+            sampler: How each block is inverted: ``"kv"``, patch by patch with a key/value cache, or
+                ``"jacobi"``, by parallel fixed-point iteration (`TarFlowBlock.jacobi`; ``tol``, ``max_iter`` and
+                ``segments`` are its settings, the defaults give the ``"kv"`` samples up to rounding).
+            tol: Jacobi's stopping tolerance (``None``: 1e-5 in float32).
+            max_iter: Jacobi's most iterations per block (``None``: the number of patches, exact).
+            segments: Gauss-Seidel runs per block (1: plain Jacobi).
 
         Returns:
             Samples ``(n, *event)``, or ``(n, b, *event)`` for context rows ``(b, c)``.
         """
         total, ctx, lead = self._expand(n, context)
         pre, blocks = self._parts()
-        y, _ = self._back(blocks, self.base.rsample(total, ctx), ctx)
+        solver = {"sampler": sampler, "tol": tol, "max_iter": max_iter, "segments": segments} if sampler != "kv" else {}
+        if sampler not in ("kv", "jacobi"):
+            raise ValueError(f"sampler must be 'kv' or 'jacobi', got {sampler!r}")
+        y, _ = self._back(blocks, self.base.rsample(total, ctx), ctx, **solver)
         if (self.noise > 0) if denoise is None else denoise:
             y = self._score_step(y, ctx, self.noise)
         x, _ = self._back(pre, y, ctx)
