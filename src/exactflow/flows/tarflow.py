@@ -17,10 +17,17 @@ validation of `exactflow.fit` set) ``log_prob`` is the clean density, without no
 
 with the score from autograd of the log-density (`TarFlowModel.denoise`; `denoise` for any flow, in its data
 space). ``flow.sample`` applies it by default to a flow built with ``noise > 0`` (``denoise=False`` to skip).
+
+Class-conditional sampling with classifier-free guidance. ``TarFlow(..., classes=K)`` takes the class index as
+its one context column (train on ``(x, labels[:, None])`` pairs); in training mode each label is replaced by the
+null label ``K`` with probability ``label_dropout``, so the same network also learns the unconditional density.
+``flow.sample(n, label=y, guidance=w)`` then extrapolates the conditional and unconditional predictions of every
+patch, ``(1 + w) cond - w uncond`` for both ``mu`` and ``s`` (``w = 0``: the plain conditional sample).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -49,13 +56,33 @@ class TarFlowModel(Flow):
         base: The base distribution ``p_z``.
         context: Number of context features (0: unconditional).
         noise: Standard deviation ``sigma`` of the training noise (0: none).
+        classes: Number ``K`` of classes of a class-conditional flow (0: none); its context is then one column, the
+            class index ``0 .. K-1`` (``K``: no class, the unconditional density).
+        label_dropout: Probability that a label is replaced by the null label ``K`` in training mode.
     """
 
-    def __init__(self, transform: Bijection, base: torch.nn.Module, context: int = 0, noise: float = 0.0) -> None:
+    def __init__(self, transform: Bijection, base: torch.nn.Module, context: int = 0, noise: float = 0.0,
+                 classes: int = 0, label_dropout: float = 0.0) -> None:
         super().__init__(transform, base, context)
         if not noise >= 0:
             raise ValueError(f"noise must be >= 0, got {noise}")
-        self.noise = float(noise)
+        if not 0 <= label_dropout <= 1:
+            raise ValueError(f"label_dropout must be in [0, 1], got {label_dropout}")
+        if classes and context != 1:
+            raise ValueError(f"a class-conditional flow takes the label as its one context column, got {context=}")
+        self.noise, self.classes, self.label_dropout = float(noise), int(classes), float(label_dropout)
+
+    def _check_labels(self, context: Tensor | None) -> None:
+        if self.classes and self.validate and context is not None:
+            labels = context[..., 0]
+            if not bool(((labels == labels.round()) & (labels >= 0) & (labels <= self.classes)).all()):
+                raise ValueError(f"labels must be integers in 0 .. {self.classes - 1} (or {self.classes} for no "
+                                 f"class), got {labels.flatten()[:8].tolist()}")
+
+    def _check(self, x: Tensor, context: Tensor | None, what: str = "x") -> Tensor | None:
+        context = super()._check(x, context, what)
+        self._check_labels(context)
+        return context
 
     def _parts(self) -> tuple[list[Bijection], list[Bijection]]:
         """(preprocessing ``P``, blocks ``B``): the transform's layers before and from the first TarFlow block."""
@@ -81,6 +108,9 @@ class TarFlowModel(Flow):
         return z, total_ladj(ladjs, z)
 
     def _log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
+        if self.training and self.classes and self.label_dropout > 0:
+            drop = torch.rand(context.shape[0], 1, device=context.device) < self.label_dropout
+            context = torch.where(drop, torch.full_like(context, self.classes), context)
         if not (self.training and self.noise > 0):
             return super()._log_prob(x, context)
         pre, blocks = self._parts()
@@ -124,12 +154,14 @@ class TarFlowModel(Flow):
 
     @torch.no_grad()
     def sample(self, n: int, context: Tensor | None = None, denoise: bool | None = None, sampler: str = "kv",
-               tol: float | None = None, max_iter: int | None = None, segments: int = 1) -> Tensor:
+               tol: float | None = None, max_iter: int | None = None, segments: int = 1,
+               label: int | Sequence[int] | Tensor | None = None, guidance: float = 0.0) -> Tensor:
         """``n`` samples (shapes as in `Flow.sample`), denoised by default when the flow has ``noise > 0``.
 
         Args:
             n: Number of samples (for each context row).
-            context: Context vector ``(c,)`` or rows ``(b, c)``, or None.
+            context: Context vector ``(c,)`` or rows ``(b, c)``, or None (for a class-conditional flow, give the
+                labels this way or by ``label``).
             denoise: Apply the score step `denoise` after the blocks' inverse; ``None``: when ``noise > 0``.
             sampler: How each block is inverted: ``"kv"``, patch by patch with a key/value cache, or
                 ``"jacobi"``, by parallel fixed-point iteration (`TarFlowBlock.jacobi`; ``tol``, ``max_iter`` and
@@ -137,13 +169,31 @@ class TarFlowModel(Flow):
             tol: Jacobi's stopping tolerance (``None``: 1e-5 in float32).
             max_iter: Jacobi's most iterations per block (``None``: the number of patches, exact).
             segments: Gauss-Seidel runs per block (1: plain Jacobi).
+            label: Class-conditional flows: one class index (samples ``(n, *event)``) or ``b`` of them (samples
+                ``(n, b, *event)``), the same as ``context`` of shape ``(1,)`` or ``(b, 1)``.
+            guidance: Classifier-free guidance weight ``w``: every block extrapolates its conditional and
+                unconditional (null label) predictions, ``(1 + w) cond - w uncond`` (0: conditional sampling).
+                Denoising uses the conditional density.
 
         Returns:
             Samples ``(n, *event)``, or ``(n, b, *event)`` for context rows ``(b, c)``.
         """
+        if label is not None:
+            if not self.classes:
+                raise ValueError("label= is for class-conditional flows (built with classes=K)")
+            if context is not None:
+                raise ValueError("give the labels by label= or by context=, not both")
+            ref = self._ref()
+            context = torch.as_tensor(label, dtype=ref.dtype, device=ref.device)
+            context = context.reshape(1) if context.dim() == 0 else context.reshape(-1, 1)
+        if guidance and not self.classes:
+            raise ValueError("guidance is for class-conditional flows (built with classes=K)")
         total, ctx, lead = self._expand(n, context)
+        self._check_labels(ctx)
         pre, blocks = self._parts()
         solver = {"sampler": sampler, "tol": tol, "max_iter": max_iter, "segments": segments} if sampler != "kv" else {}
+        if guidance:
+            solver["guidance"] = guidance
         if sampler not in ("kv", "jacobi"):
             raise ValueError(f"sampler must be 'kv' or 'jacobi', got {sampler!r}")
         y, _ = self._back(blocks, self.base.rsample(total, ctx), ctx, **solver)
@@ -162,7 +212,7 @@ class TarFlowModel(Flow):
 def TarFlow(shape: tuple[int, int, int] | None = None, patch: int = 2, channels: int = 64, depth: int = 4,
             layers_per_block: int = 2, heads: int = 4, context: int = 0, features: int | None = None,
             logit: bool | None = None, alpha: float = 0.05, scale_bound: float | None = 3.0,
-            noise: float = 0.0) -> TarFlowModel:
+            noise: float = 0.0, classes: int = 0, label_dropout: float = 0.1) -> TarFlowModel:
     """TarFlow (Zhai et al. 2025): causal-transformer autoregressive blocks over patches, on N(0, I).
 
     ``depth`` `TarFlowBlock` s (transformer width ``channels``,
@@ -188,6 +238,10 @@ def TarFlow(shape: tuple[int, int, int] | None = None, patch: int = 2, channels:
         noise: Standard deviation of the Gaussian noise added in training mode to the inputs of the first block
             (after the logit), and removed after sampling by a score step (see the module doc); 0: none.
             The paper uses 0.05 on pixels in [-1, 1] (``logit=False``).
+        classes: Number ``K`` of classes for a class-conditional flow with classifier-free guidance (0: none): the
+            context is then one column, the class index (``context`` must stay 0); every block adds a learned
+            embedding of it to the transformer's input.
+        label_dropout: With ``classes``: probability that a training label is replaced by the null label ``K``.
 
     Returns:
         The flow, a `TarFlowModel` on N(0, I) of the data's shape; ``flow.spec`` records the call.
@@ -210,17 +264,30 @@ def TarFlow(shape: tuple[int, int, int] | None = None, patch: int = 2, channels:
         (0.05, False)
         >>> torch.equal(noisy.eval().log_prob(x), noisy.log_prob(x)), noisy.sample(3).shape
         (True, torch.Size([3, 4]))
+
+        Class-conditional, sampled with classifier-free guidance:
+
+        >>> cond = TarFlow((1, 4, 4), patch=2, channels=8, depth=2, layers_per_block=1, heads=2, classes=10)
+        >>> labels = torch.tensor([[3.0], [7.0], [10.0]])  # 10: no class (the unconditional density)
+        >>> cond.log_prob(y, labels).shape, cond.sample(2, label=3, guidance=2.0).shape
+        (torch.Size([3]), torch.Size([2, 1, 4, 4]))
     """
     if (shape is None) == (features is None):
         raise ValueError("give exactly one of shape=(C, H, W) for images or features=D for vectors")
     event = (features,) if features is not None else tuple(shape)
     if logit is None:
         logit = len(event) == 3
+    if classes and context:
+        raise ValueError(f"classes={classes} makes the class index the one context column: leave context=0, got "
+                         f"context={context}")
+    width = 1 if classes else context
     layers = [Logit(alpha)] if logit else []
-    layers += [TarFlowBlock(event if features is None else None, features, context, patch=patch, channels=channels,
-                            layers=layers_per_block, heads=heads, flip=i % 2 == 1, scale_bound=scale_bound)
+    layers += [TarFlowBlock(event if features is None else None, features, width, patch=patch, channels=channels,
+                            layers=layers_per_block, heads=heads, flip=i % 2 == 1, scale_bound=scale_bound,
+                            classes=classes)
                for i in range(depth)]
-    return TarFlowModel(Compose(*layers), StandardNormal(event), context=context, noise=noise)
+    return TarFlowModel(Compose(*layers), StandardNormal(event), context=width, noise=noise, classes=classes,
+                        label_dropout=label_dropout)
 
 
 @FLOWS.register("TarFlow1d", renamed={"blocks": "depth"},
