@@ -49,7 +49,9 @@ class TarFlowModel(Flow):
     (the layers before the first `TarFlowBlock`), ``B`` the blocks. In training mode, with ``noise = sigma > 0``,
     the blocks score ``P(x) + sigma * eps`` instead of ``P(x)`` (``eps ~ N(0, I)`` drawn anew at every call);
     in evaluation mode ``log_prob`` is the clean density. Sampling draws ``y = B^{-1}(z)`` and, when the flow was
-    trained with noise, denoises it before ``x = P^{-1}(y)``.
+    trained with noise, denoises it before ``x = P^{-1}(y)``. Only `sample` applies the recipe (denoising, the
+    Jacobi sampler, guidance); ``rsample``, ``sample_and_log_prob`` and ``from_latent`` are the plain map
+    ``T^{-1}`` of `Flow`, whose log-densities they report.
 
     Args:
         transform: The bijection ``T`` (data -> latent), a `Compose` whose blocks are `TarFlowBlock` s.
