@@ -23,6 +23,7 @@ examples:
   exactflow sample runs/cond -n 100 --context 1.5,0.2 -o s.csv  # a conditional flow, one context row
   exactflow sample runs/cond -n 100 --context ctx.csv -o s.npy  # n samples per row of the file, row by row
   exactflow sample runs/glow -n 64 --temperature 0.7 -o s.png   # image flows: scaled base noise
+  exactflow sample runs/tarflow -n 64 --label 3 --guidance 2 -o s.png  # class-conditional TarFlow, guided
 """
 
 FORMATS = (".npy", ".csv", ".png")
@@ -39,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--context", help="context of a conditional flow: comma-separated values (one row) or a "
                    ".csv/.npy file of rows; -n samples are drawn per row, grouped row by row")
     p.add_argument("--temperature", type=float, help="image flows: scale the base noise by this factor (e.g. 0.7)")
+    p.add_argument("--label", type=int, help="class-conditional TarFlow (classes=K): the class index to draw")
+    p.add_argument("--guidance", type=float, help="with --label: classifier-free guidance weight w (0: none)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
     p.set_defaults(run=main)
 
@@ -52,8 +55,12 @@ def main(args: argparse.Namespace) -> int:
     if args.num < 1:
         raise ValueError(f"-n must be positive, got {args.num}")
     flow, _, _ = load_run(args.model, args.device)
-    context = _context(args.context, flow)
     extra = {}
+    if args.label is not None or args.guidance is not None:
+        if "label" not in inspect.signature(flow.sample).parameters or args.label is None or args.context:
+            raise ValueError("--label (with --guidance, optional) is for class-conditional TarFlow, without --context")
+        extra.update(label=args.label, guidance=args.guidance or 0.0)
+    context = None if args.label is not None else _context(args.context, flow)
     if args.temperature is not None:
         if "temperature" not in inspect.signature(flow.sample).parameters:
             raise ValueError(f"--temperature is for image flows (Glow, RealNVPImage); this is a {flow.spec['flow']}")
