@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -35,7 +36,7 @@ from ..core import Bijection
 from ..nets import MLP, join_context
 from ..registry import TRANSFORMS
 
-__all__ = ["VelocityNet", "CNF", "flow_matching_loss"]
+__all__ = ["COUPLINGS", "CNF", "VelocityNet", "flow_matching_loss", "ot_pairing"]
 
 
 class VelocityNet(nn.Module):
@@ -180,13 +181,96 @@ class CNF(Bijection):
         return self.integrate(z, 0.0, 1.0, context)
 
 
-def flow_matching_loss(cnf: CNF | nn.Module, x: Tensor, context: Tensor | None = None) -> Tensor:
-    """Conditional flow matching (Lipman et al. 2023) on the straight (rectified / OT) path:
-    ``x_t = (1 - t) x_0 + t x_1`` with ``x_0 ~ N(0, I)``, ``x_1 = x`` (data), ``t ~ U(0, 1)``; the loss is
-    ``E || v(x_t, t, context) - (x_1 - x_0) ||^2`` (summed over features, averaged over the batch).
+COUPLINGS = ("independent", "ot")
 
-    ``cnf`` is a `CNF` or a `Flow` whose transform is one (its base must be N(0, I)).
+
+def ot_pairing(x0: Tensor, x1: Tensor) -> Tensor:
+    """Reorder the noise ``x0`` so that row ``i`` is paired with data row ``x1[i]`` by an exact optimal transport
+    plan between the two empirical measures (minibatch OT; Tong et al. 2023, Pooladian et al. 2023).
+
+    With uniform weights ``1/B`` on both sides and costs ``C_ij = ||x0_i - x1_j||^2``, the exact plan (POT's
+    ``ot.emd``, a network-simplex solve) is a vertex of the Birkhoff polytope, i.e. ``P = Pi / B`` for a
+    permutation ``Pi``; the returned ``x0[sigma]`` with ``sigma(j) = argmax_i P_ij`` minimises
+    ``sum_j ||x0_sigma(j) - x1_j||^2`` over all pairings. Rows of ``x1`` (and any context that goes with them)
+    keep their order; only the noise moves. The permutation carries no gradient (the noise has none).
+
+    Args:
+        x0: Noise, shape ``(B, D)``.
+        x1: Data, shape ``(B, D)``.
+
+    Returns:
+        ``x0`` permuted, shape ``(B, D)``.
+
+    References:
+        A. Tong, N. Malkin, G. Huguet, Y. Zhang, J. Rector-Brooks, K. Fatras, G. Wolf, Y. Bengio. Improving and
+        generalizing flow-based generative models with minibatch optimal transport (2023);
+        A.-A. Pooladian, H. Ben-Hamu, C. Domingo-Enrich, B. Amos, Y. Lipman, R. T. Q. Chen. Multisample flow
+        matching: straightening flows with minibatch couplings (2023).
+        https://arxiv.org/abs/2302.00482, https://arxiv.org/abs/2304.14772
+
+    Examples:
+        >>> x1 = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+        >>> ot_pairing(torch.tensor([[9.0, 0.0], [1.0, 0.0]]), x1)
+        tensor([[1., 0.],
+                [9., 0.]])
     """
+    import ot  # POT, a dependency of the ``fm`` extra; imported here so that the rest of exactflow needs no POT
+
+    if x0.shape != x1.shape or x0.dim() != 2:
+        raise ValueError(f"ot_pairing needs x0 and x1 of the same shape (B, D), got {tuple(x0.shape)} and "
+                         f"{tuple(x1.shape)}")
+    n = x0.shape[0]
+    if n < 2:
+        return x0
+    cost = torch.cdist(x0.detach().double(), x1.detach().double()).square().cpu().numpy()
+    weights = np.full(n, 1.0 / n)
+    plan = ot.emd(weights, weights, cost)
+    sigma = torch.from_numpy(np.asarray(plan).argmax(0)).to(x0.device)  # column j: the noise row paired with x1_j
+    return x0[sigma]
+
+
+def flow_matching_loss(cnf: CNF | nn.Module, x: Tensor, context: Tensor | None = None,
+                       coupling: str = "independent") -> Tensor:
+    """Conditional flow matching on the straight path between paired noise and data.
+
+    With ``x_1 = x`` (data), ``x_0 ~ N(0, I)`` paired to it by ``coupling``, ``t ~ U(0, 1)`` and
+    ``x_t = (1 - t) x_0 + t x_1``, the loss is
+
+    .. math::
+
+        L(v) = E || v(x_t, t, c) - (x_1 - x_0) ||^2
+
+    (summed over features, averaged over the batch). ``coupling="independent"`` draws ``x_0`` independently of
+    ``x_1`` (Lipman et al. 2023; Liu et al. 2023); ``coupling="ot"`` reorders the batch's noise by an exact
+    minibatch optimal transport plan on squared Euclidean costs (`ot_pairing`; Tong et al. 2023), which keeps
+    the marginals (each ``x_0`` is still N(0, I), each ``x_1`` still data) but shortens and straightens the
+    paths, so the learned ODE needs fewer solver steps. With a context, only the noise is reordered: each data
+    row keeps its own context (the pairing ignores the context; conditional OT within one context value would
+    need a context-aware cost).
+
+    Args:
+        cnf: A `CNF`, or a `Flow` whose transform is one (its base must be N(0, I)).
+        x: Data, shape ``(B, D)``.
+        context: Context rows, shape ``(B, C)``, or None.
+        coupling: ``"independent"`` or ``"ot"`` (needs POT, the ``fm`` extra).
+
+    Returns:
+        The scalar loss.
+
+    References:
+        Y. Lipman, R. T. Q. Chen, H. Ben-Hamu, M. Nickel, M. Le. Flow Matching for Generative Modeling (2023);
+        X. Liu, C. Gong, Q. Liu. Flow straight and fast: learning to generate and transfer data with rectified
+        flow (2023); A. Tong et al. Improving and generalizing flow-based generative models with minibatch
+        optimal transport (2023).
+        https://arxiv.org/abs/2210.02747, https://arxiv.org/abs/2209.03003, https://arxiv.org/abs/2302.00482
+
+    Examples:
+        >>> cnf = CNF(2, hidden=(8,), steps=4)
+        >>> flow_matching_loss(cnf, torch.randn(16, 2), coupling="ot").shape
+        torch.Size([])
+    """
+    if coupling not in COUPLINGS:
+        raise ValueError(f"coupling must be one of {', '.join(COUPLINGS)}, got {coupling!r}")
     if not isinstance(cnf, CNF):
         cnf = getattr(cnf, "transform", None)
         if not isinstance(cnf, CNF):
@@ -194,6 +278,8 @@ def flow_matching_loss(cnf: CNF | nn.Module, x: Tensor, context: Tensor | None =
     if x.dim() != 2 or x.shape[1] != cnf.features:
         raise ValueError(f"expected data of shape (batch, {cnf.features}), got {tuple(x.shape)}")
     x0 = torch.randn_like(x)
+    if coupling == "ot":
+        x0 = ot_pairing(x0, x)
     t = torch.rand(x.shape[0], 1, dtype=x.dtype, device=x.device)
     xt = (1 - t) * x0 + t * x
     return (cnf.velocity(xt, t, context) - (x - x0)).square().sum(-1).mean()
