@@ -6,7 +6,7 @@ import torch
 from exactflow import fit
 from exactflow.flows import registry as flows
 from exactflow.objectives import FlowMatching
-from exactflow.transforms.continuous import CNF, flow_matching_loss, ot_pairing
+from exactflow.transforms.continuous import CNF, flow_matching_loss, ot_pairing, reflow, straightness
 
 
 def _moons(n, seed=0):
@@ -126,3 +126,26 @@ def test_unknown_solver_is_refused():
         CNF(2, solver="euler")
     with pytest.raises(ValueError, match="rtol"):
         CNF(2, solver="dopri5", rtol=0.0)
+
+
+def test_reflow_straightens_the_paths():
+    torch.manual_seed(0)
+    flow = flows["CNF"](features=2, hidden=(32, 32), steps=8)
+    fit(flow, objective=FlowMatching(_moons(1024)), steps=300, batch_size=256, lr=3e-3, eval_every=300,
+        progress=False)
+    z = torch.randn(256, 2, generator=torch.Generator().manual_seed(5))
+    before = straightness(flow, z, steps=16)
+    history = reflow(flow, 1024, steps=300, batch_size=256, lr=1e-3, progress=False)
+    after = straightness(flow, z, steps=16)
+    assert history.status != "diverged"
+    assert after < 0.5 * before, (float(before), float(after))
+
+
+def test_reflow_with_context_keeps_each_pair_under_its_row():
+    torch.manual_seed(0)
+    flow = flows["CNF"](features=2, context=1, hidden=(8,), steps=4)
+    c = torch.randint(0, 2, (64, 1)).float()
+    history = reflow(flow, 64, context=c, steps=3, batch_size=16, progress=False)
+    assert len(history.train) > 0
+    with pytest.raises(ValueError, match="rows"):
+        reflow(flow, 32, context=c, steps=1)
