@@ -212,7 +212,8 @@ class FlowMatching(DataObjective):
     the validation score is the same loss on the validation rows with fixed noise (not an NLL).
 
     ``coupling``: ``"independent"`` (default) or ``"ot"`` (noise and data paired within each batch by an exact
-    optimal transport plan; needs POT). ``fit(flow, objective=FlowMatching(data, coupling="ot"))``.
+    optimal transport plan; needs POT). ``fit(flow, objective=FlowMatching(data, coupling="ot"))``. With several
+    processes each one pairs within its own share of the batch, so "ot" runs differ from one process's run.
     """
 
     name = "flow-matching"
