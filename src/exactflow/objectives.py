@@ -209,14 +209,24 @@ class MaximumLikelihood(DataObjective):
 
 class FlowMatching(DataObjective):
     """Conditional flow matching for a CNF flow (see `flow_matching_loss`);
-    the validation score is the same loss on the validation rows with fixed noise (not an NLL)."""
+    the validation score is the same loss on the validation rows with fixed noise (not an NLL).
+
+    ``coupling``: ``"independent"`` (default) or ``"ot"`` (noise and data paired within each batch by an exact
+    optimal transport plan; needs POT). ``fit(flow, objective=FlowMatching(data, coupling="ot"))``. With several
+    processes each one pairs within its own share of the batch, so "ot" runs differ from one process's run.
+    """
 
     name = "flow-matching"
     label = "FM loss"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, coupling: str = "independent", **kwargs: Any) -> None:
+        from .transforms.continuous import COUPLINGS
+
+        if coupling not in COUPLINGS:
+            raise ValueError(f"coupling must be one of {', '.join(COUPLINGS)}, got {coupling!r}")
         super().__init__(*args, **kwargs)
         self.unit = "FM loss"
+        self.coupling = coupling
 
     def check(self, model: nn.Module) -> None:
         from .transforms.continuous import CNF
@@ -232,7 +242,7 @@ class FlowMatching(DataObjective):
         from .transforms.continuous import flow_matching_loss
 
         x, c = self._moved(model, batch)
-        return flow_matching_loss(model, x, c)
+        return flow_matching_loss(model, x, c, coupling=self.coupling)
 
     def report(self, value: float) -> float:
         return float(value)

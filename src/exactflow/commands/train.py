@@ -80,6 +80,9 @@ def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, b
     p.add_argument("--objective", choices=OBJECTIVES[:2], default="likelihood",
                    help="likelihood (default) or flow-matching (a CNF); the reverse KL is `exactflow vi`, the ELBO "
                    "`exactflow vae`")
+    p.add_argument("--coupling", choices=("independent", "ot"), default="independent",
+                   help="flow matching: pair noise and data independently (default) or by minibatch optimal "
+                   "transport (ot; needs POT)")
     p.add_argument("--context-cols", help="columns of a .csv/.npy file that are the context of a conditional flow: "
                    "indices or header names, comma-separated (e.g. 0,3 or age,height)")
     p.add_argument("--steps", type=int, default=steps,
@@ -230,8 +233,15 @@ def train(args: argparse.Namespace) -> dict:
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="training diverged", category=RuntimeWarning)
-            history = fit(flow, ds, objective=args.objective, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                          schedule=args.schedule, warmup=args.warmup, clip_grad=args.clip_grad or None,
+            objective, train_data = args.objective, ds
+            if objective == "flow-matching" and getattr(args, "coupling", "independent") != "independent":
+                from ..objectives import FlowMatching
+
+                objective, train_data = FlowMatching(ds, levels=levels, seed=args.seed, coupling=args.coupling), None
+            elif getattr(args, "coupling", "independent") != "independent":
+                raise ValueError("--coupling applies to --objective flow-matching")
+            history = fit(flow, train_data, objective=objective, steps=args.steps, batch_size=args.batch_size,
+                          lr=args.lr, schedule=args.schedule, warmup=args.warmup, clip_grad=args.clip_grad or None,
                           weight_decay=args.weight_decay, ema=args.ema, compile=args.compile, patience=args.patience,
                           eval_every=args.eval_every, levels=levels, seed=args.seed,
                           checkpoint=ckpt_path, resume=args.resume, info=info, progress=show, callback=report)
