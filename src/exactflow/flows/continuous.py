@@ -14,7 +14,8 @@ __all__ = ["CNF"]
 
 @FLOWS.register("CNF", tolerance=1e-4, test_kwargs={"hidden": (8,), "steps": 16})
 def CNF(features: int, context: int = 0, hidden: Sequence[int] = (64, 64), steps: int = 32,
-        trace: str = "exact", activation: str = "silu") -> Flow:
+        trace: str = "exact", activation: str = "silu", solver: str = "rk4", rtol: float = 1e-5,
+        atol: float = 1e-5) -> Flow:
     """Continuous normalizing flow (Chen et al. 2018) on N(0, I), trained by flow matching or likelihood.
 
     ``dx/dt = v(x, t, context)`` with noise at t = 0 and data at t = 1, RK4 with ``steps`` steps; train with
@@ -29,6 +30,10 @@ def CNF(features: int, context: int = 0, hidden: Sequence[int] = (64, 64), steps
         steps: Number of fixed RK4 steps over ``[0, 1]``.
         trace: ``"exact"`` divergence, or ``"hutchinson"`` (an unbiased estimate, so ``log_prob`` is one too).
         activation: Activation of the velocity MLP (smooth ones suit RK4).
+        solver: ``"rk4"`` (fixed steps) or ``"dopri5"`` (adaptive, torchdiffeq; ``flow.transform.nfe`` counts
+            the velocity evaluations of the last solve).
+        rtol: Relative tolerance of the adaptive solver.
+        atol: Absolute tolerance of the adaptive solver.
 
     Returns:
         The flow, a `Flow` on N(0, I); ``flow.spec`` records the call.
@@ -49,5 +54,6 @@ def CNF(features: int, context: int = 0, hidden: Sequence[int] = (64, 64), steps
         (torch.Size([6]), torch.Size([3, 2]))
     """
     check_sizes(features, context, hidden, steps=steps)
-    cnf = CNFTransform(features, context, hidden=hidden, steps=steps, trace=trace, activation=activation)
+    cnf = CNFTransform(features, context, hidden=hidden, steps=steps, trace=trace, activation=activation,
+                       solver=solver, rtol=rtol, atol=atol)
     return Flow(cnf, StandardNormal(features), context=context)
