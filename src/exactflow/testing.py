@@ -118,7 +118,8 @@ def check_bijection(
 
     Example:
         >>> from exactflow.transforms import registry
-        >>> layer = randomize_(registry["MaskedAffineAutoregressive"](features=3, hidden=(8, 8)))
+        >>> entry = registry["MaskedAffineAutoregressive"]
+        >>> layer = randomize_(entry(features=3, hidden=(8, 8)))
         >>> check_bijection(layer, torch.randn(8, 3, dtype=torch.float64))
     """
     name = name or type(b).__name__

@@ -277,7 +277,9 @@ class TarFlowBlock(Bijection):
                 whole prefix at every step, for checking).
             sampler: ``"kv"``: patch by patch, ``T`` sequential steps; ``"jacobi"``: fixed-point iteration over
                 all patches at once (see `jacobi`).
-            tol, max_iter, segments: Passed to `jacobi`.
+            tol: With ``sampler="jacobi"``: passed to `jacobi`.
+            max_iter: With ``sampler="jacobi"``: passed to `jacobi`.
+            segments: With ``sampler="jacobi"``: passed to `jacobi`.
             guidance: Guidance weight ``w`` (0: none; needs ``classes > 0``).
 
         Returns:
