@@ -78,3 +78,18 @@ def test_the_page_renders_in_headless_chromium_at_two_layers_without_console_err
     assert 'class="main-svg"' in dom or "main-svg" in dom
     errors = re.search(r'<pre id="explorer-errors">(.*?)</pre>', dom, re.S)
     assert errors is None, f"errors on the page: {errors.group(1)}"
+
+
+def test_the_explore_command_writes_the_page_of_a_run_and_parses_serve(tmp_path, capsys):
+    from exactflow.cli import build_parser, main
+
+    small = ["--steps", "5", "--hidden", "8", "--depth", "2", "--batch-size", "64", "--quiet", "--threads", "1"]
+    assert main(["demo", *small, "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert f"explorer    {tmp_path / 'demo' / 'explorer.html'}" in out
+    assert (tmp_path / "demo" / "explorer.html").is_file()
+    assert main(["explore", str(tmp_path / "demo"), "-o", str(tmp_path / "e.html")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "e.html")
+    assert (tmp_path / "e.html").stat().st_size < SIZE_LIMIT
+    args = build_parser().parse_args(["explore", "runs/x", "--serve", "--port", "0"])
+    assert args.serve and args.port == 0 and args.output is None
