@@ -33,17 +33,15 @@ def test_the_page_is_one_self_contained_file_under_the_size_limit(page):
     assert '"frames"' in html or "addFrames" in html
 
 
-def test_tabular_flows_get_pairwise_marginals_and_other_shapes_a_clear_error(tmp_path):
+def test_tabular_flows_get_pairwise_marginals_and_bad_shapes_a_clear_error(tmp_path):
     flow = exactflow.build("MAF", features=5, depth=1, hidden=(8,))
     page = exactflow.explore(flow, torch.randn(200, 5), tmp_path / "t.html", n=100)
     assert "splom" in page.read_text()
     with pytest.raises(ValueError, match=r"data must have shape \(n, 5\)"):
         exactflow.explore(flow, torch.randn(200, 3), tmp_path / "bad.html")
-    image = exactflow.build("RealNVPImage", shape=(1, 4, 4), depth=1, hidden=4) \
-        if "RealNVPImage" in exactflow.flows.registry else None
-    if image is not None:
-        with pytest.raises(ValueError, match="event shape"):
-            exactflow.explore(image, torch.rand(10, 1, 4, 4), tmp_path / "img.html")
+    with pytest.raises(ValueError, match="got event shape"):
+        exactflow.explore(exactflow.build("MAF", features=1, depth=1, hidden=(4,)), torch.randn(10, 1),
+                          tmp_path / "one.html")
 
 
 def chromium():
@@ -93,3 +91,10 @@ def test_the_explore_command_writes_the_page_of_a_run_and_parses_serve(tmp_path,
     assert (tmp_path / "e.html").stat().st_size < SIZE_LIMIT
     args = build_parser().parse_args(["explore", "runs/x", "--serve", "--port", "0"])
     assert args.serve and args.port == 0 and args.output is None
+
+
+def test_image_flows_get_data_beside_samples(tmp_path):
+    flow = exactflow.build("RealNVPImage", shape=(1, 4, 4), levels=1, depth=1, hidden=(4,))
+    data = torch.randint(0, 4, (20, 1, 4, 4)).float()
+    page = exactflow.explore(flow, data, tmp_path / "img.html", images=4, levels=4)
+    assert '"type":"image"' in page.read_text().replace(" ", "")

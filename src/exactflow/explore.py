@@ -10,7 +10,8 @@ For a 2-D flow the page shows, with a slider and a play button over the layers:
   shows the base term log p_z(x_L));
 * the data, the learned density exp(log p(x)) and, with a history, the training curves.
 
-A tabular flow (D > 2) gets pairwise marginals of data and samples for the first few features.
+A tabular flow (D > 2) gets pairwise marginals of data and samples for the first few features, an
+image flow a grid of data images beside a grid of samples.
 Everything is computed at export; the page opens from disk. ``#layer=3`` or ``#layer=last`` in the
 address opens that layer. plotly is an optional extra (``pip install 'exactflow[plot]'``), imported lazily.
 """
@@ -132,8 +133,11 @@ def _layer_terms(flow: Flow, parts: list[nn.Module], grid: Tensor) -> tuple[Tens
 def _curves(go: Any, fig: Figure, history: History | dict | None, row: int, col: int) -> None:
     h = history if history is None or isinstance(history, dict) else history.to_dict()
     if not h or not h.get("step"):
-        fig.add_annotation(text="no training history", showarrow=False, row=row, col=col,
-                           xref="x domain", yref="y domain", x=0.5, y=0.5)
+        where = fig.get_subplot(row, col)
+        fig.add_annotation(text="no training history", showarrow=False, xref="paper", yref="paper",
+                           x=sum(where.xaxis.domain) / 2, y=sum(where.yaxis.domain) / 2)
+        fig.update_xaxes(visible=False, row=row, col=col)
+        fig.update_yaxes(visible=False, row=row, col=col)
         return
     train = torch.tensor(h["train"], dtype=torch.float64)
     window = max(1, len(train) // 50)
@@ -288,31 +292,71 @@ def _figure_tabular(flow: Flow, data: Tensor, history: History | dict | None, n:
     return fig
 
 
+def _tile(x: Tensor, nrow: int) -> np.ndarray:
+    """Images ``(n, C, H, W)`` in [0, 1] (C = 1 or 3) tiled into one RGB array ``(rows, cols, 3)`` of uint8."""
+    n, c, h, w = x.shape
+    rows = -(-n // nrow)
+    grid = torch.ones(3, rows * (h + 1) + 1, nrow * (w + 1) + 1, dtype=torch.float64)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = x[i].expand(3, h, w)
+    return (grid * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def _figure_image(flow: Flow, data: Tensor, history: History | dict | None, images: int, levels: int | None,
+                  seed: int) -> Figure:
+    go = _plotly()
+    from plotly.subplots import make_subplots
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        drawn = flow.eval().sample(images).detach().cpu().double().clamp(0, 1)
+    shown = data[:images].detach().cpu().double()
+    scale = (levels - 1) if levels else max(1.0, float(shown.max()))
+    shown = (shown / scale).clamp(0, 1)
+    nrow = max(1, int(images**0.5))
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("data", "samples", "training curves"),
+                        horizontal_spacing=0.06)
+    for col, x in ((1, shown), (2, drawn)):
+        fig.add_trace(go.Image(z=_tile(x, nrow), hoverinfo="skip"), row=1, col=col)
+        fig.update_xaxes(visible=False, row=1, col=col)
+        fig.update_yaxes(visible=False, row=1, col=col)
+    _curves(go, fig, history, 1, 3)
+    fig.update_layout(height=520, width=1350, title={"text": f"exactflow explorer: images {tuple(data.shape[1:])}",
+                                                     "x": 0.5})
+    return fig
+
+
 def explore(flow: Flow, data: Tensor, path: str | Path, history: History | dict | None = None, *, n: int = 1500,
-            resolution: int = 60, features: int = 4, seed: int = 0) -> Path:
+            resolution: int = 60, features: int = 4, images: int = 16, levels: int | None = None,
+            seed: int = 0) -> Path:
     """Write an interactive explorer of ``flow`` fitted to ``data`` to one self-contained HTML file.
 
     2-D flows get the layer slider (points and per-layer log-det terms), the data beside the learned
     density and, given ``history`` (a `History` or its ``to_dict()``), the training curves; tabular
-    flows (D > 2) get pairwise marginals of data and samples for the first ``features`` features.
+    flows (D > 2) get pairwise marginals of data and samples for the first ``features`` features;
+    image flows get ``images`` data images beside as many samples.
     ``n`` points are drawn per panel and grids are ``resolution``^2, which keeps the file near the
     size of plotly.js itself (about 5 MB). The page needs no network; ``#layer=last`` opens the last layer.
 
     Args:
-        flow: an unconditional flow on vectors.
-        data: points ``(N, D)`` with ``D`` the flow's features (e.g. the test split).
+        flow: an unconditional flow on vectors or images ``(C, H, W)`` with C = 1 or 3.
+        data: points ``(N, *event)`` of the flow's event shape (e.g. the test split).
         path: the ``.html`` file to write (folders are created).
         history: training history to plot, or None.
         n: points per scatter panel.
         resolution: grid points per side for the heat maps.
         features: tabular flows: the first ``features`` features are drawn.
+        images: image flows: how many data images and samples are shown.
+        levels: image flows: pixels of ``data`` are integers ``0..levels-1`` (None: scaled by their maximum
+            when it exceeds 1); samples are taken to lie in [0, 1].
         seed: seed of the Gaussian points and samples.
 
     Returns:
         The path written.
 
     Raises:
-        ValueError: for conditional flows, images or other event shapes, or data of the wrong shape.
+        ValueError: for conditional flows, other event shapes, or data of the wrong shape.
 
     Example:
         >>> import tempfile, exactflow
@@ -325,11 +369,15 @@ def explore(flow: Flow, data: Tensor, path: str | Path, history: History | dict 
     shape = tuple(flow.event_shape)
     if getattr(flow, "context_features", 0):
         raise ValueError("the explorer draws unconditional flows; this flow takes a context")
-    if len(shape) != 1:
-        raise ValueError(f"the explorer draws flows on vectors (2-D or tabular), got event shape {shape}")
-    if data.dim() != 2 or tuple(data.shape[1:]) != shape:
-        raise ValueError(f"data must have shape (n, {shape[0]}) for this flow, got {tuple(data.shape)}")
-    if shape == (2,):
+    if not (len(shape) == 1 or (len(shape) == 3 and shape[0] in (1, 3))):
+        raise ValueError("the explorer draws flows on vectors (2-D or tabular) or images (C, H, W) with C = 1 or 3, "
+                         f"got event shape {shape}")
+    if tuple(data.shape[1:]) != shape:
+        raise ValueError(f"data must have shape (n, {', '.join(map(str, shape))}) for this flow, "
+                         f"got {tuple(data.shape)}")
+    if len(shape) == 3:
+        fig = _figure_image(flow, data, history, images, levels, seed)
+    elif shape == (2,):
         fig = _figure_2d(flow, data, history, n, resolution, seed)
     elif shape[0] > 2:
         fig = _figure_tabular(flow, data, history, n, features, seed)

@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "run: for 2-D data a slider over the layers moving Gaussian points to the "
                                           "data, each layer's log-det term on a grid, the learned density beside the "
                                           "data and the training curves; for tabular data pairwise marginals of "
-                                          "data and samples. Needs plotly (pip install 'exactflow[plot]').",
+                                          "data and samples; for images data beside samples. "
+                                          "Needs plotly (pip install 'exactflow[plot]').",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="run folder or .safetensors checkpoint")
     p.add_argument("-o", "--output", help="the .html file to write (default: explorer.html in the run folder)")
@@ -45,7 +46,8 @@ def write(model: str | Path, output: str | Path | None = None, data: str | None 
     ds = run_data(record, data, data_args)
     if ds.context is not None:
         raise ValueError("the explorer draws unconditional flows; this run has context columns")
-    return explore(flow, ds.test, out, history=history if history and history.get("step") else None)
+    return explore(flow, ds.test, out, history=history if history and history.get("step") else None,
+                   levels=ds.levels if ds.kind == "image" else None)
 
 
 def serve(path: Path, port: int) -> None:
