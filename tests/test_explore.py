@@ -98,3 +98,9 @@ def test_image_flows_get_data_beside_samples(tmp_path):
     data = torch.randint(0, 4, (20, 1, 4, 4)).float()
     page = exactflow.explore(flow, data, tmp_path / "img.html", images=4, levels=4)
     assert '"type":"image"' in page.read_text().replace(" ", "")
+
+
+def test_a_flow_that_is_not_a_compose_gets_two_frames_base_and_samples(tmp_path):
+    flow = exactflow.build("CNF", features=2, hidden=(4,))
+    html = exactflow.explore(flow, torch.randn(100, 2), tmp_path / "cnf.html", n=50, resolution=8).read_text()
+    assert '"name":"1"' in html.replace(" ", "") and '"name":"2"' not in html.replace(" ", "")
