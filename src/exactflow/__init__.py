@@ -9,6 +9,7 @@ from .checkpoint import load, save
 from .core import Bijection, Compose, Inverse
 from .distributions import DiagNormal, Flow, StandardNormal
 from .distributions import compile_flow as compile
+from .explore import explore
 from .flows import build
 from .training import History, evaluate, fit, standardize
 from .vi import fit_reverse_kl
@@ -17,4 +18,4 @@ __version__ = "0.1.0"
 
 __all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "compile", "data", "flows",
            "objectives", "transforms", "targets", "testing", "build", "save", "load", "fit", "evaluate", "standardize",
-           "History", "fit_reverse_kl", "__version__"]
+           "History", "fit_reverse_kl", "explore", "__version__"]

@@ -9,8 +9,9 @@ from .train import add_training_options, print_summary, train
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="train a flow on two moons (about a minute) and draw it",
-                              description="Train the default flow (RealNVP) on two moons, write the checkpoint and "
-                                          "pictures to runs/demo, and print their paths and the test NLL.")
+                              description="Train the default flow (RealNVP) on two moons, write the checkpoint, "
+                                          "pictures and the interactive explorer (explorer.html) to runs/demo, and "
+                                          "print their paths and the test NLL.")
     add_training_options(p, steps=1500, batch_size=512, threads=1)
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo, replaced if present)")
     p.set_defaults(run=main)
@@ -22,4 +23,11 @@ def main(args: argparse.Namespace) -> int:
     if summary["status"] == "diverged":
         raise ValueError(summary["message"])
     print_summary(summary)
+    if args.plots:
+        from .explore import write
+
+        try:
+            print(f"  explorer    {write(summary['out'])}")
+        except ImportError as err:  # plotly is in the "plot" extra; the run itself is complete
+            print(f"  explorer    not written: {err}")
     return 0

@@ -1,0 +1,72 @@
+"""``exactflow explore``: write the interactive HTML explorer of a saved run (and optionally serve it)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._shared import load_run, run_data
+
+EPILOG = """\
+examples:
+  exactflow explore runs/moons                    # writes runs/moons/explorer.html and prints its path
+  exactflow explore runs/moons -o moons.html      # somewhere else
+  exactflow explore runs/moons --serve            # and serve it on http://127.0.0.1:8000 until Ctrl-C
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("explore", help="interactive HTML explorer of a saved run", epilog=EPILOG,
+                              description="Write one self-contained HTML page (no network needed) exploring a saved "
+                                          "run: for 2-D data a slider over the layers moving Gaussian points to the "
+                                          "data, each layer's log-det term on a grid, the learned density beside the "
+                                          "data and the training curves; for tabular data pairwise marginals of "
+                                          "data and samples; for images data beside samples. "
+                                          "Needs plotly (pip install 'exactflow[plot]').",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="run folder or .safetensors checkpoint")
+    p.add_argument("-o", "--output", help="the .html file to write (default: explorer.html in the run folder)")
+    p.add_argument("--data", help="draw this data set name or .csv/.npy file instead of the recorded one")
+    p.add_argument("--data-arg", dest="data_args", action="append", metavar="KEY=VALUE",
+                   help="loader keyword for --data")
+    p.add_argument("--serve", action="store_true", help="serve the page on 127.0.0.1 until Ctrl-C")
+    p.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000; 0: any free port)")
+    p.set_defaults(run=main)
+
+
+def write(model: str | Path, output: str | Path | None = None, data: str | None = None,
+          data_args: list[str] | None = None) -> Path:
+    """Write the explorer of the run at ``model`` to ``output`` (default: ``explorer.html`` in the run folder)."""
+    from .. import checkpoint
+    from ..explore import explore
+
+    flow, header, record = load_run(model)
+    out = Path(output) if output else checkpoint.resolve(model).parent / "explorer.html"
+    history = header["info"].get("history") or header["info"].get("training_state", {}).get("history")
+    ds = run_data(record, data, data_args)
+    if ds.context is not None:
+        raise ValueError("the explorer draws unconditional flows; this run has context columns")
+    return explore(flow, ds.test, out, history=history if history and history.get("step") else None,
+                   levels=ds.levels if ds.kind == "image" else None)
+
+
+def serve(path: Path, port: int) -> None:
+    """Serve ``path``'s folder on 127.0.0.1 until Ctrl-C."""
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(path.parent))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
+        print(f"serving http://127.0.0.1:{server.server_address[1]}/{path.name} (Ctrl-C to stop)", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+
+
+def main(args: argparse.Namespace) -> int:
+    path = write(args.model, args.output, args.data, args.data_args)
+    print(path)
+    if args.serve:
+        serve(path.resolve(), args.port)
+    return 0
