@@ -504,15 +504,16 @@ def incremental_inverse(layer: MaskedAutoregressive, z: Tensor, context: Tensor 
     outputs = torch.split(torch.cat([b_last[out_rows].unsqueeze(1), w_last[out_rows[:, None], out_cols]], 1), params)
     order = order.to(z.device)
 
-    inputs = z.new_empty(1 + ctx + d, n)  # rows: 1, context, then the features in degree order
-    inputs[0] = 1
-    if context is not None:
-        inputs[1:1 + ctx] = context.t()
-    states = [inputs]
-    for span in spans:
-        h = z.new_empty(1 + span[-1][1], n)
+    # the states never leave this call: reused scratch buffers where large (no fresh pages on every call)
+    states = []
+    for i, rows in enumerate([1 + ctx + d, *(1 + span[-1][1] for span in spans)]):
+        h = scratch.get(rows, n, z, ("sampler", i))
+        h = z.new_empty(rows, n) if h is None else h
         h[0] = 1
         states.append(h)
+    inputs = states[0]  # rows: 1, context, then the features in degree order
+    if context is not None:
+        inputs[1:1 + ctx] = context.t()
     xs = inputs[1 + ctx:]
     zs = z.t()[order]  # (D, batch), row t: the feature of degree t + 1
     ladj = z.new_zeros(n)
