@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .core import Compose, layer_context
 from .distributions import Flow
+from .plots import _bounds
 
 if TYPE_CHECKING:  # plotly is an optional extra ("plot"), imported when a page is written
     from plotly.graph_objects import Figure
@@ -98,14 +99,6 @@ def _plotly() -> Any:
 def _f32(x: Tensor) -> np.ndarray:
     """Compact numbers for the page (plotly stores float32 arrays as base64)."""
     return x.detach().cpu().float().numpy()
-
-
-def _box(x: Tensor, pad: float = 0.1) -> tuple[float, float, float, float]:
-    lo = torch.quantile(x.double(), 0.001, dim=0)
-    hi = torch.quantile(x.double(), 0.999, dim=0)
-    span = (hi - lo).clamp_min(1e-3)
-    lo, hi = lo - pad * span, hi + pad * span
-    return float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])
 
 
 @torch.no_grad()
@@ -184,8 +177,8 @@ def _figure_2d(flow: Flow, data: Tensor, history: History | dict | None, n: int,
     names = ["Gaussian"] + [type(b).__name__ for b in reversed(parts)] if len(points) == len(parts) + 1 \
         else ["Gaussian", type(flow.transform).__name__]
     angle = torch.atan2(z[:, 1], z[:, 0]).cpu().numpy()
-    box = _box(data.cpu())
-    move = _box(torch.cat(points), pad=0.05)
+    box = _bounds(data.cpu())
+    move = _bounds(torch.cat(points), pad=0.05)
     gx = torch.linspace(box[0], box[1], resolution, dtype=torch.float64)
     gy = torch.linspace(box[2], box[3], resolution, dtype=torch.float64)
     xx, yy = torch.meshgrid(gx, gy, indexing="xy")
