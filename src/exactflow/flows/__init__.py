@@ -29,11 +29,13 @@ from .continuous import CNF
 from .coupling import NICE, RealNVP
 from .glow import Glow, ImageFlow, RealNVPImage
 from .planar import Planar, Radial
+from .residual import ResidualFlow
 from .sylvester import Sylvester
 from .tarflow import TarFlow, TarFlow1d
 
 __all__ = ["registry", "build", "prepend", "describe", "rebuild", "BNAF", "CNF", "Glow", "IAF", "MAF", "NICE", "NSF",
-           "NSFAutoregressive", "Planar", "Radial", "RealNVP", "Sylvester", "RealNVPImage", "TarFlow", "TarFlow1d"]
+           "NSFAutoregressive", "Planar", "Radial", "RealNVP", "ResidualFlow", "Sylvester", "RealNVPImage", "TarFlow",
+           "TarFlow1d"]
 
 for _base in (StandardNormal, DiagNormal, ConditionalDiagNormal):
     BASES.register()(_base)
