@@ -45,7 +45,7 @@ from ..core import Bijection
 from ..registry import TRANSFORMS
 from ..validation import check_sizes
 
-__all__ = ["EXACT_MAX_FEATURES", "LipschitzMLP", "ResidualBlock", "log_prob_estimate", "logdet_mode"]
+__all__ = ["EXACT_MAX_FEATURES", "INVERSE_TOL", "LipschitzMLP", "ResidualBlock", "log_prob_estimate", "logdet_mode"]
 
 #: In training mode, ``logdet="auto"`` computes the exact log-det up to this many features, the estimate above.
 EXACT_MAX_FEATURES = 16
