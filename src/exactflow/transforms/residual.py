@@ -257,9 +257,11 @@ class ResidualBlock(Bijection):
         batch = x.shape[0]
         v = torch.randint(0, 2, x.shape, device=x.device).to(x.dtype) * 2 - 1  # Rademacher probe
         p = self.roulette_p
+        # N >= 1 per row (torch's Geometric counts the failures before the first success), P(N >= j) = (1 - p)^(j - 1);
+        # drawn on the CPU, so the number of terms is known without waiting for the device
         extra = torch.distributions.Geometric(probs=torch.tensor(p, dtype=torch.float64)).sample((batch,)) + 1
-        extra = extra.to(device=x.device)  # N >= 1 per row; P(N >= j) = (1 - p)^(j - 1)
-        terms = self.exact_terms + int(extra.max())
+        terms = self.exact_terms + int(extra.max()) if batch else self.exact_terms
+        extra = extra.to(dtype=x.dtype, device=x.device)
         total = x.new_zeros(batch)
         u = v
         for k in range(1, terms + 1):
