@@ -230,16 +230,20 @@ def load_state(flow: nn.Module, tensors: dict[str, Tensor], prefix: str = MODEL,
     flow.load_state_dict(state)
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> Flow:
+def load(path: str | Path, device: str | torch.device = "cpu", embedding: nn.Module | None = None) -> Flow:
     """Rebuild the saved flow from the registries and load its weights (no pickle); returns it in eval mode,
-    in the dtype it was saved in, on ``device`` (a ``ValueError`` if torch does not know it or it is absent)."""
+    in the dtype it was saved in, on ``device`` (a ``ValueError`` if torch does not know it or it is absent).
+
+    ``embedding``: for a flow saved with a context embedding network of your own (an ``nn.Module``, not layer
+    widths), that network built again the same way; its saved weights are loaded into it. A ``ValueError`` says
+    so when it is needed and missing."""
     device = check_device(device)
     header, tensors = read(path)
     dtype = getattr(torch, str(header["dtype"]), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"{resolve(path)}: the header's dtype {header['dtype']!r} is not a floating torch dtype")
     try:
-        flow = rebuild(header["spec"])
+        flow = rebuild(header["spec"], embedding=embedding)
         if not isinstance(flow, Flow):
             raise ValueError(f"the spec describes a {type(flow).__name__}, not a Flow")
     except ValueError as err:
