@@ -284,9 +284,10 @@ def NSFAutoregressive(features: int, context: int = 0, depth: int = 3, hidden: S
         (torch.Size([5]), torch.Size([2, 3]))
     """
     check_sizes(features, context, hidden, depth=depth, bins=bins)
-    return _flow(lambda e: _made_stack(lambda i, order: RQSplineAutoregressive(features, e, hidden, bins=bins, bound=bound,
-                                                                               order=order, residual=residual),
-                                       features, depth, permutation),
+    def layer(e: int, order: str) -> RQSplineAutoregressive:
+        return RQSplineAutoregressive(features, e, hidden, bins=bins, bound=bound, order=order, residual=residual)
+
+    return _flow(lambda e: _made_stack(lambda i, order: layer(e, order), features, depth, permutation),
                  features, context, conditional_base, embedding, standardize_context)
 
 
