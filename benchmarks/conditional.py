@@ -52,11 +52,18 @@ LAYERS, HIDDEN, BINS, BOUND = 3, (64, 64), 8, 5.0
 # ----------------------------------------------------------------------------------------------- tasks
 
 class Task:
-    """A simulator ``simulate(n, generator) -> (x, c)`` and its true ``log_prob(x, c)``."""
+    """A simulator: contexts ``prior(n, generator)``, draws ``given(c, generator)`` of x given each row of ``c``,
+    and the true density ``log_prob(x, c)``."""
 
-    def __init__(self, name: str, features: int, context: int, simulate: Callable, log_prob: Callable) -> None:
+    def __init__(self, name: str, features: int, context: int, prior: Callable, given: Callable,
+                 log_prob: Callable) -> None:
         self.name, self.features, self.context = name, features, context
-        self.simulate, self.log_prob = simulate, log_prob
+        self.prior, self.given, self.log_prob = prior, given, log_prob
+
+    def simulate(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``n`` pairs ``(x, c)`` from the joint: c from the prior, then x given c."""
+        c = self.prior(n, generator)
+        return self.given(c, generator), c
 
 
 def _linear_gaussian() -> Task:
@@ -68,14 +75,16 @@ def _linear_gaussian() -> Task:
     def mean(c: Tensor) -> Tensor:
         return (2 * (c - low) / (high - low) - 1) @ a.T + b
 
-    def simulate(n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
-        c = low + (high - low) * torch.rand(n, 3, generator=g)
-        return mean(c) + torch.randn(n, 2, generator=g) @ chol.T, c
+    def prior(n: int, g: torch.Generator) -> Tensor:
+        return low + (high - low) * torch.rand(n, 3, generator=g)
+
+    def given(c: Tensor, g: torch.Generator) -> Tensor:
+        return mean(c) + torch.randn(len(c), 2, generator=g) @ chol.T
 
     def log_prob(x: Tensor, c: Tensor) -> Tensor:
         return torch.distributions.MultivariateNormal(mean(c), scale_tril=chol).log_prob(x)
 
-    return Task("linear-gaussian", 2, 3, simulate, log_prob)
+    return Task("linear-gaussian", 2, 3, prior, given, log_prob)
 
 
 def _mixture() -> Task:
@@ -87,16 +96,18 @@ def _mixture() -> Task:
         u = 2 * (c - low) / (high - low) - 1
         return 2 * torch.stack([u[:, 0], -u[:, 0], u[:, 1], -u[:, 1]], dim=1)
 
-    def simulate(n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
-        c = low + (high - low) * torch.rand(n, 2, generator=g)
+    def prior(n: int, g: torch.Generator) -> Tensor:
+        return low + (high - low) * torch.rand(n, 2, generator=g)
+
+    def given(c: Tensor, g: torch.Generator) -> Tensor:
         k = torch.multinomial(torch.softmax(logits(c), 1), 1, generator=g).squeeze(1)
-        return means[k] + std * torch.randn(n, 2, generator=g), c
+        return means[k] + std * torch.randn(len(c), 2, generator=g)
 
     def log_prob(x: Tensor, c: Tensor) -> Tensor:
         comp = torch.distributions.Normal(means, std).log_prob(x[:, None, :]).sum(-1)  # (n, K)
         return torch.logsumexp(torch.log_softmax(logits(c), 1) + comp, dim=1)
 
-    return Task("mixture", 2, 2, simulate, log_prob)
+    return Task("mixture", 2, 2, prior, given, log_prob)
 
 
 def _two_moons() -> Task:
@@ -104,12 +115,15 @@ def _two_moons() -> Task:
         s = math.sqrt(2)
         return torch.stack([-(theta[:, 0] + theta[:, 1]).abs() / s, (theta[:, 1] - theta[:, 0]) / s], dim=1)
 
-    def simulate(n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
-        theta = 2 * torch.rand(n, 2, generator=g) - 1
+    def prior(n: int, g: torch.Generator) -> Tensor:
+        return 2 * torch.rand(n, 2, generator=g) - 1
+
+    def given(theta: Tensor, g: torch.Generator) -> Tensor:
+        n = len(theta)
         a = math.pi * (torch.rand(n, generator=g) - 0.5)
         r = 0.1 + 0.01 * torch.randn(n, generator=g)
         p = torch.stack([r * torch.cos(a) + 0.25, r * torch.sin(a)], dim=1)
-        return p + shift(theta), theta
+        return p + shift(theta)
 
     def log_prob(x: Tensor, theta: Tensor) -> Tensor:
         u = x - shift(theta) - torch.tensor([0.25, 0.0])
@@ -117,7 +131,7 @@ def _two_moons() -> Task:
         lp = torch.distributions.Normal(0.1, 0.01).log_prob(r) - math.log(math.pi) - torch.log(r)
         return torch.where(u[:, 0] > 0, lp, torch.full_like(lp, -math.inf))
 
-    return Task("two-moons", 2, 2, simulate, log_prob)
+    return Task("two-moons", 2, 2, prior, given, log_prob)
 
 
 TASKS = {t.name: t for t in (_linear_gaussian(), _mixture(), _two_moons())}
