@@ -294,7 +294,8 @@ def main(argv: list[str] | None = None) -> str:
                 print(f"seed {seed} {task_name:16s} {name:28s} gap {value:8.4f}  {steps:5d} steps "
                       f"({steps / seconds:6.1f}/s)  sample 100x{len(contexts)} {1e3 * t_draw:7.1f} ms", flush=True)
 
-    header = "| model | " + " | ".join(args.tasks) + " | train steps/s (x exactflow) | sample 100 x 100 ms (x exactflow) |"
+    header = ("| model | " + " | ".join(args.tasks)
+              + " | train steps/s (x exactflow) | sample 100 x 100 ms (x exactflow) |")
     lines = [header, "|---" * (len(args.tasks) + 3) + "|"]
     for name in args.models:
         cells = [_mean_se(gaps[(t, name)]) for t in args.tasks]
