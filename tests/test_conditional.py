@@ -69,7 +69,7 @@ def test_the_embedding_runs_once_per_call():
 
 def test_context_standardisation_is_fitted_at_fit_and_saved(tmp_path):
     x, c = _data()
-    flow = ef.build("NSF", features=2, context=2, depth=2, hidden=(16,), bins=4)
+    flow = ef.build("NSF", features=2, context=2, depth=2, hidden=(16,), bins=4, embedding=[8, 3])
     assert flow.standardizes_context and not bool(flow.context_fitted)
     ef.fit(flow, (x, c), steps=5, batch_size=64, progress=False)
     assert bool(flow.context_fitted)
@@ -81,6 +81,16 @@ def test_context_standardisation_is_fitted_at_fit_and_saved(tmp_path):
     flow.eval()
     assert torch.equal(loaded.context_scale, flow.context_scale)
     torch.testing.assert_close(loaded.log_prob(x, c), flow.log_prob(x, c), rtol=0, atol=0)
+
+
+def test_a_checkpoint_from_before_context_standardisation_loads_with_fixed_identity_statistics(tmp_path):
+    x, c = _data(32)
+    old = randomize_(ef.build("MAF", features=2, context=2, depth=1, hidden=(8, 8), standardize_context=False))
+    del old.spec["kwargs"]["standardize_context"]  # what such a checkpoint records: no word of it
+    ef.save(tmp_path / "old.safetensors", old)
+    loaded = ef.load(tmp_path / "old.safetensors")
+    assert loaded.standardizes_context and bool(loaded.context_fitted)  # fit will not refit them
+    torch.testing.assert_close(loaded.log_prob(x, c), old.eval().log_prob(x, c), rtol=0, atol=0)
 
 
 def test_a_fitted_flow_keeps_its_statistics_and_fit_context_refits():
