@@ -210,10 +210,30 @@ def read(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
     return header, tensors
 
 
+CONTEXT_STATISTICS = ("context_loc", "context_scale", "context_fitted")
+
+
+def _without_context_statistics(state: dict[str, Tensor], expected: dict[str, Tensor]) -> None:
+    """A flow saved before the conditional presets standardised their context has no statistics: its density is
+    that of statistics fixed at mean 0 and std 1, so those are put in ``state``, marked fitted (`exactflow.fit`
+    keeps them); the statistics of a flow that has them are never replaced."""
+    for key in expected:
+        head, _, name = key.rpartition(".")
+        if name != CONTEXT_STATISTICS[0]:
+            continue
+        keys = [f"{head}.{n}" if head else n for n in CONTEXT_STATISTICS]
+        if all(k in expected and k not in state for k in keys):
+            loc = keys[0]
+            state[loc] = torch.zeros_like(expected[loc])
+            state[keys[1]] = torch.ones_like(expected[keys[1]])
+            state[keys[2]] = torch.ones_like(expected[keys[2]])
+
+
 def load_state(flow: nn.Module, tensors: dict[str, Tensor], prefix: str = MODEL, where: str = "checkpoint") -> None:
     """Load ``prefix``-ed ``tensors`` into ``flow``; a ``ValueError`` lists missing/unexpected keys and shapes."""
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     expected = flow.state_dict()
+    _without_context_statistics(state, expected)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = [f"{k}: saved {tuple(state[k].shape)}, flow has {tuple(expected[k].shape)}"
@@ -230,16 +250,20 @@ def load_state(flow: nn.Module, tensors: dict[str, Tensor], prefix: str = MODEL,
     flow.load_state_dict(state)
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> Flow:
+def load(path: str | Path, device: str | torch.device = "cpu", embedding: nn.Module | None = None) -> Flow:
     """Rebuild the saved flow from the registries and load its weights (no pickle); returns it in eval mode,
-    in the dtype it was saved in, on ``device`` (a ``ValueError`` if torch does not know it or it is absent)."""
+    in the dtype it was saved in, on ``device`` (a ``ValueError`` if torch does not know it or it is absent).
+
+    ``embedding``: for a flow saved with a context embedding network of your own (an ``nn.Module``, not layer
+    widths), that network built again the same way; its saved weights are loaded into it. A ``ValueError`` says
+    so when it is needed and missing."""
     device = check_device(device)
     header, tensors = read(path)
     dtype = getattr(torch, str(header["dtype"]), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"{resolve(path)}: the header's dtype {header['dtype']!r} is not a floating torch dtype")
     try:
-        flow = rebuild(header["spec"])
+        flow = rebuild(header["spec"], embedding=embedding)
         if not isinstance(flow, Flow):
             raise ValueError(f"the spec describes a {type(flow).__name__}, not a Flow")
     except ValueError as err:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -108,14 +109,74 @@ class Flow(nn.Module):
       ``sample((n,))`` has shape ``(n, *batch_shape, *event)``, and ``log_prob(x)`` broadcasts ``x`` of shape
       ``(..., *batch_shape, *event)`` (e.g. ``(n, b, D)`` or ``(b, D)``) against the context as torch
       broadcasts parameters.
+    * ``log_prob`` also scores a grid: points ``(n, b, *event)`` with rows ``(b, c)`` give ``(n, b)``, point
+      ``[i, j]`` with context row ``j`` (the shape `sample` returns, so ``flow.log_prob(flow.sample(n, C), C)``
+      works).
+
+    The context pipeline, applied once per call to the context rows given (before they are repeated for the
+    points or draws): ``c -> h = E((c - mu_c) / sigma_c)``, and the transform and base see ``h``,
+    ``log p(x | c) = log p_z(T(x; h) | h) + log|det dT/dx|``.
+
+    * ``standardize_context=True``: ``mu_c`` and ``sigma_c`` are buffers (in the ``state_dict``, so checkpoints
+      carry them), 0 and 1 until fitted; `exactflow.fit` fits them to its training context the first time it
+      trains the flow, or call `fit_context` yourself. No need to z-score the context by hand.
+    * ``embedding``: an embedding network ``E`` trained jointly with the flow (`exactflow.nets.context_embedding`):
+      layer widths such as ``[64, 16]`` (a `exactflow.nets.ContextEmbedding`, saved by its widths) or any
+      ``nn.Module`` mapping ``(batch, c)`` to ``(batch, e)`` (its weights are saved; give the module again to
+      `exactflow.load`). The transform and a conditional base are then built with ``context=e``
+      (`embedded_features`); ``None``: ``E`` is the identity.
     """
 
-    def __init__(self, transform: Bijection, base: nn.Module, context: int = 0, validate: bool = True) -> None:
+    def __init__(self, transform: Bijection, base: nn.Module, context: int = 0, validate: bool = True,
+                 embedding: Sequence[int] | nn.Module | None = None, standardize_context: bool = False) -> None:
         super().__init__()
+        from .nets import context_embedding
+
         self.transform = transform
         self.base = base
         self.context_features = context
         self.validate = validate
+        self.embedding, self.embedded_features = context_embedding(context, embedding)
+        self.standardizes_context = bool(standardize_context) and context > 0
+        if self.standardizes_context:
+            self.register_buffer("context_loc", torch.zeros(context))
+            self.register_buffer("context_scale", torch.ones(context))
+            self.register_buffer("context_fitted", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def fit_context(self, context: Tensor, eps: float = 1e-8) -> Flow:
+        """Set the context standardisation ``(c - mu_c) / sigma_c`` to the mean and standard deviation of the
+        context rows ``(n >= 2, c)`` (computed in float64, stored in the flow's dtype); a column whose standard
+        deviation is below ``eps`` (a constant) keeps ``sigma_c = 1``. Returns the flow. `exactflow.fit` calls this
+        on its training context when the flow was built with ``standardize_context=True`` and is not fitted yet.
+        """
+        if not self.standardizes_context:
+            raise ValueError("this flow does not standardise its context: build it with standardize_context=True "
+                             "(and context > 0)")
+        if not isinstance(context, Tensor) or context.dim() != 2 or context.shape[0] < 2 \
+                or context.shape[1] != self.context_features:
+            shape = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+            raise ValueError(f"fit_context needs context rows of shape (n >= 2, {self.context_features}), got {shape}")
+        c64 = context.detach().to("cpu", torch.float64)
+        if not torch.isfinite(c64).all():
+            raise ValueError("fit_context: the context contains NaN or inf values")
+        std = c64.std(0)
+        self.context_loc.copy_(c64.mean(0))
+        self.context_scale.copy_(torch.where(std < eps, torch.ones_like(std), std))
+        self.context_fitted.fill_(True)
+        return self
+
+    def embed(self, context: Tensor | None) -> Tensor | None:
+        """The context the transform and base see, ``h = E((c - mu_c) / sigma_c)``, for a vector ``(c,)`` (gives
+        ``(e,)``) or rows ``(b, c)`` (gives ``(b, e)``); None stays None. Unchecked: the public methods check."""
+        if context is None:
+            return None
+        if self.standardizes_context:
+            context = (context - self.context_loc) / self.context_scale
+        if self.embedding is None:
+            return context
+        h = self.embedding(context.reshape(-1, self.context_features))
+        return h.reshape(*context.shape[:-1], h.shape[-1])
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -133,13 +194,34 @@ class Flow(nn.Module):
             ref = self._ref()
             check_input(x, self.event_shape, ref, what)
             check_context(context, self.context_features, x.shape[0], ref)
-        return None if context is None else context.expand(x.shape[0], context.shape[-1])
+        h = self.embed(context)
+        return None if h is None else h.expand(x.shape[0], h.shape[-1])
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """log p(x | context) for ``x`` of shape ``(batch, *event)``, shape ``(batch,)``; the context has
-        ``batch`` rows, or one row or vector shared by all (see the class docstring)."""
+        ``batch`` rows, or one row or vector shared by all. A grid of points ``(n, b, *event)`` with context rows
+        ``(b, c)`` gives ``(n, b)`` (see the class docstring)."""
+        if isinstance(x, Tensor) and isinstance(context, Tensor) and context.dim() == 2 \
+                and x.dim() == len(self.event_shape) + 2:
+            return self._log_prob_grid(x, context)
         context = self._check(x, context)
         return self._log_prob(x, context)
+
+    def _log_prob_grid(self, x: Tensor, context: Tensor) -> Tensor:
+        """log p(x[i, j] | context[j]) for points ``(n, b, *event)`` and rows ``(b, c)``, shape ``(n, b)``: the
+        context embedded once, then repeated for the ``n`` points of each row."""
+        n, b = x.shape[:2]
+        if b != context.shape[0]:
+            raise ValueError(f"x has shape {tuple(x.shape)}, a grid of {n} points for each of {b} context rows, but "
+                             f"the context has {context.shape[0]} rows: expected ({b}, {self.context_features})")
+        flat = x.reshape(n * b, *x.shape[2:])
+        if self.validate:
+            ref = self._ref()
+            check_input(flat, self.event_shape, ref, "x (flattened from the grid (n, b, *event))")
+            check_context(context, self.context_features, None, ref)
+        h = self.embed(context)
+        h = h.unsqueeze(0).expand(n, *h.shape).reshape(n * b, h.shape[-1])
+        return self._log_prob(flat, h).reshape(n, b)
 
     def _log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
         """The unchecked tensor computation behind `log_prob` (what `compile` compiles)."""
@@ -166,11 +248,13 @@ class Flow(nn.Module):
         """Sampling shapes: ``n`` draws for each context, with the context repeated to one row per draw.
 
         Returns (number of draws, context rows for them, leading shape): ``(n, None, (n,))`` unconditionally,
-        ``(n, (n, c), (n,))`` for a vector ``(c,)`` and ``(n b, (n b, c), (n, b))`` for rows ``(b, c)``.
+        ``(n, (n, e), (n,))`` for a vector ``(c,)`` and ``(n b, (n b, e), (n, b))`` for rows ``(b, c)``, where the
+        rows are the embedded context (`embed`, computed once per context row, then repeated).
         """
         n = _sample_count(n)
         if self.validate:
             check_context(context, self.context_features, None, None if context is None else self._ref())
+        context = self.embed(context)
         if context is None:
             return n, None, (n,)
         if context.dim() == 1:
@@ -235,6 +319,7 @@ class Flow(nn.Module):
             check_context(context, self.context_features, None, self._ref())
         if not hasattr(self.base, "as_torch"):
             raise ValueError(f"base {type(self.base).__name__} has no torch.distributions equivalent")
+        context = self.embed(context)
         t = self.transform.as_torch_transform(event_dim=len(self.event_shape), context=context)
         return cls(self.base.as_torch(context), [t])
 

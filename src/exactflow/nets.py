@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from . import backend
 
-__all__ = ["MLP", "MADE", "MaskedLinear", "made_degrees"]
+__all__ = ["MLP", "MADE", "ContextEmbedding", "MaskedLinear", "context_embedding", "made_degrees"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "elu": nn.ELU, "gelu": nn.GELU}
 
@@ -51,6 +51,70 @@ class MLP(nn.Sequential):
     def forward(self, x: Tensor) -> Tensor:
         fast = backend.run(self, "forward", x)
         return super().forward(x) if fast is None else fast
+
+
+class ContextEmbedding(MLP):
+    """The library's context embedding network: an MLP ``c -> widths[0] -> ... -> widths[-1]`` (ReLU between
+    layers, the last layer linear and randomly initialised), so a conditional flow's transforms see
+    ``widths[-1]`` learned features of the context instead of the raw ``c``. Built from its widths, it is
+    saved and rebuilt from them (see `context_embedding`).
+
+    Example:
+        >>> net = ContextEmbedding(3, [32, 8])
+        >>> net(torch.randn(5, 3)).shape, net.out_features
+        (torch.Size([5, 8]), 8)
+    """
+
+    def __init__(self, context: int, widths: Sequence[int], activation: str = "relu") -> None:
+        if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) or not widths \
+                or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+            raise ValueError(f"embedding widths must be a non-empty sequence of positive layer widths such as "
+                             f"[64, 16] (the last is the embedded size), got {widths!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}: use one of {sorted(ACTIVATIONS)}")
+        super().__init__(context, widths[-1], widths[:-1], activation, zero_last=False)
+        self.widths = [int(w) for w in widths]
+        self.out_features = self.widths[-1]
+
+
+def context_embedding(context: int, embedding: Sequence[int] | nn.Module | None) -> tuple[nn.Module | None, int]:
+    """The embedding network a conditional flow applies to its context, and the number of features it puts out.
+
+    ``embedding``: ``None`` (no network: the transforms see the ``context`` features as they are), a sequence of
+    layer widths (a `ContextEmbedding` is built; its last width is the output size) or any ``nn.Module`` mapping a
+    ``(batch, context)`` tensor to ``(batch, features)``, trained jointly with the flow (its output size is found by
+    running it once, in eval mode and without gradients, on a zero context of two rows).
+
+    Raises:
+        ValueError: If an embedding is given to an unconditional flow (``context`` 0), the widths are not positive
+            integers, or a module does not map ``(2, context)`` to a 2-D ``(2, features)`` tensor.
+    """
+    if embedding is None:
+        return None, context
+    if not context:
+        raise ValueError("an embedding network needs a conditional flow (context > 0); this one has context=0")
+    if isinstance(embedding, ContextEmbedding) or not isinstance(embedding, nn.Module):
+        net = embedding if isinstance(embedding, ContextEmbedding) else ContextEmbedding(context, embedding)
+        if net.widths and net[0].in_features != context:
+            raise ValueError(f"the embedding network takes {net[0].in_features} context features, the flow {context}")
+        return net, net.out_features
+    ref = next((t for t in (*embedding.parameters(), *embedding.buffers()) if t.is_floating_point()), None)
+    probe = torch.zeros(2, context, dtype=torch.get_default_dtype() if ref is None else ref.dtype,
+                        device=None if ref is None else ref.device)
+    was_training = embedding.training
+    try:
+        with torch.no_grad():
+            out = embedding.eval()(probe)
+    except Exception as err:  # any failure of user code on a well-formed context: say which call failed
+        raise ValueError(f"the embedding network {type(embedding).__name__} failed on a context of shape "
+                         f"(2, {context}): {type(err).__name__}: {err}") from err
+    finally:
+        embedding.train(was_training)
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != 2 or out.shape[1] < 1:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"the embedding network {type(embedding).__name__} must map a context of shape (batch, "
+                         f"{context}) to (batch, features); on (2, {context}) it gave {got}")
+    return embedding, int(out.shape[1])
 
 
 def join_context(x: Tensor, context: Tensor | None) -> Tensor:

@@ -304,12 +304,13 @@ def check_flow(flow: Flow, x: Tensor, context: Tensor | None = None, atol: float
     and without autograd) equals the reference one; gradients reach every parameter. Works on a copy."""
     name = name or type(flow.transform).__name__
     flow = copy.deepcopy(flow).to(x.dtype).eval()
-    check_bijection(flow.transform, x, context, atol=atol, name=name)
+    h = _embedded(flow, context)  # what the transform and base see: the standardised, embedded context
+    check_bijection(flow.transform, x, h, atol=atol, name=name)
     _check_sampler(name, flow, context, atol)
     n = x.shape[0]
     lp = flow.log_prob(x, context)
-    z, ladj = flow.transform(x, context)
-    _close(name, "log_prob = log p_z(T(x)) + log|det|", lp, flow.base.log_prob(z, context) + ladj, atol)
+    z, ladj = flow.transform(x, h)
+    _close(name, "log_prob = log p_z(T(x)) + log|det|", lp, flow.base.log_prob(z, h) + ladj, atol)
     if lp.shape != (n,) or not torch.isfinite(lp).all():
         raise CheckError(f"{name}: log_prob gives {tuple(lp.shape)} (finite: {bool(torch.isfinite(lp).all())})")
 
@@ -327,9 +328,23 @@ def check_flow(flow: Flow, x: Tensor, context: Tensor | None = None, atol: float
         ctx = context[:3].unsqueeze(0).expand(7, -1, -1).reshape(21, -1)
         _close(name, "sample_and_log_prob agrees with log_prob", lq.reshape(-1),
                flow.log_prob(xs.reshape(21, *flow.event_shape), ctx), atol * 10, 1e-5)
+        grid = flow.log_prob(xs, context[:3])
+        if grid.shape != (7, 3):
+            raise CheckError(f"{name}: log_prob of a grid (7, 3, *event) with 3 context rows gives "
+                             f"{tuple(grid.shape)}, expected (7, 3)")
+        _close(name, "log_prob of a grid of samples agrees with sample_and_log_prob", grid, lq, atol * 10, 1e-5)
 
     loss = -flow.log_prob(x, context).mean()
     _grads(name, flow, loss, {})
+
+
+def _embedded(flow: Flow, context: Tensor | None) -> Tensor | None:
+    """The context a flow's transform and base see (`Flow.embed`), detached: the flow's own pipeline is checked
+    through ``log_prob``, the transform on its own with the context it is built for."""
+    embed = getattr(flow, "embed", None)
+    if context is None or embed is None:
+        return context
+    return embed(context).detach()
 
 
 def _check_sampler(name: str, flow: Flow, context: Tensor | None, atol: float) -> None:

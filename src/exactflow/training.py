@@ -512,7 +512,9 @@ def fit(
     `VAE`) on ``train``; ``"reverse-kl"`` with ``train`` the target's log density; or an
     `Objective` instance that holds its own data (``train`` and ``valid`` None).
     Data are a tensor or numpy array ``(n, *event)``, a pair ``(x, context)`` for a conditional flow, or a
-    `Dataset` (then ``valid``, its context and ``levels`` default to the data set's).
+    `Dataset` (then ``valid``, its context and ``levels`` default to the data set's). A flow built with
+    ``standardize_context=True`` (the conditional presets' default) whose context statistics are not fitted yet
+    gets them from the training context first (`Flow.fit_context`); a fitted flow keeps its own.
 
     ``schedule`` is ``"cosine"`` (to zero at ``steps``) or ``"constant"``, after ``warmup`` linear steps;
     ``clip_grad`` caps the gradient norm. Every ``eval_every`` steps the validation score is computed; after
@@ -549,11 +551,22 @@ def fit(
         trainer.history.status = "running"
     else:
         model.train()
+        _fit_context(model, obj)
         obj.initialize(model, batch_size)  # data-dependent initialisation (ActNorm), the same on every rank
         if trainer.ema is not None:
             trainer.ema.state = _snapshot(model)
     _run(trainer, progress, [*([callback] if callback is not None else []), *callbacks])
     return trainer.history
+
+
+def _fit_context(model: nn.Module, objective: Objective) -> None:
+    """A flow built with ``standardize_context=True`` whose context statistics are not fitted yet gets them from
+    the training context (all of it, the same on every rank); a fitted flow keeps its statistics."""
+    if not isinstance(model, Flow) or not model.standardizes_context or bool(model.context_fitted):
+        return
+    train = getattr(objective, "train", None)
+    if isinstance(train, tuple) and len(train) == 2 and isinstance(train[1], Tensor):
+        model.fit_context(train[1])
 
 
 def _compile(model: nn.Module, rank: int) -> None:

@@ -84,7 +84,10 @@ def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, b
                    help="flow matching: pair noise and data independently (default) or by minibatch optimal "
                    "transport (ot; needs POT)")
     p.add_argument("--context-cols", help="columns of a .csv/.npy file that are the context of a conditional flow: "
-                   "indices or header names, comma-separated (e.g. 0,3 or age,height)")
+                   "indices or header names, comma-separated (e.g. 0,3 or age,height); the vector presets standardise "
+                   "the context inside the flow (statistics fitted on the training rows, saved with the model; "
+                   "--flow-arg standardize_context=false turns it off, --flow-arg embedding=[64,16] adds an "
+                   "embedding network)")
     p.add_argument("--steps", type=int, default=steps,
                    help=f"optimisation steps (default {DEFAULT_STEPS}; on --resume the run's own)" if steps is None
                    else "optimisation steps (default %(default)s)")

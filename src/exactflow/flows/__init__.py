@@ -21,6 +21,7 @@ from torch import nn
 
 from ..core import Compose, Inverse
 from ..distributions import ConditionalDiagNormal, DiagNormal, Flow, StandardNormal
+from ..nets import ContextEmbedding
 from ..registry import BASES, TRANSFORMS, from_json, to_json
 from ..registry import FLOWS as registry
 from ..transforms.coupling import CouplingChain
@@ -42,6 +43,7 @@ for _base in (StandardNormal, DiagNormal, ConditionalDiagNormal):
 
 # Modules that hold other modules, described by what they hold now (not by how they were built):
 # a flow's transform may have been replaced since, e.g. by `prepend`.
+USER_MODULE = "user_module"  # how a saved flow marks an embedding network of the user's
 CONTAINERS: dict[str, type[nn.Module]] = {
     cls.__name__: cls for cls in (Compose, CouplingChain, Inverse, Flow, ImageFlow)}
 
@@ -71,11 +73,19 @@ def describe(module: nn.Module, where: str = "flow") -> dict:
     kind = type(module).__name__
     spec = getattr(module, "spec", None)
     if isinstance(module, Flow) and spec is not None:
-        return {"flow": spec["flow"], "kwargs": to_json(spec["kwargs"]), "preprocess": to_json(spec["preprocess"])}
+        kwargs = dict(spec["kwargs"])
+        if kwargs.get("embedding") is not None:
+            kwargs["embedding"] = _describe_embedding(module)
+        return {"flow": spec["flow"], "kwargs": to_json(kwargs), "preprocess": to_json(spec["preprocess"])}
     if CONTAINERS.get(kind) is type(module):
         if isinstance(module, Flow):
             parts = [describe(module.transform, f"{where}.transform"), describe(module.base, f"{where}.base")]
-            return {"node": kind, "args": parts, "kwargs": {"context": module.context_features}}
+            kwargs = {"context": module.context_features}
+            if module.embedding is not None:
+                kwargs["embedding"] = _describe_embedding(module)
+            if module.standardizes_context:
+                kwargs["standardize_context"] = True
+            return {"node": kind, "args": parts, "kwargs": kwargs}
         if isinstance(module, Inverse):
             return {"node": kind, "args": [describe(module.bijection, f"{where}.bijection")]}
         return {"node": kind, "args": [describe(b, f"{where}.bijections.{i}") for i, b in enumerate(module.bijections)]}
@@ -91,20 +101,61 @@ def describe(module: nn.Module, where: str = "flow") -> dict:
                      "@exactflow.transforms.registry.register(...) or compose the flow from registered transforms")
 
 
-def rebuild(spec: dict) -> nn.Module:
-    """The module a `describe` description (or an older checkpoint's preset spec) makes, freshly initialised."""
+def _describe_embedding(flow: Flow) -> list[int] | dict:
+    """A flow's context embedding network as JSON: the widths of a `ContextEmbedding`; for a network of the user's,
+    only its class name, ``{"user_module": name}`` (its weights are in the state dict; give it again at load)."""
+    net = flow.embedding
+    if isinstance(net, ContextEmbedding):
+        return list(net.widths)
+    return {USER_MODULE: type(net).__name__}
+
+
+def _with_embedding(kwargs: dict, embedding: nn.Module | None, used: list[bool]) -> dict:
+    """``kwargs`` with a saved user embedding's placeholder replaced by ``embedding`` (a ``ValueError`` if none)."""
+    saved = kwargs.get("embedding")
+    if not (isinstance(saved, dict) and set(saved) == {USER_MODULE}):
+        return kwargs
+    if embedding is None:
+        raise ValueError(f"the flow was saved with an embedding network of your own ({saved[USER_MODULE]}); its "
+                         "weights are in the checkpoint but its code is not: build it again and pass it, "
+                         f"exactflow.load(path, embedding={saved[USER_MODULE]}(...))")
+    used.append(True)
+    return {**kwargs, "embedding": embedding}
+
+
+def rebuild(spec: dict, embedding: nn.Module | None = None) -> nn.Module:
+    """The module a `describe` description (or an older checkpoint's preset spec) makes, freshly initialised.
+
+    ``embedding``: the context embedding network of your own that the described flow was built with (it is
+    described by its class name only); a ``ValueError`` if it is needed and missing, or given and not needed."""
     if not isinstance(spec, dict):
         raise ValueError(f"invalid flow spec {spec!r}: expected a JSON object")
+    used: list[bool] = []
+    module = _rebuild(spec, embedding, used)
+    if embedding is not None and not used:
+        raise ValueError(f"an embedding network ({type(embedding).__name__}) was given, but the saved flow has none "
+                         "of your own (it was built without one, or with layer widths the checkpoint rebuilds)")
+    return module
+
+
+def _rebuild(spec: dict, embedding: nn.Module | None, used: list[bool]) -> nn.Module:
+    def part(p: dict) -> nn.Module:
+        if not isinstance(p, dict):
+            raise ValueError(f"invalid flow spec {p!r}: expected a JSON object")
+        return _rebuild(p, embedding, used)
+
     try:
         if "flow" in spec:
-            flow = build(spec["flow"], **from_json(spec["kwargs"]))
+            flow = build(spec["flow"], **_with_embedding(from_json(spec["kwargs"]), embedding, used))
             for step in spec.get("preprocess", []):
                 prepend(flow, step["transform"], **from_json(step["kwargs"]))
             return flow
-        kwargs = from_json(spec.get("kwargs", {}), rebuild)
+        kwargs = from_json(spec.get("kwargs", {}), part)
         if spec.get("node") in CONTAINERS:  # parts described directly
-            return CONTAINERS[spec["node"]](*[rebuild(part) for part in spec["args"]], **kwargs)
-        args = from_json(spec.get("args", []), rebuild)
+            if spec["node"] in ("Flow", "ImageFlow"):
+                kwargs = _with_embedding(kwargs, embedding, used)
+            return CONTAINERS[spec["node"]](*[part(p) for p in spec["args"]], **kwargs)
+        args = from_json(spec.get("args", []), part)
         if "transform" in spec:
             return TRANSFORMS.build(spec["transform"], *args, **kwargs)
         if "base" in spec:

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..core import Bijection, Compose, Inverse
 from ..distributions import ConditionalDiagNormal, Flow, StandardNormal
+from ..nets import context_embedding
 from ..registry import FLOWS
 from ..transforms.autoregressive import MaskedAffineAutoregressive
 from ..transforms.bnaf import BNAF as BNAFLayer
@@ -40,12 +41,17 @@ def _mixer(kind: str, features: int, seed: int) -> Bijection | None:
     raise ValueError(f"unknown permutation {kind!r}: use 'reverse', 'random', 'lu' or 'none'")
 
 
-def _flow(layers: list[nn.Module], features: int, context: int, conditional_base: bool,
+def _flow(make_layers: Callable[[int], list[nn.Module]], features: int, context: int, conditional_base: bool,
+          embedding: Sequence[int] | nn.Module | None, standardize_context: bool,
           compose: type[Compose] = Compose) -> Flow:
+    """The flow of the layers ``make_layers(e)`` built for ``e`` context features: the context's own number, or
+    the embedding network's output size (the layers and a conditional base see the embedded context)."""
     if conditional_base and not context:
         raise ValueError("conditional_base=True needs context > 0")
-    base = ConditionalDiagNormal(features, context) if conditional_base else StandardNormal(features)
-    return Flow(compose(*layers), base, context=context)
+    net, embedded = context_embedding(context, embedding)
+    base = ConditionalDiagNormal(features, embedded) if conditional_base else StandardNormal(features)
+    return Flow(compose(*make_layers(embedded)), base, context=context, embedding=net,
+                standardize_context=standardize_context)
 
 
 def _stack(make: Callable[[int], nn.Module], features: int, depth: int, permutation: str,
@@ -77,7 +83,8 @@ def _made_stack(make: Callable[[int, str], nn.Module], features: int, depth: int
 @FLOWS.register("MAF", renamed={"transforms": "depth"}, test_kwargs={"depth": 2, "hidden": (16, 16)})
 def MAF(features: int, context: int = 0, depth: int = 5, hidden: Sequence[int] = (64, 64),
         residual: bool = False, permutation: str = "reverse", batch_norm: bool = False,
-        scale_bound: float | None = 3.0, conditional_base: bool = False) -> Flow:
+        scale_bound: float | None = 3.0, conditional_base: bool = False,
+        embedding: Sequence[int] | nn.Module | None = None, standardize_context: bool = True) -> Flow:
     """MAF (Papamakarios et al. 2017): affine autoregressive layers; one-pass density, D-pass sampling.
 
     ``depth`` masked affine autoregressive layers, their MADE orders alternating (``permutation="reverse"``)
@@ -99,6 +106,10 @@ def MAF(features: int, context: int = 0, depth: int = 5, hidden: Sequence[int] =
         scale_bound: Smooth bound of every log-scale; ``None``: unbounded.
         conditional_base: Draw the base from a `ConditionalDiagNormal` on the
             context instead of N(0, I) (needs ``context > 0``).
+        embedding: A context embedding network trained with the flow: layer widths such as ``[64, 16]`` or
+            any ``nn.Module`` mapping ``(batch, context)`` to ``(batch, e)``; ``None``: the raw context (see `Flow`).
+        standardize_context: Standardise the context inside the flow with statistics fitted at `exactflow.fit`
+            (see `Flow.fit_context`).
 
     Returns:
         The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
@@ -118,16 +129,17 @@ def MAF(features: int, context: int = 0, depth: int = 5, hidden: Sequence[int] =
         True
     """
     check_sizes(features, context, hidden, depth=depth)
-    layers = _made_stack(lambda i, order: MaskedAffineAutoregressive(features, context, hidden, order, residual,
-                                                                     scale_bound=scale_bound),
-                         features, depth, permutation, batch_norm)
-    return _flow(layers, features, context, conditional_base)
+    return _flow(lambda e: _made_stack(lambda i, order: MaskedAffineAutoregressive(features, e, hidden, order, residual,
+                                                                                   scale_bound=scale_bound),
+                                       features, depth, permutation, batch_norm),
+                 features, context, conditional_base, embedding, standardize_context)
 
 
 @FLOWS.register("IAF", renamed={"transforms": "depth"}, test_kwargs={"depth": 2, "hidden": (16, 16)})
 def IAF(features: int, context: int = 0, depth: int = 5, hidden: Sequence[int] = (64, 64),
         residual: bool = False, permutation: str = "reverse", scale_bound: float | None = 3.0,
-        conditional_base: bool = False) -> Flow:
+        conditional_base: bool = False,
+        embedding: Sequence[int] | nn.Module | None = None, standardize_context: bool = True) -> Flow:
     """IAF (Kingma et al. 2016): inverted MAF layers; the flow for fast sampling and variational posteriors.
 
     Each layer maps latent -> data by ``x_i = z_i exp(-s_i) + t_i`` with ``(t_i, s_i)`` from a MADE on ``z_<i``
@@ -148,6 +160,10 @@ def IAF(features: int, context: int = 0, depth: int = 5, hidden: Sequence[int] =
         scale_bound: Smooth bound of every log-scale; ``None``: unbounded.
         conditional_base: Draw the base from a `ConditionalDiagNormal` on the
             context instead of N(0, I) (needs ``context > 0``).
+        embedding: A context embedding network trained with the flow: layer widths such as ``[64, 16]`` or
+            any ``nn.Module`` mapping ``(batch, context)`` to ``(batch, e)``; ``None``: the raw context (see `Flow`).
+        standardize_context: Standardise the context inside the flow with statistics fitted at `exactflow.fit`
+            (see `Flow.fit_context`).
 
     Returns:
         The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
@@ -165,15 +181,17 @@ def IAF(features: int, context: int = 0, depth: int = 5, hidden: Sequence[int] =
         True
     """
     check_sizes(features, context, hidden, depth=depth)
-    layers = _made_stack(lambda i, order: Inverse(MaskedAffineAutoregressive(features, context, hidden, order, residual,
-                                                                             scale_bound=scale_bound)),
-                         features, depth, permutation)
-    return _flow(layers, features, context, conditional_base)
+    return _flow(lambda e: _made_stack(lambda i, order: Inverse(MaskedAffineAutoregressive(features, e, hidden, order,
+                                                                                           residual,
+                                                                                           scale_bound=scale_bound)),
+                                       features, depth, permutation),
+                 features, context, conditional_base, embedding, standardize_context)
 
 
 @FLOWS.register("NSF", renamed={"transforms": "depth"}, test_kwargs={"depth": 2, "hidden": (16,), "bins": 4})
 def NSF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] = (64, 64), bins: int = 8,
-        bound: float = 5.0, mask: str = "half", permutation: str = "lu", conditional_base: bool = False) -> Flow:
+        bound: float = 5.0, mask: str = "half", permutation: str = "lu", conditional_base: bool = False,
+        embedding: Sequence[int] | nn.Module | None = None, standardize_context: bool = True) -> Flow:
     """Neural spline flow, coupling form (Durkan et al. 2019): one pass both ways.
 
     ``depth`` rational-quadratic spline couplings (``bins`` bins on ``[-bound, bound]``, identity tails),
@@ -195,6 +213,10 @@ def NSF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
             `LULinear`) or ``"none"``.
         conditional_base: Draw the base from a `ConditionalDiagNormal` on the
             context instead of N(0, I) (needs ``context > 0``).
+        embedding: A context embedding network trained with the flow: layer widths such as ``[64, 16]`` or
+            any ``nn.Module`` mapping ``(batch, context)`` to ``(batch, e)``; ``None``: the raw context (see `Flow`).
+        standardize_context: Standardise the context inside the flow with statistics fitted at `exactflow.fit`
+            (see `Flow.fit_context`).
 
     Returns:
         The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
@@ -212,17 +234,18 @@ def NSF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
         True
     """
     check_sizes(features, context, hidden, depth=depth, bins=bins)
-    layers = _stack(lambda i: RQSplineCoupling(features, context, mask=mask, flip=i % 2 == 1, hidden=hidden, bins=bins,
-                                               bound=bound),
-                    features, depth, permutation)
-    return _flow(layers, features, context, conditional_base, CouplingChain)
+    return _flow(lambda e: _stack(lambda i: RQSplineCoupling(features, e, mask=mask, flip=i % 2 == 1, hidden=hidden,
+                                                             bins=bins, bound=bound),
+                                  features, depth, permutation),
+                 features, context, conditional_base, embedding, standardize_context, CouplingChain)
 
 
 @FLOWS.register("NSFAutoregressive", renamed={"transforms": "depth"},
                 test_kwargs={"depth": 2, "hidden": (16, 16), "bins": 4})
 def NSFAutoregressive(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] = (64, 64),
                       bins: int = 8, bound: float = 5.0, residual: bool = False, permutation: str = "reverse",
-                      conditional_base: bool = False) -> Flow:
+                      conditional_base: bool = False,
+        embedding: Sequence[int] | nn.Module | None = None, standardize_context: bool = True) -> Flow:
     """Neural spline flow, autoregressive form (Durkan et al. 2019): one-pass density, D-pass sampling.
 
     ``depth`` rational-quadratic spline layers conditioned by MADEs, their orders alternating
@@ -242,6 +265,10 @@ def NSFAutoregressive(features: int, context: int = 0, depth: int = 3, hidden: S
             `LULinear`) or ``"none"``.
         conditional_base: Draw the base from a `ConditionalDiagNormal` on the
             context instead of N(0, I) (needs ``context > 0``).
+        embedding: A context embedding network trained with the flow: layer widths such as ``[64, 16]`` or
+            any ``nn.Module`` mapping ``(batch, context)`` to ``(batch, e)``; ``None``: the raw context (see `Flow`).
+        standardize_context: Standardise the context inside the flow with statistics fitted at `exactflow.fit`
+            (see `Flow.fit_context`).
 
     Returns:
         The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
@@ -257,16 +284,18 @@ def NSFAutoregressive(features: int, context: int = 0, depth: int = 3, hidden: S
         (torch.Size([5]), torch.Size([2, 3]))
     """
     check_sizes(features, context, hidden, depth=depth, bins=bins)
-    layers = _made_stack(lambda i, order: RQSplineAutoregressive(features, context, hidden, bins=bins, bound=bound,
-                                                                 order=order, residual=residual),
-                         features, depth, permutation)
-    return _flow(layers, features, context, conditional_base)
+    def layer(e: int, order: str) -> RQSplineAutoregressive:
+        return RQSplineAutoregressive(features, e, hidden, bins=bins, bound=bound, order=order, residual=residual)
+
+    return _flow(lambda e: _made_stack(lambda i, order: layer(e, order), features, depth, permutation),
+                 features, context, conditional_base, embedding, standardize_context)
 
 
 @FLOWS.register("BNAF", renamed={"transforms": "depth"}, tolerance=1e-6,
                 test_kwargs={"features": 3, "depth": 2, "hidden": (3,)})
 def BNAF(features: int, context: int = 0, depth: int = 2, hidden: Sequence[int] = (16, 16),
-         permutation: str = "reverse", conditional_base: bool = False) -> Flow:
+         permutation: str = "reverse", conditional_base: bool = False,
+        embedding: Sequence[int] | nn.Module | None = None, standardize_context: bool = True) -> Flow:
     """BNAF (De Cao et al. 2020): block neural autoregressive layers; exact density, slow sampling (bisection).
 
     ``depth`` layers (``hidden`` units per feature in each hidden layer) with a ``permutation`` between
@@ -284,6 +313,10 @@ def BNAF(features: int, context: int = 0, depth: int = 2, hidden: Sequence[int] 
             `LULinear`) or ``"none"``.
         conditional_base: Draw the base from a `ConditionalDiagNormal` on the
             context instead of N(0, I) (needs ``context > 0``).
+        embedding: A context embedding network trained with the flow: layer widths such as ``[64, 16]`` or
+            any ``nn.Module`` mapping ``(batch, context)`` to ``(batch, e)``; ``None``: the raw context (see `Flow`).
+        standardize_context: Standardise the context inside the flow with statistics fitted at `exactflow.fit`
+            (see `Flow.fit_context`).
 
     Returns:
         The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
@@ -301,5 +334,5 @@ def BNAF(features: int, context: int = 0, depth: int = 2, hidden: Sequence[int] 
         True
     """
     check_sizes(features, context, hidden, depth=depth)
-    layers = _stack(lambda i: BNAFLayer(features, context, hidden), features, depth, permutation)
-    return _flow(layers, features, context, conditional_base)
+    return _flow(lambda e: _stack(lambda i: BNAFLayer(features, e, hidden), features, depth, permutation),
+                 features, context, conditional_base, embedding, standardize_context)

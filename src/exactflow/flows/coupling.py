@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from torch import nn
+
 from ..distributions import Flow, StandardNormal
+from ..nets import context_embedding
 from ..registry import FLOWS
 from ..transforms.coupling import AdditiveCoupling, AffineCoupling, CouplingChain
 from ..transforms.elementwise import ElementwiseAffine
@@ -16,7 +19,8 @@ __all__ = ["RealNVP", "NICE"]
 
 @FLOWS.register("RealNVP", renamed={"transforms": "depth"}, test_kwargs={"depth": 3, "hidden": (16,)})
 def RealNVP(features: int, context: int = 0, depth: int = 8, hidden: Sequence[int] = (64, 64),
-            mask: str = "half", scale_bound: float | None = 3.0, batch_norm: bool = False) -> Flow:
+            mask: str = "half", scale_bound: float | None = 3.0, batch_norm: bool = False,
+            embedding: Sequence[int] | nn.Module | None = None, standardize_context: bool = True) -> Flow:
     """RealNVP (Dinh et al. 2017): alternating affine couplings on N(0, I).
 
     ``depth`` affine couplings whose fixed part alternates (``mask``, flipped every layer), optionally with
@@ -32,6 +36,10 @@ def RealNVP(features: int, context: int = 0, depth: int = 8, hidden: Sequence[in
         mask: Which features the first coupling keeps fixed: ``"half"`` or ``"alternating"``.
         scale_bound: Smooth bound of every log-scale; ``None``: unbounded.
         batch_norm: Put a `BatchNorm` between consecutive couplings.
+        embedding: A context embedding network trained with the flow: layer widths such as ``[64, 16]`` or
+            any ``nn.Module`` mapping ``(batch, context)`` to ``(batch, e)``; ``None``: the raw context (see `Flow`).
+        standardize_context: Standardise the context inside the flow with statistics fitted at `exactflow.fit`
+            (see `Flow.fit_context`).
 
     Returns:
         The flow, a `Flow` on N(0, I); ``flow.spec`` records the call.
@@ -49,18 +57,21 @@ def RealNVP(features: int, context: int = 0, depth: int = 8, hidden: Sequence[in
         True
     """
     check_sizes(features, context, hidden, depth=depth)
+    net, embedded = context_embedding(context, embedding)
     layers = []
     for i in range(depth):
-        layers.append(AffineCoupling(features, context, mask=mask, flip=i % 2 == 1, hidden=hidden,
+        layers.append(AffineCoupling(features, embedded, mask=mask, flip=i % 2 == 1, hidden=hidden,
                                      scale_bound=scale_bound))
         if batch_norm and i < depth - 1:
             layers.append(BatchNorm(features))
-    return Flow(CouplingChain(*layers), StandardNormal(features), context=context)
+    return Flow(CouplingChain(*layers), StandardNormal(features), context=context, embedding=net,
+                standardize_context=standardize_context)
 
 
 @FLOWS.register("NICE", renamed={"transforms": "depth"}, test_kwargs={"depth": 3, "hidden": (16,)})
 def NICE(features: int, context: int = 0, depth: int = 4, hidden: Sequence[int] = (64, 64, 64),
-         mask: str = "alternating") -> Flow:
+         mask: str = "alternating", embedding: Sequence[int] | nn.Module | None = None,
+         standardize_context: bool = True) -> Flow:
     """NICE (Dinh et al. 2015): additive couplings, then a learned diagonal scaling, on N(0, I).
 
     ``depth`` additive couplings with alternating parts, ``z_tr = x_tr + t(x_id)`` (volume preserving), then the
@@ -73,6 +84,10 @@ def NICE(features: int, context: int = 0, depth: int = 4, hidden: Sequence[int] 
         depth: Number of additive couplings.
         hidden: Hidden layer sizes of each coupling's MLP.
         mask: Which features the first coupling keeps fixed: ``"alternating"`` or ``"half"``.
+        embedding: A context embedding network trained with the flow: layer widths such as ``[64, 16]`` or
+            any ``nn.Module`` mapping ``(batch, context)`` to ``(batch, e)``; ``None``: the raw context (see `Flow`).
+        standardize_context: Standardise the context inside the flow with statistics fitted at `exactflow.fit`
+            (see `Flow.fit_context`).
 
     Returns:
         The flow, a `Flow` on N(0, I); ``flow.spec`` records the call.
@@ -91,6 +106,8 @@ def NICE(features: int, context: int = 0, depth: int = 4, hidden: Sequence[int] 
         True
     """
     check_sizes(features, context, hidden, depth=depth)
-    layers = [AdditiveCoupling(features, context, mask=mask, flip=i % 2 == 1, hidden=hidden) for i in range(depth)]
+    net, embedded = context_embedding(context, embedding)
+    layers = [AdditiveCoupling(features, embedded, mask=mask, flip=i % 2 == 1, hidden=hidden) for i in range(depth)]
     layers.append(ElementwiseAffine(features))
-    return Flow(CouplingChain(*layers), StandardNormal(features), context=context)
+    return Flow(CouplingChain(*layers), StandardNormal(features), context=context, embedding=net,
+                standardize_context=standardize_context)
