@@ -231,11 +231,11 @@ class ConditionalGaussianMixture(nn.Module):
 
     def _params(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """log w(c) ``(..., K)``, mu(c) and log_sigma(c) ``(..., K, D)`` for a context ``(..., c)``."""
-        batch, k = context.shape[:-1], self.components
+        batch, k, d = context.shape[:-1], self.components, math.prod(self.event_shape)
         out = self.net(context.reshape(-1, self.context_features))
-        logits, loc, log_scale = out.split([k, (out.shape[-1] - k) // 2, (out.shape[-1] - k) // 2], dim=-1)
-        return (torch.log_softmax(logits, -1).reshape(*batch, k), loc.reshape(*batch, k, -1),
-                log_scale.reshape(*batch, k, -1))
+        logits, loc, log_scale = out.split([k, k * d, k * d], dim=-1)
+        return (torch.log_softmax(logits, -1).reshape(*batch, k), loc.reshape(*batch, k, d),
+                log_scale.reshape(*batch, k, d))
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """log p(z | c) for ``z`` ``(batch, *event)`` and ``context`` ``(batch, c)``; shape ``(batch,)``."""
