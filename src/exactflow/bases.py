@@ -85,12 +85,9 @@ def _torch_mixture(log_weights: Tensor, loc: Tensor, log_scale: Tensor,
 
 @BASES.register("GaussianMixture", conditional=False, test_kwargs={"components": 3})
 class GaussianMixture(nn.Module):
-    r"""A mixture of ``K`` diagonal Gaussians with learnable weights, means and scales.
+    """A mixture of ``K`` diagonal Gaussians with learnable weights, means and scales.
 
-    .. math::
-
-        p(z) = \sum_{k=1}^K w_k\, \mathcal N\big(z;\ \mu_k,\ \mathrm{diag}(\sigma_k^2)\big),
-        \qquad w = \mathrm{softmax}(\ell),\quad \sigma_k = \exp(\log\sigma_k),
+        p(z) = sum_{k=1..K} w_k N(z; mu_k, diag(sigma_k^2)),    w = softmax(logits),  sigma_k = exp(log_scale_k),
 
     over ``event_shape`` (flattened to ``D`` features). ``log_prob`` is exact, computed as
     ``logsumexp_k(log w_k + log N_k(z))`` so that no component underflows. ``rsample`` picks a component
@@ -166,12 +163,10 @@ class GaussianMixture(nn.Module):
 
 @BASES.register("ConditionalGaussianMixture", test_kwargs={"context": 2, "components": 3, "hidden": (8,)})
 class ConditionalGaussianMixture(nn.Module):
-    r"""A mixture of ``K`` diagonal Gaussians whose weights, means and scales are an MLP of the context.
+    """A mixture of ``K`` diagonal Gaussians whose weights, means and scales are an MLP of the context.
 
-    .. math::
-
-        p(z \mid c) = \sum_{k=1}^K w_k(c)\, \mathcal N\big(z;\ \mu_k(c),\ \mathrm{diag}(\sigma_k(c)^2)\big),
-        \qquad (\ell(c), \mu(c), \log\sigma(c)) = \mathrm{MLP}(c),\quad w(c) = \mathrm{softmax}(\ell(c)).
+        p(z | c) = sum_{k=1..K} w_k(c) N(z; mu_k(c), diag(sigma_k(c)^2)),
+        (logits(c), mu(c), log sigma(c)) = MLP(c),    w(c) = softmax(logits(c)).
 
     The MLP's last layer starts with zero weights and a bias holding the `GaussianMixture` initialisation
     (uniform weights, scales ``scale``, means from ``N(0, (1 - scale^2) I)``): the base starts as the same mixture
@@ -261,7 +256,7 @@ class ConditionalGaussianMixture(nn.Module):
 
 @BASES.register("ResampledBase", conditional=False, test_kwargs={"hidden": (8,), "truncation": 5})
 class ResampledBase(nn.Module):
-    r"""A standard normal resampled by a learned acceptance function, truncated after ``T`` proposals (LARS).
+    """A standard normal resampled by a learned acceptance function, truncated after ``T`` proposals (LARS).
 
     Sampling (Stimper, Schölkopf & Hernández-Lobato 2022, learned accept/reject sampling): draw
     ``z ~ pi = N(0, I)`` and accept it with probability ``a(z) = sigmoid(MLP(z))`` in (0, 1); repeat up to ``T - 1``
@@ -269,9 +264,7 @@ class ResampledBase(nn.Module):
     ``Z = E_pi[a(z)]`` the first ``T - 1`` tries succeed with total probability ``1 - (1 - Z)^{T-1}``, so the
     density of what this returns is exactly
 
-    .. math::
-
-        p(z) = \pi(z)\Big[(1 - \alpha_T)\,\frac{a(z)}{Z} + \alpha_T\Big], \qquad \alpha_T = (1 - Z)^{T-1},
+        p(z) = pi(z) [ (1 - alpha_T) a(z) / Z + alpha_T ],    alpha_T = (1 - Z)^(T-1),
 
     a mixture of the accepted-sample density ``pi a / Z`` and the proposal. ``T`` bounds the cost of a draw and
     keeps ``p >= alpha_T pi > 0`` everywhere, so the flow's log-likelihood stays finite.
