@@ -276,7 +276,7 @@ class ResampledBase(nn.Module):
 
     * in training mode every ``log_prob`` call draws ``mc_samples`` proposals (default: as many as ``z`` has rows),
       forms the unbiased batch estimate ``Z_b = mean a(eps_i)`` and updates
-      ``normalizer <- (1 - momentum) normalizer + momentum Z_b`` (as in the paper); the value used is the running
+      ``normalizer <- (1 - momentum) normalizer + momentum Z_b`` (as the authors do); the value used is the running
       average, the gradient is that of ``Z_b`` (``Z = normalizer + Z_b - stopgrad(Z_b)``), so it is unbiased for
       ``dZ/dtheta``. Its standard error is unknown (the network changes while it averages): ``normalizer_stderr``
       is NaN then.
