@@ -4,7 +4,8 @@ Convention: a bijection's ``forward`` maps data -> latent and returns ``(z, log|
 ``Flow.log_prob(x) = log p_z(T(x)) + log|det dT/dx|``.
 """
 
-from . import data, flows, objectives, targets, testing, transforms
+from . import bases, data, flows, objectives, targets, testing, transforms
+from .bases import ConditionalGaussianMixture, GaussianMixture, ResampledBase
 from .checkpoint import load, save
 from .core import Bijection, Compose, Inverse
 from .distributions import DiagNormal, Flow, StandardNormal
@@ -16,6 +17,7 @@ from .vi import fit_reverse_kl
 
 __version__ = "0.1.0"
 
-__all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "compile", "data", "flows",
+__all__ = ["Bijection", "Compose", "Inverse", "Flow", "StandardNormal", "DiagNormal", "GaussianMixture",
+           "ConditionalGaussianMixture", "ResampledBase", "bases", "compile", "data", "flows",
            "objectives", "transforms", "targets", "testing", "build", "save", "load", "fit", "evaluate", "standardize",
            "History", "fit_reverse_kl", "explore", "__version__"]

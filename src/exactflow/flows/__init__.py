@@ -11,6 +11,10 @@ gives the same flow and records ``flow.spec``::
 A flow composed by hand from registered parts, ``Flow(Compose(AffineCoupling(4), Permutation(4)), StandardNormal(4))``,
 is described by `describe` as a tree of registry names and constructor arguments (JSON only), and
 `rebuild` makes any description again; checkpoints store that tree.
+
+Every preset takes another registered base through `build` (``build("RealNVP", features=2, base="GaussianMixture")``
+or ``base=GaussianMixture(2)``), or afterwards through `set_base`; the preset's spec records the base, so the flow is
+saved and rebuilt with it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 from torch import nn
 
+from .. import bases as _bases  # noqa: F401  (registers the learned bases in BASES)
 from ..core import Compose, Inverse
 from ..distributions import ConditionalDiagNormal, DiagNormal, Flow, StandardNormal
 from ..nets import ContextEmbedding
@@ -34,12 +39,13 @@ from .residual import ResidualFlow
 from .sylvester import Sylvester
 from .tarflow import TarFlow, TarFlow1d
 
-__all__ = ["registry", "build", "prepend", "describe", "rebuild", "BNAF", "CNF", "Glow", "IAF", "MAF", "NICE", "NSF",
-           "NSFAutoregressive", "Planar", "Radial", "RealNVP", "ResidualFlow", "Sylvester", "RealNVPImage", "TarFlow",
-           "TarFlow1d"]
+__all__ = ["registry", "build", "prepend", "set_base", "describe", "rebuild", "BNAF", "CNF", "Glow", "IAF", "MAF",
+           "NICE", "NSF", "NSFAutoregressive", "Planar", "Radial", "RealNVP", "ResidualFlow", "Sylvester",
+           "RealNVPImage", "TarFlow", "TarFlow1d"]
 
-for _base in (StandardNormal, DiagNormal, ConditionalDiagNormal):
-    BASES.register()(_base)
+BASES.register(conditional=False)(StandardNormal)
+BASES.register(conditional=False)(DiagNormal)
+BASES.register(test_kwargs={"context": 2, "hidden": (8,)})(ConditionalDiagNormal)
 
 # Modules that hold other modules, described by what they hold now (not by how they were built):
 # a flow's transform may have been replaced since, e.g. by `prepend`.
@@ -48,9 +54,57 @@ CONTAINERS: dict[str, type[nn.Module]] = {
     cls.__name__: cls for cls in (Compose, CouplingChain, Inverse, Flow, ImageFlow)}
 
 
-def build(name: str, **kwargs: Any) -> Flow:
-    """The registered flow ``name`` built with ``kwargs`` (the same as calling the preset); it records ``flow.spec``."""
-    return registry.build(name, **kwargs)
+def build(name: str, base: str | nn.Module | None = None, **kwargs: Any) -> Flow:
+    """The registered flow ``name`` built with ``kwargs`` (the same as calling the preset); it records ``flow.spec``.
+
+    ``base`` replaces the preset's base (see `set_base`): a name in `exactflow.registry.BASES` or a base module."""
+    flow = registry.build(name, **kwargs)
+    return flow if base is None else set_base(flow, base)
+
+
+def set_base(flow: Flow, base: str | nn.Module, **kwargs: Any) -> Flow:
+    """Replace ``flow.base`` by ``base`` and return the flow (changed in place); a preset's spec records it.
+
+    ``base`` is a name in `exactflow.registry.BASES`, built as ``BASES[base](flow.event_shape, **kwargs)`` (plus
+    ``context=flow.context_features`` for a conditional base), or a base module (registered, for checkpoints), which
+    is moved to the flow's dtype and device. Its event shape, and a conditional base's number of context features,
+    must match the flow's.
+
+    Examples:
+        >>> flow = build("RealNVP", features=2, depth=2, base="GaussianMixture")
+        >>> type(flow.base).__name__, flow.log_prob(torch.randn(3, 2)).shape
+        ('GaussianMixture', torch.Size([3]))
+    """
+    if not isinstance(flow, Flow):
+        raise ValueError(f"set_base expects an exactflow Flow, got {type(flow).__name__}")
+    if isinstance(base, str):
+        if base not in BASES:
+            raise ValueError(f"unknown base distribution {base!r}; available: {', '.join(sorted(BASES))}")
+        if BASES[base].conditional:
+            if not flow.context_features:
+                raise ValueError(f"base {base!r} is conditional but the flow is unconditional (context=0)")
+            kwargs = {"context": flow.context_features, **kwargs}
+        base = BASES.build(base, flow.event_shape, **kwargs)
+    elif kwargs:
+        raise ValueError("set_base: keyword arguments go with a base given by name, not with a module")
+    if not isinstance(base, nn.Module) or not callable(getattr(base, "log_prob", None)) \
+            or not callable(getattr(base, "rsample", None)):
+        raise ValueError(f"base must be a registered base's name or a module with log_prob and rsample, got {base!r}")
+    if tuple(getattr(base, "event_shape", ())) != tuple(flow.event_shape):
+        raise ValueError(f"base {type(base).__name__} has event shape {getattr(base, 'event_shape', None)}, "
+                         f"but the flow's is {tuple(flow.event_shape)}")
+    base_context = getattr(base, "context_features", 0) or 0
+    if base_context not in (0, flow.context_features):
+        raise ValueError(f"base {type(base).__name__} takes {base_context} context features, "
+                         f"but the flow has context={flow.context_features}")
+    ref = flow._ref()
+    if ref is not None and ref.is_floating_point():
+        base = base.to(device=ref.device, dtype=ref.dtype)
+    flow.base = base
+    spec = getattr(flow, "spec", None)
+    if spec is not None:
+        spec["base"] = type(base).__name__  # describe() writes the base as it is now
+    return flow
 
 
 def prepend(flow: Flow, name: str, bijection: nn.Module | None = None, **kwargs: Any) -> Flow:
@@ -76,7 +130,10 @@ def describe(module: nn.Module, where: str = "flow") -> dict:
         kwargs = dict(spec["kwargs"])
         if kwargs.get("embedding") is not None:
             kwargs["embedding"] = _describe_embedding(module)
-        return {"flow": spec["flow"], "kwargs": to_json(kwargs), "preprocess": to_json(spec["preprocess"])}
+        out = {"flow": spec["flow"], "kwargs": to_json(kwargs), "preprocess": to_json(spec["preprocess"])}
+        if "base" in spec:  # replaced by set_base
+            out["base"] = describe(module.base, f"{where}.base")
+        return out
     if CONTAINERS.get(kind) is type(module):
         if isinstance(module, Flow):
             parts = [describe(module.transform, f"{where}.transform"), describe(module.base, f"{where}.base")]
@@ -149,6 +206,8 @@ def _rebuild(spec: dict, embedding: nn.Module | None, used: list[bool]) -> nn.Mo
             flow = build(spec["flow"], **_with_embedding(from_json(spec["kwargs"]), embedding, used))
             for step in spec.get("preprocess", []):
                 prepend(flow, step["transform"], **from_json(step["kwargs"]))
+            if "base" in spec:
+                set_base(flow, rebuild(spec["base"]))
             return flow
         kwargs = from_json(spec.get("kwargs", {}), part)
         if spec.get("node") in CONTAINERS:  # parts described directly

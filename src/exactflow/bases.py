@@ -1,0 +1,428 @@
+"""Learned base distributions: Gaussian mixtures (plain and conditional) and a resampled (LARS) Gaussian.
+
+A flow's transform is a diffeomorphism, so it cannot change the topology of its base: a flow on N(0, I) needs
+steep, ill-conditioned maps to put almost no mass between the modes of multimodal data. A base that is itself
+multimodal, or that has learned to cut mass away, removes that burden. Each class here is a drop-in base for
+`Flow` (``log_prob(z, context)``, ``rsample(n, context)``, ``event_shape``) and is registered in
+`exactflow.registry.BASES`, so a flow using it is saved and rebuilt by the checkpoint code. Give one to a preset
+with ``exactflow.build("RealNVP", features=2, base="GaussianMixture")`` (or ``base=GaussianMixture(2, ...)``), or
+to a built flow with `exactflow.flows.set_base`.
+
+Components are diagonal Gaussians (a full Cholesky factor per component would cost ``D^2`` parameters and a
+triangular solve per component; the flow's transform can already rotate and shear, so diagonal components are
+the common choice for flow bases, as in Izmailov et al. 2020 and normflows).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .distributions import LOG_2PI, _sample_count
+from .nets import MLP
+from .registry import BASES
+from .validation import check_sizes
+
+__all__ = ["GaussianMixture", "ConditionalGaussianMixture", "ResampledBase"]
+
+
+def _shape(event_shape: int | Sequence[int], name: str) -> tuple[int, ...]:
+    """``event_shape`` as a tuple of positive ints (an int ``D`` is ``(D,)``)."""
+    shape = (event_shape,) if isinstance(event_shape, int) and not isinstance(event_shape, bool) else event_shape
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or not shape \
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape):
+        raise ValueError(f"{name}: event_shape must be a positive int or a tuple of positive ints, got {event_shape!r}")
+    return tuple(shape)
+
+
+def _check_z(name: str, z: Tensor, event_shape: tuple[int, ...]) -> None:
+    d = len(event_shape)
+    if not isinstance(z, Tensor) or z.dim() < d + 1 or tuple(z.shape[z.dim() - d:]) != event_shape:
+        shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+        raise ValueError(f"{name}.log_prob: z has shape {shape}, expected (batch, {', '.join(map(str, event_shape))})")
+
+
+def _check_scale(name: str, scale: float) -> None:
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 < scale < 1:
+        raise ValueError(f"{name}: scale (the initial component standard deviation) must be in (0, 1), got {scale!r}")
+
+
+def _check_components(name: str, components: int) -> None:
+    if not isinstance(components, int) or isinstance(components, bool) or components < 1:
+        raise ValueError(f"{name}: components must be a positive integer, got {components!r}")
+
+
+def _mixture_log_prob(z: Tensor, log_weights: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
+    """log sum_k w_k N(z; mu_k, diag(sigma_k^2)) for flat ``z`` ``(..., D)``, ``log_weights`` ``(..., K)`` and
+    ``loc``, ``log_scale`` ``(..., K, D)`` (all broadcast over the leading dimensions)."""
+    u = (z.unsqueeze(-2) - loc) * torch.exp(-log_scale)
+    log_components = -0.5 * u.square().sum(-1) - log_scale.sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
+    return torch.logsumexp(log_weights + log_components, dim=-1)
+
+
+def _mixture_rsample(log_weights: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
+    """One draw per leading row: ``k ~ Categorical(w)`` (not reparameterised), ``z = mu_k + sigma_k eps``
+    (reparameterised in ``mu``, ``sigma``). Shapes ``(n, K)``, ``(n, K, D)`` -> ``(n, D)``."""
+    with torch.no_grad():
+        k = torch.multinomial(log_weights.detach().exp().reshape(-1, log_weights.shape[-1]), 1)
+    index = k.reshape(*loc.shape[:-2], 1, 1).expand(*loc.shape[:-2], 1, loc.shape[-1])
+    mu, log_sigma = loc.gather(-2, index).squeeze(-2), log_scale.gather(-2, index).squeeze(-2)
+    return mu + torch.exp(log_sigma) * torch.randn_like(mu)
+
+
+def _torch_mixture(log_weights: Tensor, loc: Tensor, log_scale: Tensor,
+                   event_shape: tuple[int, ...]) -> torch.distributions.Distribution:
+    """The mixture as ``torch.distributions.MixtureSameFamily`` over diagonal normals of ``event_shape``."""
+    shape = (*loc.shape[:-1], *event_shape)
+    normal = torch.distributions.Normal(loc.reshape(shape), torch.exp(log_scale).reshape(shape))
+    return torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=log_weights),
+                                                 torch.distributions.Independent(normal, len(event_shape)))
+
+
+@BASES.register("GaussianMixture", conditional=False, test_kwargs={"components": 3})
+class GaussianMixture(nn.Module):
+    """A mixture of ``K`` diagonal Gaussians with learnable weights, means and scales.
+
+        p(z) = sum_{k=1..K} w_k N(z; mu_k, diag(sigma_k^2)),    w = softmax(logits),  sigma_k = exp(log_scale_k),
+
+    over ``event_shape`` (flattened to ``D`` features). ``log_prob`` is exact, computed as
+    ``logsumexp_k(log w_k + log N_k(z))`` so that no component underflows. ``rsample`` picks a component
+    ``k ~ Categorical(w)`` and returns ``mu_k + sigma_k * eps``, ``eps ~ N(0, I)``: gradients reach the means and
+    scales (the reparameterisation trick) but **not the weights**, since the discrete choice is not differentiable.
+    Training by maximum likelihood (``log_prob``) reaches every parameter; a reverse-KL objective through
+    ``rsample`` leaves the weights at their current values.
+
+    Initialisation: uniform weights, scales ``scale`` and means drawn from ``N(0, (1 - scale^2) I)`` (torch's
+    global RNG), so the mixture has about unit covariance (like N(0, I), which standardised data expects) and
+    separated components that a flow can assign to the modes of the data (e.g. the two moons).
+
+    Args:
+        event_shape: Shape of one sample (an int ``D`` for vectors).
+        components: Number of components ``K``.
+        scale: Initial standard deviation of every component, in (0, 1).
+        trainable: Learn weights, means and scales (``False``: they are buffers, saved but fixed).
+
+    References:
+        P. Izmailov, P. Kirichenko, M. Finzi, A. G. Wilson. Semi-supervised learning with normalizing flows
+        (ICML 2020). https://arxiv.org/abs/1912.13025
+
+    Examples:
+        >>> base = GaussianMixture(2, components=4)
+        >>> z = base.rsample(5)
+        >>> z.shape, base.log_prob(z).shape
+        (torch.Size([5, 2]), torch.Size([5]))
+        >>> torch.allclose(base.log_prob(z), base.as_torch().log_prob(z))
+        True
+    """
+
+    def __init__(self, event_shape: int | tuple[int, ...], components: int = 8, scale: float = 0.5,
+                 trainable: bool = True) -> None:
+        super().__init__()
+        self.event_shape = _shape(event_shape, "GaussianMixture")
+        _check_components("GaussianMixture", components)
+        _check_scale("GaussianMixture", scale)
+        self.components = components
+        d = math.prod(self.event_shape)
+        self.register_buffer("_ref", torch.zeros(()))
+        values = {"logits": torch.zeros(components),
+                  "loc": torch.randn(components, d) * math.sqrt(1 - scale**2),
+                  "log_scale": torch.full((components, d), math.log(scale))}
+        for key, value in values.items():
+            if trainable:
+                setattr(self, key, nn.Parameter(value))
+            else:
+                self.register_buffer(key, value)
+
+    @property
+    def weights(self) -> Tensor:
+        """The mixture weights ``w = softmax(logits)``, shape ``(K,)``."""
+        return torch.softmax(self.logits, -1)
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """log p(z) for ``z`` of shape ``(batch, *event)``; shape ``(batch,)``. ``context`` is ignored."""
+        _check_z("GaussianMixture", z, self.event_shape)
+        flat = z.flatten(z.dim() - len(self.event_shape))
+        return _mixture_log_prob(flat, torch.log_softmax(self.logits, -1), self.loc, self.log_scale)
+
+    def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
+        """``n`` samples ``(n, *event)``; reparameterised in the means and scales, not in the component choice."""
+        n = _sample_count(n)
+        shape = (n, *self.loc.shape)
+        z = _mixture_rsample(torch.log_softmax(self.logits, -1).expand(n, -1), self.loc.expand(shape),
+                             self.log_scale.expand(shape))
+        return z.reshape(n, *self.event_shape)
+
+    def as_torch(self, context: Tensor | None = None) -> torch.distributions.Distribution:
+        """This mixture as ``torch.distributions.MixtureSameFamily`` (batch shape ``()``)."""
+        return _torch_mixture(torch.log_softmax(self.logits, -1), self.loc, self.log_scale, self.event_shape)
+
+
+@BASES.register("ConditionalGaussianMixture", test_kwargs={"context": 2, "components": 3, "hidden": (8,)})
+class ConditionalGaussianMixture(nn.Module):
+    """A mixture of ``K`` diagonal Gaussians whose weights, means and scales are an MLP of the context.
+
+        p(z | c) = sum_{k=1..K} w_k(c) N(z; mu_k(c), diag(sigma_k(c)^2)),
+        (logits(c), mu(c), log sigma(c)) = MLP(c),    w(c) = softmax(logits(c)).
+
+    The MLP's last layer starts with zero weights and a bias holding the `GaussianMixture` initialisation
+    (uniform weights, scales ``scale``, means from ``N(0, (1 - scale^2) I)``): the base starts as the same mixture
+    for every context, with distinct components (identical ones would get identical gradients and never separate).
+    ``log_prob`` is exact; ``rsample`` is reparameterised in the means and scales (hence in the MLP through them)
+    but not in the component choice, as in `GaussianMixture`.
+
+    ``log_prob(z, c)`` needs one context row per ``z`` row and ``rsample(n, c)`` a context of ``n`` rows
+    (`Flow` repeats each context row for you); ``as_torch(c)`` takes ``(c,)`` or ``(b, c)``.
+
+    Args:
+        event_shape: Shape of one sample (an int ``D`` for vectors).
+        context: Number of context features (>= 1).
+        components: Number of components ``K``.
+        hidden: Hidden layer sizes of the MLP.
+        scale: Initial standard deviation of every component, in (0, 1).
+
+    References:
+        C. M. Bishop. Mixture density networks (1994), Aston University technical report NCRG/94/004.
+
+    Examples:
+        >>> base = ConditionalGaussianMixture(2, context=3, components=4)
+        >>> c = torch.randn(5, 3)
+        >>> z = base.rsample(5, c)
+        >>> z.shape, base.log_prob(z, c).shape
+        (torch.Size([5, 2]), torch.Size([5]))
+    """
+
+    def __init__(self, event_shape: int | tuple[int, ...], context: int, components: int = 8,
+                 hidden: Sequence[int] = (64,), scale: float = 0.5) -> None:
+        super().__init__()
+        self.event_shape = _shape(event_shape, "ConditionalGaussianMixture")
+        if not isinstance(context, int) or isinstance(context, bool) or context < 1:
+            raise ValueError(f"ConditionalGaussianMixture needs context >= 1 features, got {context!r}")
+        _check_components("ConditionalGaussianMixture", components)
+        _check_scale("ConditionalGaussianMixture", scale)
+        check_sizes(1, 0, hidden)
+        self.context_features = context
+        self.components = components
+        self.register_buffer("_ref", torch.zeros(()))
+        d = math.prod(self.event_shape)
+        self.net = MLP(context, components * (1 + 2 * d), hidden)  # last layer zero: the bias is the output
+        with torch.no_grad():
+            bias = self.net[-1].bias
+            bias[components: components * (1 + d)] = torch.randn(components * d) * math.sqrt(1 - scale**2)
+            bias[components * (1 + d):] = math.log(scale)
+
+    def _check(self, context: Tensor | None, rows: int) -> Tensor:
+        if context is None:
+            raise ValueError(f"ConditionalGaussianMixture needs a context of shape ({rows}, {self.context_features}), "
+                             "got None")
+        if not isinstance(context, Tensor) or context.dim() != 2 or context.shape != (rows, self.context_features):
+            shape = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+            raise ValueError(f"ConditionalGaussianMixture: context has shape {shape}, "
+                             f"expected ({rows}, {self.context_features})")
+        return context
+
+    def _params(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """log w(c) ``(..., K)``, mu(c) and log_sigma(c) ``(..., K, D)`` for a context ``(..., c)``."""
+        batch, k, d = context.shape[:-1], self.components, math.prod(self.event_shape)
+        out = self.net(context.reshape(-1, self.context_features))
+        logits, loc, log_scale = out.split([k, k * d, k * d], dim=-1)
+        return (torch.log_softmax(logits, -1).reshape(*batch, k), loc.reshape(*batch, k, d),
+                log_scale.reshape(*batch, k, d))
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """log p(z | c) for ``z`` ``(batch, *event)`` and ``context`` ``(batch, c)``; shape ``(batch,)``."""
+        _check_z("ConditionalGaussianMixture", z, self.event_shape)
+        params = self._params(self._check(context, z.shape[0]))
+        return _mixture_log_prob(z.flatten(1), *params)
+
+    def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
+        """One sample per context row: ``(n, *event)`` for ``context`` ``(n, c)``."""
+        n = _sample_count(n)
+        params = self._params(self._check(context, n))
+        return _mixture_rsample(*params).reshape(n, *self.event_shape)
+
+    def as_torch(self, context: Tensor | None = None) -> torch.distributions.Distribution:
+        """The mixture for ``context`` ``(c,)`` or ``(b, c)`` as a torch distribution with batch shape
+        ``context.shape[:-1]``."""
+        if not isinstance(context, Tensor) or context.dim() not in (1, 2) or context.shape[-1] != self.context_features:
+            shape = tuple(context.shape) if isinstance(context, Tensor) else context
+            raise ValueError(f"ConditionalGaussianMixture: context has shape {shape}, "
+                             f"expected ({self.context_features},) or (batch, {self.context_features})")
+        return _torch_mixture(*self._params(context), self.event_shape)
+
+
+@BASES.register("ResampledBase", conditional=False, test_kwargs={"hidden": (8,), "truncation": 5})
+class ResampledBase(nn.Module):
+    """A standard normal resampled by a learned acceptance function, truncated after ``T`` proposals (LARS).
+
+    Sampling (Stimper, Schölkopf & Hernández-Lobato 2022, learned accept/reject sampling): draw
+    ``z ~ pi = N(0, I)`` and accept it with probability ``a(z) = sigmoid(MLP(z))`` in (0, 1); repeat up to ``T - 1``
+    times, and if all are rejected return the ``T``-th proposal unconditionally. With the acceptance rate
+    ``Z = E_pi[a(z)]`` the first ``T - 1`` tries succeed with total probability ``1 - (1 - Z)^{T-1}``, so the
+    density of what this returns is exactly
+
+        p(z) = pi(z) [ (1 - alpha_T) a(z) / Z + alpha_T ],    alpha_T = (1 - Z)^(T-1),
+
+    a mixture of the accepted-sample density ``pi a / Z`` and the proposal. ``T`` bounds the cost of a draw and
+    keeps ``p >= alpha_T pi > 0`` everywhere, so the flow's log-likelihood stays finite.
+
+    **The normaliser Z is estimated, not exact**: it is an integral over R^D, computed by Monte Carlo, and
+    ``log_prob`` is exact only up to the error of that estimate (``d log p / dZ`` is available from
+    `log_prob_dz`). The estimate is the buffer ``normalizer`` (saved in checkpoints), a running statistic like
+    batch norm's:
+
+    * in training mode every ``log_prob`` call draws ``mc_samples`` proposals (default: as many as ``z`` has rows),
+      forms the unbiased batch estimate ``Z_b = mean a(eps_i)`` and updates
+      ``normalizer <- (1 - momentum) normalizer + momentum Z_b`` (as the authors do); the value used is the running
+      average, the gradient is that of ``Z_b`` (``Z = normalizer + Z_b - stopgrad(Z_b)``), so it is unbiased for
+      ``dZ/dtheta``. Its standard error is unknown (the network changes while it averages): ``normalizer_stderr``
+      is NaN then.
+    * in eval mode ``log_prob`` uses the stored ``normalizer`` and is deterministic. Call `calibrate` after
+      training (or after changing the weights by hand: the stored value does not follow them) to replace it by a
+      fresh estimate from ``n`` proposals; it returns that estimate and its standard error ``std(a) / sqrt(n)``, and
+      stores the standard error in ``normalizer_stderr``.
+
+    A fresh instance has ``a = 1/2`` everywhere (the MLP's last layer is zero), so ``Z = 1/2`` exactly, the stored
+    value, and ``p = pi``.
+
+    ``rsample`` runs the sampler above vectorised (one batched round of proposals for all samples still pending,
+    at most ``T`` rounds; about ``1/Z`` rounds on average), without gradients: **it is not reparameterised**. The
+    draws are proposals that were accepted, so no gradient reaches the acceptance network through them, and
+    training ``a`` by reverse KL through `Flow.sample_and_log_prob` would need the score-function term, which is not
+    supplied (maximum likelihood through ``log_prob`` trains everything). There is no ``torch.distributions``
+    equivalent (``as_torch``).
+
+    Args:
+        event_shape: Shape of one sample (an int ``D`` for vectors); the MLP sees it flattened.
+        hidden: Hidden layer sizes of the acceptance MLP.
+        truncation: The most proposals ``T`` per sample (>= 1; ``T = 1`` gives ``p = pi``).
+        momentum: Weight of each training-time batch estimate in the running average of ``Z``, in (0, 1].
+        mc_samples: Proposals per training-time estimate of ``Z``; ``None``: as many as the batch has rows.
+
+    References:
+        V. Stimper, B. Schölkopf, J. M. Hernández-Lobato. Resampling base distributions of normalizing flows
+        (AISTATS 2022). https://arxiv.org/abs/2110.15828
+
+    Examples:
+        >>> base = ResampledBase(2, hidden=(16,), truncation=50)
+        >>> z = base.rsample(5)
+        >>> z.shape, base.log_prob(z).shape
+        (torch.Size([5, 2]), torch.Size([5]))
+        >>> base.normalizer.item()  # a fresh instance accepts half of its proposals
+        0.5
+        >>> Z, stderr = base.calibrate(10_000)  # a fresh estimate (exact here: a = 1/2 everywhere)
+        >>> Z.item(), stderr.item()
+        (0.5, 0.0)
+    """
+
+    def __init__(self, event_shape: int | tuple[int, ...], hidden: Sequence[int] = (64, 64), truncation: int = 100,
+                 momentum: float = 0.05, mc_samples: int | None = None) -> None:
+        super().__init__()
+        self.event_shape = _shape(event_shape, "ResampledBase")
+        check_sizes(1, 0, hidden)
+        if not isinstance(truncation, int) or isinstance(truncation, bool) or truncation < 1:
+            raise ValueError(f"ResampledBase: truncation (the most proposals T) must be an int >= 1, "
+                             f"got {truncation!r}")
+        if not isinstance(momentum, (int, float)) or isinstance(momentum, bool) or not 0 < momentum <= 1:
+            raise ValueError(f"ResampledBase: momentum must be in (0, 1], got {momentum!r}")
+        if mc_samples is not None and (not isinstance(mc_samples, int) or isinstance(mc_samples, bool)
+                                       or mc_samples < 1):
+            raise ValueError(f"ResampledBase: mc_samples must be a positive int or None, got {mc_samples!r}")
+        self.truncation, self.momentum, self.mc_samples = truncation, momentum, mc_samples
+        self.register_buffer("_ref", torch.zeros(()))
+        self.net = MLP(math.prod(self.event_shape), 1, hidden)
+        self.register_buffer("normalizer", torch.tensor(0.5))
+        self.register_buffer("normalizer_stderr", torch.tensor(0.0))
+
+    def log_acceptance(self, z: Tensor) -> Tensor:
+        """log a(z) for ``z`` ``(batch, *event)``, shape ``(batch,)`` (a log-sigmoid: stable for any logit)."""
+        return F.logsigmoid(self.net(z.flatten(1))).squeeze(-1)
+
+    def _proposals(self, n: int) -> Tensor:
+        return torch.randn(n, *self.event_shape, dtype=self._ref.dtype, device=self._ref.device)
+
+    def _log_alpha(self, normalizer: Tensor) -> Tensor:
+        """log alpha_T = (T - 1) log(1 - Z)."""
+        return (self.truncation - 1) * torch.log1p(-normalizer)
+
+    def _log_factor(self, log_a: Tensor, normalizer: Tensor) -> Tensor:
+        """log[(1 - alpha_T) a / Z + alpha_T]."""
+        if self.truncation == 1:
+            return torch.zeros_like(log_a)
+        log_alpha = self._log_alpha(normalizer)
+        accepted = torch.log(-torch.expm1(log_alpha)) + log_a - torch.log(normalizer)
+        return torch.logaddexp(accepted, log_alpha.expand_as(accepted))
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """log p(z) (formula in the class docstring) for ``z`` ``(batch, *event)``, shape ``(batch,)``; in training
+        mode it also updates the running estimate of ``Z``. ``context`` is ignored."""
+        _check_z("ResampledBase", z, self.event_shape)
+        normalizer = self.normalizer
+        if self.training:
+            log_a = self.log_acceptance(self._proposals(self.mc_samples or max(z.shape[0], 1)))
+            batch = log_a.exp().mean()
+            with torch.no_grad():
+                self.normalizer.mul_(1 - self.momentum).add_(self.momentum * batch.detach())
+                self.normalizer_stderr.fill_(math.nan)
+            normalizer = self.normalizer.clone() + (batch - batch.detach())
+        d = len(self.event_shape)
+        log_pi = -0.5 * z.square().flatten(z.dim() - d).sum(-1) - 0.5 * math.prod(self.event_shape) * LOG_2PI
+        return log_pi + self._log_factor(self.log_acceptance(z), normalizer)
+
+    @torch.no_grad()
+    def log_prob_dz(self, z: Tensor) -> Tensor:
+        """d log p(z) / dZ at the stored ``normalizer``, shape ``(batch,)``: to first order, an error ``dZ`` in the
+        estimate moves ``log p(z)`` by ``log_prob_dz(z) * dZ`` (so ``|log_prob_dz| * normalizer_stderr`` is the
+        standard error of ``log p(z)`` after `calibrate`)."""
+        a = self.log_acceptance(z).detach().exp()
+        if self.truncation == 1:
+            return torch.zeros_like(a)
+        big_z = self.normalizer
+        alpha = self._log_alpha(big_z).exp()
+        dalpha = -(self.truncation - 1) * alpha / (1 - big_z)  # d/dZ (1 - Z)^(T-1)
+        value = (1 - alpha) * a / big_z + alpha
+        dvalue = dalpha * (1 - a / big_z) - (1 - alpha) * a / big_z**2
+        return dvalue / value
+
+    @torch.no_grad()
+    def calibrate(self, n: int = 100_000, chunk: int = 65_536) -> tuple[Tensor, Tensor]:
+        """Estimate ``Z = E_pi[a(z)]`` afresh from ``n`` proposals, store it in ``normalizer`` (and its standard error
+        in ``normalizer_stderr``), and return ``(Z, stderr)`` with ``stderr = std(a) / sqrt(n)``.
+
+        Proposals are scored ``chunk`` at a time, so memory stays bounded for large ``n``."""
+        n = _sample_count(n)
+        if n < 2:
+            raise ValueError(f"ResampledBase.calibrate needs n >= 2 proposals for a standard error, got {n}")
+        total = torch.zeros((), dtype=torch.float64, device=self._ref.device)
+        total_sq = torch.zeros_like(total)
+        for start in range(0, n, chunk):
+            a = self.log_acceptance(self._proposals(min(chunk, n - start))).exp().double()
+            total += a.sum()
+            total_sq += a.square().sum()
+        mean = total / n
+        var = (total_sq - n * mean.square()).clamp_min(0) / (n - 1)
+        self.normalizer.copy_(mean)
+        self.normalizer_stderr.copy_((var / n).sqrt())
+        return self.normalizer.clone(), self.normalizer_stderr.clone()
+
+    @torch.no_grad()
+    def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
+        """``n`` samples ``(n, *event)`` by the truncated accept/reject procedure (no gradients; see the class
+        docstring). ``context`` is ignored."""
+        n = _sample_count(n)
+        out = torch.empty(n, *self.event_shape, dtype=self._ref.dtype, device=self._ref.device)
+        pending = torch.arange(n, device=out.device)
+        for _ in range(self.truncation - 1):
+            if pending.numel() == 0:
+                break
+            proposal = self._proposals(pending.numel())
+            accept = torch.rand(pending.numel(), dtype=out.dtype, device=out.device).log() \
+                < self.log_acceptance(proposal)
+            out[pending[accept]] = proposal[accept]
+            pending = pending[~accept]
+        if pending.numel():
+            out[pending] = self._proposals(pending.numel())
+        return out
