@@ -20,11 +20,12 @@ from typing import Any
 from torch import nn
 
 from ..core import Compose, Inverse
-from ..distributions import ConditionalDiagNormal, DiagNormal, Flow, StandardNormal
+from ..distributions import CircularUniform, ConditionalDiagNormal, DiagNormal, Flow, StandardNormal
 from ..registry import BASES, TRANSFORMS, from_json, to_json
 from ..registry import FLOWS as registry
 from ..transforms.coupling import CouplingChain
 from .autoregressive import BNAF, IAF, MAF, NSF, NSFAutoregressive
+from .circular import CircularNSF, CircularNSFAutoregressive
 from .continuous import CNF
 from .coupling import NICE, RealNVP
 from .glow import Glow, ImageFlow, RealNVPImage
@@ -32,10 +33,11 @@ from .planar import Planar, Radial
 from .sylvester import Sylvester
 from .tarflow import TarFlow, TarFlow1d
 
-__all__ = ["registry", "build", "prepend", "describe", "rebuild", "BNAF", "CNF", "Glow", "IAF", "MAF", "NICE", "NSF",
+__all__ = ["registry", "build", "prepend", "describe", "rebuild", "BNAF", "CircularNSF", "CircularNSFAutoregressive",
+           "CNF", "Glow", "IAF", "MAF", "NICE", "NSF",
            "NSFAutoregressive", "Planar", "Radial", "RealNVP", "Sylvester", "RealNVPImage", "TarFlow", "TarFlow1d"]
 
-for _base in (StandardNormal, DiagNormal, ConditionalDiagNormal):
+for _base in (StandardNormal, DiagNormal, ConditionalDiagNormal, CircularUniform):
     BASES.register()(_base)
 
 # Modules that hold other modules, described by what they hold now (not by how they were built):
