@@ -21,6 +21,14 @@ from ..transforms.coupling import CouplingChain
 from ..transforms.linear import LULinear, Permutation, Reverse
 from ..transforms.normalization import BatchNorm
 from ..transforms.splines import RQSplineAutoregressive, RQSplineCoupling
+from ..transforms.splines_polynomial import (
+    CubicSplineAutoregressive,
+    CubicSplineCoupling,
+    LinearSplineAutoregressive,
+    LinearSplineCoupling,
+    QuadraticSplineAutoregressive,
+    QuadraticSplineCoupling,
+)
 from ..validation import check_sizes
 
 __all__ = ["BNAF", "IAF", "MAF", "NSF", "NSFAutoregressive"]
@@ -38,6 +46,21 @@ def _mixer(kind: str, features: int, seed: int) -> Bijection | None:
     if kind == "lu":
         return LULinear(features, seed=seed)
     raise ValueError(f"unknown permutation {kind!r}: use 'reverse', 'random', 'lu' or 'none'")
+
+
+#: the spline kernels of NSF and NSFAutoregressive: name -> (coupling layer, autoregressive layer)
+SPLINES: dict[str, tuple[type, type]] = {
+    "rational-quadratic": (RQSplineCoupling, RQSplineAutoregressive),
+    "linear": (LinearSplineCoupling, LinearSplineAutoregressive),
+    "quadratic": (QuadraticSplineCoupling, QuadraticSplineAutoregressive),
+    "cubic": (CubicSplineCoupling, CubicSplineAutoregressive),
+}
+
+
+def _spline_layers(spline: str) -> tuple[type, type]:
+    if spline not in SPLINES:
+        raise ValueError(f"unknown spline {spline!r}: use one of {', '.join(map(repr, SPLINES))}")
+    return SPLINES[spline]
 
 
 def _flow(layers: list[nn.Module], features: int, context: int, conditional_base: bool,
@@ -173,10 +196,12 @@ def IAF(features: int, context: int = 0, depth: int = 5, hidden: Sequence[int] =
 
 @FLOWS.register("NSF", renamed={"transforms": "depth"}, test_kwargs={"depth": 2, "hidden": (16,), "bins": 4})
 def NSF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] = (64, 64), bins: int = 8,
-        bound: float = 5.0, mask: str = "half", permutation: str = "lu", conditional_base: bool = False) -> Flow:
+        bound: float = 5.0, mask: str = "half", permutation: str = "lu", conditional_base: bool = False,
+        spline: str = "rational-quadratic") -> Flow:
     """Neural spline flow, coupling form (Durkan et al. 2019): one pass both ways.
 
-    ``depth`` rational-quadratic spline couplings (``bins`` bins on ``[-bound, bound]``, identity tails),
+    ``depth`` rational-quadratic spline couplings (``bins`` bins on ``[-bound, bound]``, identity tails; or the
+    ``spline`` kernel chosen),
     the fixed half flipping every layer, with a ``permutation`` (default an LU-parametrised linear map, as in
     the paper) between them, or none (``permutation="none"``). Each coupling maps data -> latent by
     ``z_tr = f(x_tr; net(x_id))``, ``z_id = x_id`` with ``f`` a monotone rational-quadratic spline per feature,
@@ -195,6 +220,9 @@ def NSF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
             `LULinear`) or ``"none"``.
         conditional_base: Draw the base from a `ConditionalDiagNormal` on the
             context instead of N(0, I) (needs ``context > 0``).
+        spline: The spline of every coupling: ``"rational-quadratic"`` (`RQSplineCoupling`), ``"linear"``,
+            ``"quadratic"`` (Müller et al. 2019) or ``"cubic"`` (Durkan et al. 2019, cubic-spline flows; inverse
+            by bisection), see `exactflow.transforms.splines_polynomial`.
 
     Returns:
         The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
@@ -212,8 +240,9 @@ def NSF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
         True
     """
     check_sizes(features, context, hidden, depth=depth, bins=bins)
-    layers = _stack(lambda i: RQSplineCoupling(features, context, mask=mask, flip=i % 2 == 1, hidden=hidden, bins=bins,
-                                               bound=bound),
+    coupling = _spline_layers(spline)[0]
+    layers = _stack(lambda i: coupling(features, context, mask=mask, flip=i % 2 == 1, hidden=hidden, bins=bins,
+                                       bound=bound),
                     features, depth, permutation)
     return _flow(layers, features, context, conditional_base, CouplingChain)
 
@@ -222,10 +251,10 @@ def NSF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
                 test_kwargs={"depth": 2, "hidden": (16, 16), "bins": 4})
 def NSFAutoregressive(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] = (64, 64),
                       bins: int = 8, bound: float = 5.0, residual: bool = False, permutation: str = "reverse",
-                      conditional_base: bool = False) -> Flow:
+                      conditional_base: bool = False, spline: str = "rational-quadratic") -> Flow:
     """Neural spline flow, autoregressive form (Durkan et al. 2019): one-pass density, D-pass sampling.
 
-    ``depth`` rational-quadratic spline layers conditioned by MADEs, their orders alternating
+    ``depth`` rational-quadratic (or ``spline``) spline layers conditioned by MADEs, their orders alternating
     (``permutation="reverse"``) or with a ``"random"`` permutation or ``"lu"`` map between them. Each layer maps
     data -> latent by ``z_i = f(x_i; theta_i(x_<i))``, ``log|det dz/dx| = sum_i log f'(x_i)``.
 
@@ -242,6 +271,8 @@ def NSFAutoregressive(features: int, context: int = 0, depth: int = 3, hidden: S
             `LULinear`) or ``"none"``.
         conditional_base: Draw the base from a `ConditionalDiagNormal` on the
             context instead of N(0, I) (needs ``context > 0``).
+        spline: The spline of every layer: ``"rational-quadratic"`` (`RQSplineAutoregressive`), ``"linear"``,
+            ``"quadratic"`` or ``"cubic"``, see `exactflow.transforms.splines_polynomial`.
 
     Returns:
         The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
@@ -257,8 +288,9 @@ def NSFAutoregressive(features: int, context: int = 0, depth: int = 3, hidden: S
         (torch.Size([5]), torch.Size([2, 3]))
     """
     check_sizes(features, context, hidden, depth=depth, bins=bins)
-    layers = _made_stack(lambda i, order: RQSplineAutoregressive(features, context, hidden, bins=bins, bound=bound,
-                                                                 order=order, residual=residual),
+    autoregressive = _spline_layers(spline)[1]
+    layers = _made_stack(lambda i, order: autoregressive(features, context, hidden, bins=bins, bound=bound,
+                                                         order=order, residual=residual),
                          features, depth, permutation)
     return _flow(layers, features, context, conditional_base)
 
