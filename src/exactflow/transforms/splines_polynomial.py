@@ -212,9 +212,9 @@ class QuadraticSpline(_BinnedSpline):
         heights = self.min_derivative + F.softplus(raw_v + self.derivative_shift)
         masses = w * (heights[..., :-1] + heights[..., 1:]) / 2
         heights = heights / masses.sum(-1, keepdim=True)
-        cdf = _cumulative(masses / masses.sum(-1, keepdim=True))
-        idx = _find(cdf if along_y else _cumulative(w), v)
-        return _at(_cumulative(w), idx), _at(w, idx), _at(cdf, idx), _at(heights, idx), _at(heights, idx, 1)
+        xk, cdf = _cumulative(w), _cumulative(masses / masses.sum(-1, keepdim=True))
+        idx = _find(cdf if along_y else xk, v)
+        return _at(xk, idx), _at(w, idx), _at(cdf, idx), _at(heights, idx), _at(heights, idx, 1)
 
     def forward(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         u = self._unit(x)
