@@ -1,5 +1,7 @@
 """The generic contract, parametrised over every registry entry: plain, inverted, conditional."""
 
+import math
+
 import pytest
 import torch
 
@@ -41,6 +43,8 @@ def _build(registry, name: str, ctx: int, device, features: int | None = None):
     shape = (kwargs["features"],) if entry.input == "vector" else tuple(kwargs["shape"])
     if entry.domain == "unit":
         x = 0.05 + 0.9 * torch.rand(16, *shape, dtype=torch.float64, device=device)
+    elif entry.domain == "circle":
+        x = math.pi * (2 * torch.rand(16, *shape, dtype=torch.float64, device=device) - 1)
     else:
         x = 0.8 * torch.randn(16, *shape, dtype=torch.float64, device=device) + 0.3
     context = torch.randn(16, ctx, dtype=torch.float64, device=device) if ctx else None

@@ -395,3 +395,34 @@ def compile_flow(flow: Flow, **options: Any) -> Flow:
     flow._log_prob = torch.compile(flow._log_prob, **options)
     flow._inverse = torch.compile(flow._inverse, **options)
     return flow
+
+
+__all__ += ["CircularUniform"]
+
+
+class CircularUniform(StandardNormal):
+    """The uniform density on the torus ``[-pi, pi)^d`` (the circle for ``d = 1``): ``log p(z) = -d log(2 pi)`` for
+    ``z`` in ``[-pi, pi]^d``, ``-inf`` elsewhere; the base of flows on angles such as `exactflow.flows.CircularNSF`.
+
+    Examples:
+        >>> base = CircularUniform(2)
+        >>> base.log_prob(torch.zeros(3, 2))
+        tensor([-3.6758, -3.6758, -3.6758])
+        >>> bool(base.rsample(1000).abs().max() <= math.pi)
+        True
+    """
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        d = len(self.event_shape)
+        inside = (z.abs() <= math.pi).flatten(z.dim() - d).all(-1)
+        return torch.where(inside, -_event_size(self.event_shape) * math.log(2 * math.pi), -math.inf).to(z.dtype)
+
+    def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
+        u = torch.rand(n, *self.event_shape, dtype=self._ref.dtype, device=self._ref.device)
+        return (2 * u - 1) * math.pi
+
+    def as_torch(self, context: Tensor | None = None) -> torch.distributions.Distribution:
+        """This density as a ``torch.distributions`` distribution with batch shape ``()``."""
+        low = self._ref.expand(self.event_shape) - math.pi
+        return torch.distributions.Independent(torch.distributions.Uniform(low, low + 2 * math.pi),
+                                               len(self.event_shape))

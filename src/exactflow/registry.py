@@ -43,7 +43,8 @@ class Entry:
     factory: Callable[..., Any]
     input: str = "vector"  # "vector": factory takes features=; "image": shape=
     conditional: bool = True  # accepts context > 0
-    domain: str = "real"  # where test inputs are drawn: "real" (Gaussian) or "unit" (inside (0, 1))
+    domain: str = "real"  # where test inputs are drawn: "real" (Gaussian), "unit" (inside (0, 1)) or "circle"
+    #                       (angles, uniform in (-pi, pi))
     tolerance: float = 1e-5  # float64 absolute tolerance for round trip and log-det checks
     test_kwargs: dict = field(default_factory=dict)  # small sizes for the generic tests
     slow: bool = False  # excluded from the quick generic run unless asked

@@ -25,12 +25,13 @@ from torch import nn
 
 from .. import bases as _bases  # noqa: F401  (registers the learned bases in BASES)
 from ..core import Compose, Inverse
-from ..distributions import ConditionalDiagNormal, DiagNormal, Flow, StandardNormal
+from ..distributions import CircularUniform, ConditionalDiagNormal, DiagNormal, Flow, StandardNormal
 from ..nets import ContextEmbedding
 from ..registry import BASES, TRANSFORMS, from_json, to_json
 from ..registry import FLOWS as registry
 from ..transforms.coupling import CouplingChain
 from .autoregressive import BNAF, IAF, MAF, NSF, NSFAutoregressive
+from .circular import CircularNSF, CircularNSFAutoregressive
 from .continuous import CNF
 from .coupling import NICE, RealNVP
 from .glow import Glow, ImageFlow, RealNVPImage
@@ -39,12 +40,13 @@ from .residual import ResidualFlow
 from .sylvester import Sylvester
 from .tarflow import TarFlow, TarFlow1d
 
-__all__ = ["registry", "build", "prepend", "set_base", "describe", "rebuild", "BNAF", "CNF", "Glow", "IAF", "MAF",
-           "NICE", "NSF", "NSFAutoregressive", "Planar", "Radial", "RealNVP", "ResidualFlow", "Sylvester",
-           "RealNVPImage", "TarFlow", "TarFlow1d"]
+__all__ = ["registry", "build", "prepend", "set_base", "describe", "rebuild", "BNAF", "CircularNSF",
+           "CircularNSFAutoregressive", "CNF", "Glow", "IAF", "MAF", "NICE", "NSF", "NSFAutoregressive", "Planar",
+           "Radial", "RealNVP", "ResidualFlow", "Sylvester", "RealNVPImage", "TarFlow", "TarFlow1d"]
 
 BASES.register(conditional=False)(StandardNormal)
 BASES.register(conditional=False)(DiagNormal)
+BASES.register(conditional=False)(CircularUniform)
 BASES.register(test_kwargs={"context": 2, "hidden": (8,)})(ConditionalDiagNormal)
 
 # Modules that hold other modules, described by what they hold now (not by how they were built):

@@ -22,6 +22,14 @@ from ..transforms.coupling import CouplingChain
 from ..transforms.linear import LULinear, Permutation, Reverse
 from ..transforms.normalization import BatchNorm
 from ..transforms.splines import RQSplineAutoregressive, RQSplineCoupling
+from ..transforms.splines_polynomial import (
+    CubicSplineAutoregressive,
+    CubicSplineCoupling,
+    LinearSplineAutoregressive,
+    LinearSplineCoupling,
+    QuadraticSplineAutoregressive,
+    QuadraticSplineCoupling,
+)
 from ..validation import check_sizes
 
 __all__ = ["BNAF", "IAF", "MAF", "NSF", "NSFAutoregressive"]
@@ -39,6 +47,21 @@ def _mixer(kind: str, features: int, seed: int) -> Bijection | None:
     if kind == "lu":
         return LULinear(features, seed=seed)
     raise ValueError(f"unknown permutation {kind!r}: use 'reverse', 'random', 'lu' or 'none'")
+
+
+#: the spline kernels of NSF and NSFAutoregressive: name -> (coupling layer, autoregressive layer)
+SPLINES: dict[str, tuple[type, type]] = {
+    "rational-quadratic": (RQSplineCoupling, RQSplineAutoregressive),
+    "linear": (LinearSplineCoupling, LinearSplineAutoregressive),
+    "quadratic": (QuadraticSplineCoupling, QuadraticSplineAutoregressive),
+    "cubic": (CubicSplineCoupling, CubicSplineAutoregressive),
+}
+
+
+def _spline_layers(spline: str) -> tuple[type, type]:
+    if spline not in SPLINES:
+        raise ValueError(f"unknown spline {spline!r}: use one of {', '.join(map(repr, SPLINES))}")
+    return SPLINES[spline]
 
 
 def _flow(make_layers: Callable[[int], list[nn.Module]], features: int, context: int, conditional_base: bool,
@@ -191,10 +214,12 @@ def IAF(features: int, context: int = 0, depth: int = 5, hidden: Sequence[int] =
 @FLOWS.register("NSF", renamed={"transforms": "depth"}, test_kwargs={"depth": 2, "hidden": (16,), "bins": 4})
 def NSF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] = (64, 64), bins: int = 8,
         bound: float = 5.0, mask: str = "half", permutation: str = "lu", conditional_base: bool = False,
-        embedding: Sequence[int] | nn.Module | None = None, standardize_context: bool = True) -> Flow:
+        embedding: Sequence[int] | nn.Module | None = None, standardize_context: bool = True,
+        spline: str = "rational-quadratic") -> Flow:
     """Neural spline flow, coupling form (Durkan et al. 2019): one pass both ways.
 
-    ``depth`` rational-quadratic spline couplings (``bins`` bins on ``[-bound, bound]``, identity tails),
+    ``depth`` rational-quadratic spline couplings (``bins`` bins on ``[-bound, bound]``, identity tails; or the
+    ``spline`` kernel chosen),
     the fixed half flipping every layer, with a ``permutation`` (default an LU-parametrised linear map, as in
     the paper) between them, or none (``permutation="none"``). Each coupling maps data -> latent by
     ``z_tr = f(x_tr; net(x_id))``, ``z_id = x_id`` with ``f`` a monotone rational-quadratic spline per feature,
@@ -217,6 +242,9 @@ def NSF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
             any ``nn.Module`` mapping ``(batch, context)`` to ``(batch, e)``; ``None``: the raw context (see `Flow`).
         standardize_context: Standardise the context inside the flow with statistics fitted at `exactflow.fit`
             (see `Flow.fit_context`).
+        spline: The spline of every coupling: ``"rational-quadratic"`` (`RQSplineCoupling`), ``"linear"``,
+            ``"quadratic"`` (Müller et al. 2019) or ``"cubic"`` (Durkan et al. 2019, cubic-spline flows; inverse
+            by bisection), see `exactflow.transforms.splines_polynomial`.
 
     Returns:
         The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
@@ -234,8 +262,9 @@ def NSF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
         True
     """
     check_sizes(features, context, hidden, depth=depth, bins=bins)
-    return _flow(lambda e: _stack(lambda i: RQSplineCoupling(features, e, mask=mask, flip=i % 2 == 1, hidden=hidden,
-                                                             bins=bins, bound=bound),
+    coupling = _spline_layers(spline)[0]
+    return _flow(lambda e: _stack(lambda i: coupling(features, e, mask=mask, flip=i % 2 == 1, hidden=hidden,
+                                                     bins=bins, bound=bound),
                                   features, depth, permutation),
                  features, context, conditional_base, embedding, standardize_context, CouplingChain)
 
@@ -245,10 +274,11 @@ def NSF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
 def NSFAutoregressive(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] = (64, 64),
                       bins: int = 8, bound: float = 5.0, residual: bool = False, permutation: str = "reverse",
                       conditional_base: bool = False,
-        embedding: Sequence[int] | nn.Module | None = None, standardize_context: bool = True) -> Flow:
+                      embedding: Sequence[int] | nn.Module | None = None, standardize_context: bool = True,
+                      spline: str = "rational-quadratic") -> Flow:
     """Neural spline flow, autoregressive form (Durkan et al. 2019): one-pass density, D-pass sampling.
 
-    ``depth`` rational-quadratic spline layers conditioned by MADEs, their orders alternating
+    ``depth`` rational-quadratic (or ``spline``) spline layers conditioned by MADEs, their orders alternating
     (``permutation="reverse"``) or with a ``"random"`` permutation or ``"lu"`` map between them. Each layer maps
     data -> latent by ``z_i = f(x_i; theta_i(x_<i))``, ``log|det dz/dx| = sum_i log f'(x_i)``.
 
@@ -269,6 +299,8 @@ def NSFAutoregressive(features: int, context: int = 0, depth: int = 3, hidden: S
             any ``nn.Module`` mapping ``(batch, context)`` to ``(batch, e)``; ``None``: the raw context (see `Flow`).
         standardize_context: Standardise the context inside the flow with statistics fitted at `exactflow.fit`
             (see `Flow.fit_context`).
+        spline: The spline of every layer: ``"rational-quadratic"`` (`RQSplineAutoregressive`), ``"linear"``,
+            ``"quadratic"`` or ``"cubic"``, see `exactflow.transforms.splines_polynomial`.
 
     Returns:
         The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
@@ -284,8 +316,10 @@ def NSFAutoregressive(features: int, context: int = 0, depth: int = 3, hidden: S
         (torch.Size([5]), torch.Size([2, 3]))
     """
     check_sizes(features, context, hidden, depth=depth, bins=bins)
-    def layer(e: int, order: str) -> RQSplineAutoregressive:
-        return RQSplineAutoregressive(features, e, hidden, bins=bins, bound=bound, order=order, residual=residual)
+    autoregressive = _spline_layers(spline)[1]
+
+    def layer(e: int, order: str) -> nn.Module:
+        return autoregressive(features, e, hidden, bins=bins, bound=bound, order=order, residual=residual)
 
     return _flow(lambda e: _made_stack(lambda i, order: layer(e, order), features, depth, permutation),
                  features, context, conditional_base, embedding, standardize_context)
