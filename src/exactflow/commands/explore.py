@@ -31,23 +31,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="loader keyword for --data")
     p.add_argument("--serve", action="store_true", help="serve the page on 127.0.0.1 until Ctrl-C")
     p.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000; 0: any free port)")
+    p.add_argument("--no-compress", dest="compress", action="store_false",
+                   help="inline plotly.js as plain text (about 3 MB more) for browsers without DecompressionStream")
     p.set_defaults(run=main)
 
 
 def write(model: str | Path, output: str | Path | None = None, data: str | None = None,
-          data_args: list[str] | None = None) -> Path:
-    """Write the explorer of the run at ``model`` to ``output`` (default: ``explorer.html`` in the run folder)."""
+          data_args: list[str] | None = None, compress: bool = True) -> Path:
+    """Write the explorer of the run at ``model`` to ``output`` (default: ``explorer.html`` in the run folder).
+
+    A run of ``exactflow vi`` (its checkpoint records the target) is drawn against its target: the target's
+    density beside q's and, without ``data``, the target's points resampled from q's draws."""
     from .. import checkpoint
     from ..explore import explore
 
     flow, header, record = load_run(model)
     out = Path(output) if output else checkpoint.resolve(model).parent / "explorer.html"
-    history = header["info"].get("history") or header["info"].get("training_state", {}).get("history")
+    info = header["info"]
+    history = info.get("history") or info.get("training_state", {}).get("history")
+    history = history if history and history.get("step") else None
+    if "vi" in info:
+        from ..targets import registry as targets
+
+        vi = info["vi"]
+        target = targets.build(vi["target"])
+        if target.dim != vi["dim"]:  # a target that takes its dimension (exactflow vi --dim)
+            target = targets.build(vi["target"], dim=vi["dim"])
+        points = None if data is None else run_data(None, data, data_args).test
+        return explore(flow, points, out, history=history, target=target, compress=compress)
     ds = run_data(record, data, data_args)
     if ds.context is not None:
         raise ValueError("the explorer draws unconditional flows; this run has context columns")
-    return explore(flow, ds.test, out, history=history if history and history.get("step") else None,
-                   levels=ds.levels if ds.kind == "image" else None)
+    return explore(flow, ds.test, out, history=history, levels=ds.levels if ds.kind == "image" else None,
+                   compress=compress)
 
 
 def serve(path: Path, port: int) -> None:
@@ -65,7 +81,7 @@ def serve(path: Path, port: int) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    path = write(args.model, args.output, args.data, args.data_args)
+    path = write(args.model, args.output, args.data, args.data_args, args.compress)
     print(path)
     if args.serve:
         serve(path.resolve(), args.port)
