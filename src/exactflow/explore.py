@@ -400,8 +400,11 @@ def _figure_2d(flow: Flow, data: Tensor, history: History | dict | None, n: int,
     L = len(parts)
     m = min(n, 500)  # points in the layer panel: few enough that the density under them shows
     shown = data[:n].cpu()
-    z = torch.randn(m, 2, generator=torch.Generator().manual_seed(seed)).to(ref)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        z = flow.base.rsample(n).to(ref)
     generate, normalise = _stages(parts, z, shown[:m].to(ref))
+    samples, z, generate = generate[-1], z[:m], [g[:m] for g in generate]  # the samples panel shows all n
     names = [type(b).__name__ for b in parts]  # names[j - 1] is T_j
     colour_g = torch.atan2(z[:, 1], z[:, 0]).cpu().numpy()
     colour_n = torch.atan2(normalise[-1][:, 1], normalise[-1][:, 0]).nan_to_num().numpy()
@@ -410,10 +413,13 @@ def _figure_2d(flow: Flow, data: Tensor, history: History | dict | None, n: int,
     gx, gy, grid = _grid(box, resolution, ref)
     mx, my, moving = _grid(move, resolution, ref)
     shape = (resolution, resolution)
-    with torch.no_grad():
-        logp = flow.log_prob(grid).cpu().reshape(shape)
-    base, terms = _layer_terms(flow, parts, grid)
-    stage_density = [_exp(_stage_log_density(flow, parts, moving, s)).reshape(shape) for s in range(L + 1)]
+    # one pass over both grids: the layer terms on the data grid, and log p_0 = log p on the layer panel's grid
+    both_base, both_terms = _layer_terms(flow, parts, torch.cat([grid, moving]))
+    cut = resolution**2
+    base, terms = both_base[:cut], [t[:cut] for t in both_terms]
+    logp = (base + torch.stack(terms).sum(0)).reshape(shape)
+    stage_density = [_exp(both_base[cut:] + torch.stack([t[cut:] for t in both_terms]).sum(0)).reshape(shape)]
+    stage_density += [_exp(_stage_log_density(flow, parts, moving, s)).reshape(shape) for s in range(1, L + 1)]
     heat = [base.reshape(shape)] + [t.reshape(shape) for t in terms]  # heat[j]: T_j's term (heat[0]: base)
 
     what, one = ("target points", "target point") if resampled else ("data", "data point")
@@ -459,9 +465,6 @@ def _figure_2d(flow: Flow, data: Tensor, history: History | dict | None, n: int,
                              hovertemplate="%{text}<extra>path</extra>"), row=1, col=1)
     fig.add_trace(first[2], row=1, col=2)
     _curves(go, fig, history, 1, 3)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        samples = flow.sample(n).cpu()
     if target is not None:
         with torch.no_grad():
             log_t = target(grid).double().cpu()
@@ -487,10 +490,10 @@ def _figure_2d(flow: Flow, data: Tensor, history: History | dict | None, n: int,
     few = L <= 6
     fig.update_layout(
         sliders=[_slider([f"g{k}" for k in range(L + 1)],
-                         ["Gaussian" if k == 0 else f"{k} {names[L - k]}" if few else str(k) for k in range(L + 1)],
+                         [("Gaussian" if k == 0 else f"{k} {names[L - k]}") if few else str(k) for k in range(L + 1)],
                          "generate (Gaussian \u2192 data), layers inverted: ", 0.08, 0.38, 1.0),
                  _slider([f"n{k}" for k in range(L + 1)],
-                         [what if k == 0 else f"{k} {names[k - 1]}" if few else str(k) for k in range(L + 1)],
+                         [(what if k == 0 else f"{k} {names[k - 1]}") if few else str(k) for k in range(L + 1)],
                          f"normalise ({what} \u2192 Gaussian), layers applied: ", 0.6, 0.38, 1.0)],
         updatemenus=[_play("g", 0.0, 1.0), _play("n", 0.52, 1.0)],
         height=900, width=1350, margin={"t": 150, "l": 40, "r": 40, "b": 40}, hovermode="closest",
@@ -519,21 +522,24 @@ def _figure_tabular(flow: Flow, data: Tensor, history: History | dict | None, n:
     shown = data[:n].cpu()
     # the curves take the first axes; the scatter matrix (not a make_subplots type) takes axes 2..d+1 on the left
     fig = make_subplots(rows=1, cols=1, subplot_titles=("training curves",))
+    fig.update_xaxes(domain=[0.74, 1.0], row=1, col=1)
+    fig.update_yaxes(domain=[0.3, 1.0], row=1, col=1)
+    fig.layout.annotations[0].update(x=0.87, y=1.0)
     _curves(go, fig, history, 1, 1)
-    fig.update_xaxes(domain=[0.72, 1.0], row=1, col=1)
-    fig.layout.annotations[0].update(x=0.86)
     axes = {"xaxes": [f"x{i + 2}" for i in range(d)], "yaxes": [f"y{i + 2}" for i in range(d)]}
     for x, name, colour in ((shown, what, "#1f77b4"), (drawn, "samples", "#ff7f0e")):
         dims = [{"label": f"x{i}", "values": _f32(x[:, i])} for i in range(d)]
         fig.add_trace(go.Splom(dimensions=dims, name=name, **axes, showupperhalf=False,
                                marker={"size": 2.5, "color": colour, "opacity": 0.5},
                                hovertemplate=f"{name} %{{pointNumber}}<extra></extra>", diagonal={"visible": False}))
-    gap = 0.02
+    # the lower triangle without the diagonal: columns are features 0..d-2, rows features 1..d-1
+    gap, k = 0.03, d - 1
     for i in range(d):
-        lo, hi = i * 0.66 / d, (i + 1) * 0.66 / d - gap
-        fig.layout[f"xaxis{i + 2}"] = {"domain": [lo, hi], "anchor": f"y{i + 2}"}
-        fig.layout[f"yaxis{i + 2}"] = {"domain": [1 - (i + 1) * 0.95 / d + gap, 1 - i * 0.95 / d],
-                                       "anchor": f"x{i + 2}"}
+        col, row = min(i, k - 1), max(i - 1, 0)
+        fig.layout[f"xaxis{i + 2}"] = {"domain": [col * 0.68 / k, (col + 1) * 0.68 / k - gap], "anchor": f"y{d + 1}",
+                                       "title": {"text": f"x{i}"} if i < k else None}
+        fig.layout[f"yaxis{i + 2}"] = {"domain": [1 - (row + 1) / k + gap, 1 - row / k], "anchor": "x2",
+                                       "title": {"text": f"x{i}"} if i else None}
     fig.update_layout(height=800, width=1350, hovermode="closest",
                       title={"text": f"exactflow explorer: {data.shape[1]} features; pairwise marginals of "
                                      f"features 0-{d - 1}, {what} (blue) and samples (orange)", "x": 0.5})
@@ -702,6 +708,8 @@ def explore(flow: Flow, data: Tensor | None = None, path: str | Path | None = No
     if not (len(shape) == 1 or (len(shape) == 3 and shape[0] in (1, 3))):
         raise ValueError("the explorer draws flows on vectors (2-D or tabular) or images (C, H, W) with C = 1 or 3, "
                          f"got event shape {shape}")
+    if features < 2:
+        raise ValueError(f"features must be at least 2 (pairs of features are drawn), got {features}")
     if len(shape) == 1 and shape[0] < 2:
         raise ValueError(f"the explorer needs at least 2 features, got event shape {shape}")
     if target is not None and (len(shape) != 1 or target.dim != shape[0]):
