@@ -114,9 +114,9 @@ def test_tabular_flows_get_pairwise_marginals_and_bad_input_a_clear_error(tmp_pa
 def test_image_flows_get_temperature_and_interpolation_sliders(tmp_path):
     flow = exactflow.build("RealNVPImage", shape=(1, 4, 4), levels=1, depth=1, hidden=(4,))
     data = torch.randint(0, 4, (20, 1, 4, 4)).float()
-    page = exactflow.explore(flow, data, tmp_path / "img.html", images=4, levels=4, temperatures=(0.0, 1.0), steps=3)
+    page = exactflow.explore(flow, data, tmp_path / "img.html", images=4, levels=4, temperatures=(0.5, 1.0), steps=3)
     spec = figure(assert_self_contained(page))
-    assert [f["name"] for f in spec["frames"]] == ["t0", "t1", "mix0", "mix1", "mix2"]
+    assert [f["name"] for f in spec["frames"]] == ["t0.5", "t1", "mix0", "mix1", "mix2"]
     assert [s["currentvalue"]["prefix"] for s in spec["layout"]["sliders"]] == ["temperature t: ", "interpolation s: "]
     grids = [f["data"][0]["source"] for f in spec["frames"]]
     assert all(g.startswith("data:image/png;base64,") for g in grids) and len(set(grids)) == len(grids)

@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # plotly is an optional extra ("plot"), imported when a page 
     from .targets import Target
     from .training import History
 
-__all__ = ["explore", "layers"]
+__all__ = ["explore", "layers", "slerp", "target_points"]
 
 # Runs before plotly: records uncaught errors and console.error calls into <pre id="explorer-errors">.
 ERRORS_SCRIPT = """<script>
@@ -650,7 +650,7 @@ def _figure_image(flow: Flow, data: Tensor, history: History | dict | None, imag
     return fig
 
 
-TEMPERATURES = (0.0, 0.25, 0.5, 0.7, 0.85, 1.0)
+TEMPERATURES = (0.1, 0.3, 0.5, 0.7, 0.85, 1.0)
 
 
 def explore(flow: Flow, data: Tensor | None = None, path: str | Path | None = None,
@@ -726,8 +726,9 @@ def explore(flow: Flow, data: Tensor | None = None, path: str | Path | None = No
         raise ValueError("data is empty: the explorer needs at least one point")
     paths = None
     if len(shape) == 3:
-        if not temperatures or steps < 2:
-            raise ValueError(f"image pages need temperatures and steps >= 2, got {tuple(temperatures)} and {steps}")
+        if not temperatures or not all(0 < t < math.inf for t in temperatures) or steps < 2:
+            raise ValueError("image pages need positive temperatures and steps >= 2, "
+                             f"got {tuple(temperatures)} and {steps}")
         fig = _figure_image(flow, data, history, images, levels, seed, tuple(temperatures), steps)
     elif shape == (2,):
         fig, paths = _figure_2d(flow, data, history, n, resolution, seed, target, resampled)

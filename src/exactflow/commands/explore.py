@@ -12,16 +12,22 @@ examples:
   exactflow explore runs/moons                    # writes runs/moons/explorer.html and prints its path
   exactflow explore runs/moons -o moons.html      # somewhere else
   exactflow explore runs/moons --serve            # and serve it on http://127.0.0.1:8000 until Ctrl-C
+  exactflow explore runs/vi-u1                    # a vi run: the target's density beside q's
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("explore", help="interactive HTML explorer of a saved run", epilog=EPILOG,
                               description="Write one self-contained HTML page (no network needed) exploring a saved "
-                                          "run: for 2-D data a slider over the layers moving Gaussian points to the "
-                                          "data, each layer's log-det term on a grid, the learned density beside the "
-                                          "data and the training curves; for tabular data pairwise marginals of "
-                                          "data and samples; for images data beside samples. "
+                                          "run: for 2-D data sliders over the layers in both directions (Gaussian "
+                                          "draws pulled back to the data, the data pushed to the Gaussian) over each "
+                                          "stage's density, each layer's log-det term on a grid, a hovered point's "
+                                          "path through the layers, the learned density beside the data and the "
+                                          "training curves; for `exactflow vi` runs the target's density beside q's; "
+                                          "for tabular data pairwise marginals of data and samples; for images data "
+                                          "beside samples with a temperature slider and an interpolation slider. "
+                                          "Address fragments open a frame: #layer=3, #layer=last, "
+                                          "#layer=2&dir=normalise, #point=17. "
                                           "Needs plotly (pip install 'exactflow[plot]').",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="run folder or .safetensors checkpoint")
