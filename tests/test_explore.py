@@ -140,13 +140,13 @@ def run_chromium(browser, page, profile, fragment, *flags):
 
 
 def test_the_page_opens_in_headless_chromium_moves_between_layers_and_logs_no_error(page, tmp_path):
-    """The slider's steps call Plotly.animate on a frame; the address fragment does the same from outside."""
+    """``#slide=S:K`` presses slider S at step K with a mouse event, ``#point=I`` moves the mouse over point I."""
     browser = chromium()
     if browser is None:
         pytest.skip("no chromium on PATH: `apt-get install chromium` (make test does it where it can) "
                     "to run the browser test")
     shots = {}
-    for i, fragment in enumerate(("layer=0", "layer=last")):
+    for i, fragment in enumerate(("slide=0:0", "slide=0:last")):
         shot = tmp_path / f"shot{i}.png"
         run = run_chromium(browser, page, tmp_path / f"profile{i}", fragment, f"--screenshot={shot}",
                            "--window-size=1400,1000")
@@ -156,9 +156,10 @@ def test_the_page_opens_in_headless_chromium_moves_between_layers_and_logs_no_er
     Image = pytest.importorskip("PIL.Image")
     first, last = (np.asarray(Image.open(s).convert("L"), dtype=np.float32) for s in shots.values())
     assert (np.abs(first - last) > 16).mean() > 0.005, "the two layers look the same"
-    # the normalising direction, and a real mouse move over a point: its path through the layers is drawn
-    dom = run_chromium(browser, page, tmp_path / "profile2", "layer=2&dir=normalise&point=5", "--dump-dom").stdout
-    assert 'data-explorer-frame="n2"' in dom, "the page did not reach layer 2 of the normalising direction"
+    # the normalising slider, and a mouse move over a point: its path through the layers is drawn
+    dom = run_chromium(browser, page, tmp_path / "profile2", "slide=1:2&point=5", "--dump-dom").stdout
+    assert 'data-explorer-frame="n2"' in dom, "the normalising slider did not reach layer 2"
+    assert "layers applied: 2" in dom, "the slider's value did not move"
     assert re.search(r'data-explorer-path="n\d+"', dom), "hovering a point drew no path"
     assert re.search(r'<div id="explorer-path"[^>]*>data point \d+ through the layers: data: \(', dom)
     errors = re.search(r'<pre id="explorer-errors">(.*?)</pre>', dom, re.S)

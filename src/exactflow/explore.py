@@ -21,7 +21,8 @@ flow gets data beside samples with a temperature slider (draws ``x = T^{-1}(t z)
 at a few temperatures ``t``) and a slider that interpolates between the latents of pairs of data images.
 Everything is computed at export; the page opens from disk. The address fragment picks frames:
 ``#layer=3`` or ``#layer=last`` (generate), ``#layer=2&dir=normalise``, ``#frame=NAME`` (any frame, e.g.
-``t0.7`` or ``mix4`` on image pages) and ``#point=17`` (show that point's path). plotly is an optional
+``t0.7`` or ``mix4`` on image pages), ``#slide=1:4`` (press slider 1 at step 4 with the mouse) and
+``#point=17`` (move the mouse over point 17 of the layer panel: its path shows). plotly is an optional
 extra (``pip install 'exactflow[plot]'``), imported lazily.
 """
 
@@ -89,6 +90,21 @@ function explorerNames() {
   }
   return names.filter(function (n) { return all.indexOf(n) >= 0; });
 }
+// press the rail of slider `index` at step k ('last': the last step) with the mouse, as a user does
+function explorerSlide(index, k) {
+  var group = gd.querySelectorAll('.slider-group')[index];
+  if (!group) { return Promise.reject(new Error('no slider ' + index)); }
+  var ticks = group.querySelectorAll('.slider-tick-rect'), rail = group.querySelector('.slider-rail-touch-rect');
+  var i = k === 'last' ? ticks.length - 1 : Math.max(0, Math.min(ticks.length - 1, parseInt(k, 10) || 0));
+  var t = ticks[i].getBoundingClientRect(), r = rail.getBoundingClientRect();
+  var at = {clientX: t.left + t.width / 2, clientY: r.top + r.height / 2, bubbles: true, view: window};
+  var done = new Promise(function (resolve) { gd.once('plotly_animated', resolve); });
+  rail.dispatchEvent(new MouseEvent('mousedown', at));
+  rail.dispatchEvent(new MouseEvent('mouseup', at));
+  return done;
+}
+var explorerFrame = 'none';
+gd.on('plotly_animatingframe', function (e) { explorerFrame = String(e.name); });
 function explorerGoto() {
   var names = explorerNames(), step = Promise.resolve();
   names.forEach(function (name) {
@@ -97,10 +113,12 @@ function explorerGoto() {
                                          transition: {duration: 0}});
     });
   });
+  var slide = /(?:^|&)slide=(\\d+):(\\w+)/.exec(location.hash.slice(1));
+  if (slide) { step = step.then(function () { return explorerSlide(parseInt(slide[1], 10), slide[2]); }); }
   step.then(function () {
-    var point = /(?:^|&)point=(\\d+)/.exec(location.hash);
+    var point = /(?:^|&)point=(\\d+)/.exec(location.hash.slice(1));
     if (point && EXPLORER) { explorerHover(parseInt(point[1], 10)); }
-    document.body.setAttribute('data-explorer-frame', names.length ? names.join(',') : 'none');
+    document.body.setAttribute('data-explorer-frame', explorerFrame);
   });
 }
 if (EXPLORER) {
