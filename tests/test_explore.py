@@ -133,10 +133,18 @@ def chromium():
 
 
 def run_chromium(browser, page, profile, fragment, *flags):
-    cmd = [browser, "--headless=new", "--disable-gpu", "--no-sandbox", f"--user-data-dir={profile}",
-           "--virtual-time-budget=6000", "--hide-scrollbars", "--enable-logging=stderr", "--v=0", *flags,
-           f"{page.resolve().as_uri()}#{fragment}"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    """One headless run; a run that hangs (seen now and then on a loaded machine, in Chromium itself: the
+    same command then passes) is tried once more with a fresh profile."""
+    for attempt in range(2):
+        cmd = [browser, "--headless=new", "--disable-gpu", "--no-sandbox", f"--user-data-dir={profile}-{attempt}",
+               "--virtual-time-budget=6000", "--hide-scrollbars", "--enable-logging=stderr", "--v=0", *flags,
+               f"{page.resolve().as_uri()}#{fragment}"]
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
 
 
 def test_the_page_opens_in_headless_chromium_moves_between_layers_and_logs_no_error(page, tmp_path):

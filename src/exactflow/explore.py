@@ -658,10 +658,10 @@ def _figure_image(flow: Flow, data: Tensor, history: History | dict | None, imag
     top, bottom = fig.layout.yaxis.domain[1], fig.layout.yaxis4.domain[0]
     fig.update_layout(
         sliders=[_slider([f"t{t:g}" for t in temperatures], [f"{t:g}" for t in temperatures], "temperature t: ",
-                         0.36, 0.3, top + 0.02),
+                         0.36, 0.3, top),
                  _slider([f"mix{i}" for i in range(steps)], [f"{t:.2f}" for t in ts], "interpolation s: ",
                          0.12, 0.5, bottom - 0.02, "top")],
-        updatemenus=[_play("t", 0.28, top + 0.02), _play("mix", 0.04, bottom - 0.02, "top")],
+        updatemenus=[_play("t", 0.28, top), _play("mix", 0.04, bottom - 0.02, "top")],
         height=900, width=1350, margin={"t": 130, "l": 40, "r": 40, "b": 110},
         title={"text": f"exactflow explorer: images {tuple(data.shape[1:])}", "x": 0.5, "y": 0.995, "yanchor": "top"})
     fig.layout.sliders[0].active = len(temperatures) - 1
