@@ -393,6 +393,7 @@ STEP = {"frame": {"duration": 0, "redraw": True}, "mode": "immediate", "transiti
 def _slider(names: list[str], labels: list[str], prefix: str, x: float, length: float, y: float,
             anchor: str = "bottom") -> dict:
     return {"active": 0, "x": x, "len": length, "y": y, "yanchor": anchor, "pad": {"t": 0, "b": 30},
+            "transition": {"duration": 0},  # the grip jumps; the frames carry the motion
             "currentvalue": {"prefix": prefix, "font": {"size": 13}},
             "steps": [{"label": label, "method": "animate", "args": [[name], STEP]}
                       for name, label in zip(names, labels, strict=True)]}
