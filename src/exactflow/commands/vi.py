@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
               **result.as_dict(), "status": result.fit.status, "true_log_z": target.log_z,
               "reference_log_z": reference, "log_z_warning": warning}
     (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
-    save(out / "model.safetensors", flow, info={"vi": record})
+    history = {} if result.fit is None else {"history": result.fit.to_dict()}  # the explorer draws its curves
+    save(out / "model.safetensors", flow, info={"vi": record, **history})
     if result.fit.status == "diverged":
         print(f"warning: {result.fit.message}")
     print(f"ELBO {result.elbo:.4f}  log Z (importance sampled) {result.log_z:.4f} +- {result.log_z_se:.4f}  "
