@@ -273,7 +273,8 @@ class ResampledBase(nn.Module):
 
     * **eval mode**: the buffer ``normalizer``, which always belongs to the acceptance network's current weights.
       It is stored together with ``normalizer_weights``, an exact copy of the weights it was estimated for; every
-      eval-mode ``log_prob`` compares that copy with the current parameters (one ``torch.equal`` per tensor) and, if
+      eval-mode ``log_prob`` compares that copy with the current parameters (`normalizer_is_current`: one
+      ``torch.equal`` per tensor, cheap, though on a GPU it waits for the device) and, if
       they differ (after an optimizer step, a ``.data`` write, ``load_state_dict`` of other weights, a
       re-initialisation), estimates ``Z`` afresh by `calibrate` with ``normalizer_samples`` points before scoring.
       The estimate is deterministic (fixed seeds), so the density is a fixed function of the weights: two bases with
