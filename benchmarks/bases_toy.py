@@ -7,8 +7,9 @@ steps on the same batches (one thread); only the base differs. normflows' equiva
 `benchmarks.peers` builds) with its ``GaussianMixture`` base; the normflows release installed here has no resampled
 base (its LARS code lives in the authors' separate repository), so that row is exactflow only. Test NLL in nats on
 the data set's fixed test split (lower is better). The resampled base is scored after `ResampledBase.calibrate`
-(10^6 proposals); its row also shows the estimate of Z and how much the NLL could move within 2 standard errors
-of it (``log p`` depends on Z through ``log_prob_dz``).
+(10^6 randomised quasi-Monte Carlo points, instead of the 2^16 its eval mode would use by itself); its row also
+shows the estimate of Z and how much the NLL could move within 2 standard errors of it (``log p`` depends on Z
+through ``log_prob_dz``).
 """
 
 from __future__ import annotations

@@ -131,6 +131,40 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
     assert "training diverged at step 1 (loss = inf)" in error_line(capsys)
 
 
+@pytest.mark.parametrize(("base", "base_args"), [("GaussianMixture", ["components=3"]),
+                                                  ("ResampledBase", ["hidden=[8]", "truncation=5"])])
+def test_train_with_a_learned_base_and_reuse_the_run(tmp_path, capsys, base, base_args):
+    """--base/--base-arg give the flow a registered base; the run records it, and eval/sample rebuild it."""
+    run = tmp_path / "run"
+    flags = [item for arg in base_args for item in ("--base-arg", arg)]
+    assert main(["train", "moons", *TINY, "--steps", "10", "--eval-every", "5", "--no-plots", "--base", base, *flags,
+                 "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["spec"]["base"]["base"] == base and config["options"]["base"] == base
+    flow = exactflow.load(run)
+    assert type(flow.base).__name__ == base
+    key, value = base_args[0].split("=")
+    assert config["spec"]["base"]["kwargs"][key] == json.loads(value) == checkpoint.info(run)["spec"]["base"][
+        "kwargs"][key]
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["nll"] == pytest.approx(config["test"]["nll"])
+    assert main(["sample", str(run), "-n", "20", "-o", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (20, 2)
+
+
+def test_base_errors_are_one_clear_line(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "x"), *TINY, "--steps", "1"]
+    assert main(["train", "moons", "--base", "Nope", *out]) == 2
+    assert "unknown base distribution 'Nope'" in error_line(capsys)
+    assert main(["train", "moons", "--base", "GaussianMixture", "--base-arg", "colours=3", *out]) == 2
+    assert "base 'GaussianMixture'" in error_line(capsys)
+    assert main(["train", "moons", "--base-arg", "components=3", *out]) == 2
+    assert "--base-arg needs --base" in error_line(capsys)
+    assert main(["train", "moons", "--base", "ConditionalGaussianMixture", *out]) == 2
+    assert "conditional but the flow is unconditional" in error_line(capsys)
+
+
 def test_demo_prints_paths_and_test_nll(tmp_path, capsys):
     assert main(["demo", "--steps", "10", "--hidden", "8", "--depth", "2", "--no-plots", "--quiet",
                  "--out", str(tmp_path / "demo")]) == 0

@@ -269,21 +269,35 @@ class ResampledBase(nn.Module):
     a mixture of the accepted-sample density ``pi a / Z`` and the proposal. ``T`` bounds the cost of a draw and
     keeps ``p >= alpha_T pi > 0`` everywhere, so the flow's log-likelihood stays finite.
 
-    **The normaliser Z is estimated, not exact**: it is an integral over R^D, computed by Monte Carlo, and
-    ``log_prob`` is exact only up to the error of that estimate (``d log p / dZ`` is available from
-    `log_prob_dz`). The estimate is the buffer ``normalizer`` (saved in checkpoints), a running statistic like
-    batch norm's:
+    **The normaliser Z is an integral over R^D, estimated numerically.** How ``log_prob`` gets it:
 
-    * in training mode every ``log_prob`` call draws ``mc_samples`` proposals (default: as many as ``z`` has rows),
-      forms the unbiased batch estimate ``Z_b = mean a(eps_i)`` and updates
-      ``normalizer <- (1 - momentum) normalizer + momentum Z_b`` (as the authors do); the value used is the running
-      average, the gradient is that of ``Z_b`` (``Z = normalizer + Z_b - stopgrad(Z_b)``), so it is unbiased for
-      ``dZ/dtheta``. Its standard error is unknown (the network changes while it averages): ``normalizer_stderr``
-      is NaN then.
-    * in eval mode ``log_prob`` uses the stored ``normalizer`` and is deterministic. Call `calibrate` after
-      training (or after changing the weights by hand: the stored value does not follow them) to replace it by a
-      fresh estimate from ``n`` proposals; it returns that estimate and its standard error ``std(a) / sqrt(n)``, and
-      stores the standard error in ``normalizer_stderr``.
+    * **eval mode**: the buffer ``normalizer``, which always belongs to the acceptance network's current weights.
+      It is stored together with ``normalizer_weights``, an exact copy of the weights it was estimated for; every
+      eval-mode ``log_prob`` compares that copy with the current parameters (`normalizer_is_current`: one
+      ``torch.equal`` per tensor, cheap, though on a GPU it waits for the device) and, if
+      they differ (after an optimizer step, a ``.data`` write, ``load_state_dict`` of other weights, a
+      re-initialisation), estimates ``Z`` afresh by `calibrate` with ``normalizer_samples`` points before scoring.
+      The estimate is deterministic (fixed seeds), so the density is a fixed function of the weights: two bases with
+      equal weights give equal ``log_prob``, however they got there. The density is then exact up to the error of
+      that estimate, ``normalizer_stderr`` (an error ``dZ`` moves ``log p(z)`` by ``log_prob_dz(z) * dZ``). No
+      gradient flows through an eval-mode ``Z``.
+    * **training mode** (as the authors train): every ``log_prob`` call draws ``mc_samples`` proposals (default: as
+      many as ``z`` has rows), forms the unbiased batch estimate ``Z_b = mean a(eps_i)`` and updates the running
+      average ``running_normalizer <- (1 - momentum) running_normalizer + momentum Z_b``; the value used is the
+      running average, the gradient that of ``Z_b`` (``Z = running + Z_b - stopgrad(Z_b)``), unbiased for
+      ``dZ/dtheta``. The running average lags the weights; it serves the training objective only.
+
+    **The estimate** (`calibrate`): randomised quasi-Monte Carlo. ``n`` points are split into ``16`` independent
+    scrambled Sobol sequences (`torch.quasirandom.SobolEngine`, seeds fixed), mapped to ``N(0, I)`` by the inverse
+    normal CDF; ``Z`` is the mean over all points and its standard error ``normalizer_stderr`` is the standard
+    deviation of the 16 sequence means over ``sqrt(16)`` (an honest error bar, itself known to about 20%). For
+    smooth acceptance functions the error falls faster than Monte Carlo's ``n^(-1/2)``. Measured with the default
+    ``2^16`` points on randomised acceptance networks (``Z`` about 0.3, ``a`` far from constant): a standard error of
+    about 6e-6 in 2-D, 100 to 200 times below plain Monte Carlo's ``std(a) / sqrt(n)`` with as many points; the gain
+    fades with the dimension (about 5 times at ``D = 8``, 2.6 times at ``D = 32``). Above
+    ``SobolEngine.MAXDIM`` (21201) features plain Monte Carlo (16 fixed-seed batches) is used instead. Weights
+    converted together with the buffers (``.double()``, ``.to(device)``) keep their ``Z``: the copy is converted
+    exactly like them (a float64 -> float32 move rounds both, changing ``Z`` by far less than its standard error).
 
     A fresh instance has ``a = 1/2`` everywhere (the MLP's last layer is zero), so ``Z = 1/2`` exactly, the stored
     value, and ``p = pi``.
@@ -301,25 +315,31 @@ class ResampledBase(nn.Module):
         truncation: The most proposals ``T`` per sample (>= 1; ``T = 1`` gives ``p = pi``).
         momentum: Weight of each training-time batch estimate in the running average of ``Z``, in (0, 1].
         mc_samples: Proposals per training-time estimate of ``Z``; ``None``: as many as the batch has rows.
+        normalizer_samples: Points of the eval-mode estimate of ``Z`` made whenever the weights changed (>= 32).
 
     References:
         V. Stimper, B. Schölkopf, J. M. Hernández-Lobato. Resampling base distributions of normalizing flows
         (AISTATS 2022). https://arxiv.org/abs/2110.15828
 
     Examples:
-        >>> base = ResampledBase(2, hidden=(16,), truncation=50)
+        >>> base = ResampledBase(2, hidden=(16,), truncation=50).eval()
         >>> z = base.rsample(5)
         >>> z.shape, base.log_prob(z).shape
         (torch.Size([5, 2]), torch.Size([5]))
         >>> base.normalizer.item()  # a fresh instance accepts half of its proposals
         0.5
-        >>> Z, stderr = base.calibrate(10_000)  # a fresh estimate (exact here: a = 1/2 everywhere)
-        >>> Z.item(), stderr.item()
-        (0.5, 0.0)
+        >>> with torch.no_grad():
+        ...     _ = base.net[-1].bias.fill_(-1.0)  # a = sigmoid(-1) everywhere: the stored Z no longer fits
+        >>> lp = base.log_prob(z)  # so it is estimated again, for these weights
+        >>> round(base.normalizer.item(), 6), base.normalizer_stderr.item() < 1e-6
+        (0.268941, True)
     """
 
+    REPLICATES = 16  # independent randomisations of the estimate of Z (its standard error comes from their spread)
+    SEED = 20220331  # first seed of the estimate's randomisations: the estimate is a fixed function of the weights
+
     def __init__(self, event_shape: int | tuple[int, ...], hidden: Sequence[int] = (64, 64), truncation: int = 100,
-                 momentum: float = 0.05, mc_samples: int | None = None) -> None:
+                 momentum: float = 0.05, mc_samples: int | None = None, normalizer_samples: int = 2**16) -> None:
         super().__init__()
         self.event_shape = _shape(event_shape, "ResampledBase")
         check_sizes(1, 0, hidden)
@@ -331,11 +351,37 @@ class ResampledBase(nn.Module):
         if mc_samples is not None and (not isinstance(mc_samples, int) or isinstance(mc_samples, bool)
                                        or mc_samples < 1):
             raise ValueError(f"ResampledBase: mc_samples must be a positive int or None, got {mc_samples!r}")
+        self.normalizer_samples = self._check_points(normalizer_samples, "normalizer_samples")
         self.truncation, self.momentum, self.mc_samples = truncation, momentum, mc_samples
         self.register_buffer("_ref", torch.zeros(()))
         self.net = MLP(math.prod(self.event_shape), 1, hidden)
-        self.register_buffer("normalizer", torch.tensor(0.5))
+        self.register_buffer("normalizer", torch.tensor(0.5))  # exact for the initial weights (a = 1/2)
         self.register_buffer("normalizer_stderr", torch.tensor(0.0))
+        self.register_buffer("normalizer_weights", self._weights())
+        self.register_buffer("running_normalizer", torch.tensor(0.5))
+        self.register_load_state_dict_pre_hook(_complete_resampled_state)
+
+    @classmethod
+    def _check_points(cls, n: object, name: str) -> int:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 2 * cls.REPLICATES:
+            raise ValueError(f"ResampledBase: {name} must be an int >= {2 * cls.REPLICATES} (it is split into "
+                             f"{cls.REPLICATES} randomisations for a standard error), got {n!r}")
+        return n
+
+    def _weights(self) -> Tensor:
+        """The acceptance network's parameters, flattened into one vector (a copy)."""
+        return torch.cat([p.detach().reshape(-1) for p in self.net.parameters()])
+
+    def normalizer_is_current(self) -> bool:
+        """Whether ``normalizer`` was estimated for exactly the acceptance network's current weights."""
+        params = list(self.net.parameters())
+        saved = self.normalizer_weights
+        if saved.numel() != sum(p.numel() for p in params):
+            return False
+        for p, s in zip(params, saved.split([p.numel() for p in params]), strict=True):
+            if p.dtype != s.dtype or p.device != s.device or not torch.equal(p.detach().reshape(-1), s):
+                return False
+        return True
 
     def log_acceptance(self, z: Tensor) -> Tensor:
         """log a(z) for ``z`` ``(batch, *event)``, shape ``(batch,)`` (a log-sigmoid: stable for any logit)."""
@@ -356,57 +402,97 @@ class ResampledBase(nn.Module):
         accepted = torch.log(-torch.expm1(log_alpha)) + log_a - torch.log(normalizer)
         return torch.logaddexp(accepted, log_alpha.expand_as(accepted))
 
+    def _current_normalizer(self) -> Tensor:
+        """The stored ``Z``, estimated again first if it belongs to other weights (``T = 1`` needs none)."""
+        if self.truncation > 1 and not self.normalizer_is_current():
+            self.calibrate()
+        return self.normalizer
+
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        """log p(z) (formula in the class docstring) for ``z`` ``(batch, *event)``, shape ``(batch,)``; in training
-        mode it also updates the running estimate of ``Z``. ``context`` is ignored."""
+        """log p(z) (formula in the class docstring) for ``z`` ``(batch, *event)``, shape ``(batch,)``; in eval mode
+        with ``Z`` for the current weights, in training mode with the running estimate (which it updates).
+        ``context`` is ignored."""
         _check_z("ResampledBase", z, self.event_shape)
-        normalizer = self.normalizer
         if self.training:
             log_a = self.log_acceptance(self._proposals(self.mc_samples or max(z.shape[0], 1)))
             batch = log_a.exp().mean()
             with torch.no_grad():
-                self.normalizer.mul_(1 - self.momentum).add_(self.momentum * batch.detach())
-                self.normalizer_stderr.fill_(math.nan)
-            normalizer = self.normalizer.clone() + (batch - batch.detach())
+                self.running_normalizer.mul_(1 - self.momentum).add_(self.momentum * batch.detach())
+            normalizer = self.running_normalizer.clone() + (batch - batch.detach())
+        else:
+            normalizer = self._current_normalizer()
         d = len(self.event_shape)
         log_pi = -0.5 * z.square().flatten(z.dim() - d).sum(-1) - 0.5 * math.prod(self.event_shape) * LOG_2PI
         return log_pi + self._log_factor(self.log_acceptance(z), normalizer)
 
     @torch.no_grad()
     def log_prob_dz(self, z: Tensor) -> Tensor:
-        """d log p(z) / dZ at the stored ``normalizer``, shape ``(batch,)``: to first order, an error ``dZ`` in the
-        estimate moves ``log p(z)`` by ``log_prob_dz(z) * dZ`` (so ``|log_prob_dz| * normalizer_stderr`` is the
-        standard error of ``log p(z)`` after `calibrate`)."""
+        """d log p(z) / dZ at the eval-mode ``normalizer`` (estimated first if stale), shape ``(batch,)``: to first
+        order, an error ``dZ`` in the estimate moves ``log p(z)`` by ``log_prob_dz(z) * dZ`` (so
+        ``|log_prob_dz| * normalizer_stderr`` is the standard error of an eval-mode ``log p(z)``)."""
         a = self.log_acceptance(z).detach().exp()
         if self.truncation == 1:
             return torch.zeros_like(a)
-        big_z = self.normalizer
+        big_z = self._current_normalizer()
         alpha = self._log_alpha(big_z).exp()
         dalpha = -(self.truncation - 1) * alpha / (1 - big_z)  # d/dZ (1 - Z)^(T-1)
         value = (1 - alpha) * a / big_z + alpha
         dvalue = dalpha * (1 - a / big_z) - (1 - alpha) * a / big_z**2
         return dvalue / value
 
-    @torch.no_grad()
-    def calibrate(self, n: int = 100_000, chunk: int = 65_536) -> tuple[Tensor, Tensor]:
-        """Estimate ``Z = E_pi[a(z)]`` afresh from ``n`` proposals, store it in ``normalizer`` (and its standard error
-        in ``normalizer_stderr``), and return ``(Z, stderr)`` with ``stderr = std(a) / sqrt(n)``.
+    def calibrate(self, n: int | None = None, chunk: int | None = None) -> tuple[Tensor, Tensor]:
+        """Estimate ``Z = E_pi[a(z)]`` for the current weights from ``n`` points (default ``normalizer_samples``) by
+        randomised quasi-Monte Carlo (see the class docstring), store it in ``normalizer`` with its standard error in
+        ``normalizer_stderr`` and a copy of the weights in ``normalizer_weights``, and return ``(Z, stderr)``.
 
-        Proposals are scored ``chunk`` at a time, so memory stays bounded for large ``n``."""
-        n = _sample_count(n)
-        if n < 2:
-            raise ValueError(f"ResampledBase.calibrate needs n >= 2 proposals for a standard error, got {n}")
+        Eval-mode ``log_prob`` calls this itself when the weights changed; call it to get the error bar, or with a
+        larger ``n`` for a more precise ``Z`` (kept until the weights change). Each of the 16 randomisations gets
+        ``ceil(n / 16)`` points (powers of two suit Sobol sequences best: ``n = 2^k``); points are scored ``chunk``
+        rows at a time (default: about 4M numbers per chunk), so memory stays bounded. Works under ``no_grad`` and
+        ``inference_mode`` (the stored buffers stay ordinary tensors)."""
+        n = self._check_points(n if n is not None else self.normalizer_samples, "calibrate's n")
+        features = math.prod(self.event_shape)
+        if chunk is None:
+            chunk = max(1, 2**22 // features)
+        elif not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+            raise ValueError(f"ResampledBase.calibrate: chunk must be a positive int, got {chunk!r}")
+        per = -(-n // self.REPLICATES)
+        with torch.inference_mode(False), torch.no_grad():
+            means = torch.stack([self._replicate_mean(r, per, chunk, features) for r in range(self.REPLICATES)])
+            value, stderr = means.mean(), means.std() / math.sqrt(self.REPLICATES)
+            self._store("normalizer", value.to(self._ref.dtype))
+            self._store("normalizer_stderr", stderr.to(self._ref.dtype))
+            self._store("normalizer_weights", self._weights())
+            return self.normalizer.clone(), self.normalizer_stderr.clone()
+
+    def _replicate_mean(self, r: int, n: int, chunk: int, features: int) -> Tensor:
+        """Mean of ``a`` over ``n`` points of randomisation ``r`` (float64)."""
+        seed = self.SEED + r
+        sobol = features <= torch.quasirandom.SobolEngine.MAXDIM
+        if sobol:
+            engine = torch.quasirandom.SobolEngine(features, scramble=True, seed=seed)
+        else:
+            generator = torch.Generator().manual_seed(seed)
+        tiny = torch.finfo(torch.float64).tiny
         total = torch.zeros((), dtype=torch.float64, device=self._ref.device)
-        total_sq = torch.zeros_like(total)
         for start in range(0, n, chunk):
-            a = self.log_acceptance(self._proposals(min(chunk, n - start))).exp().double()
-            total += a.sum()
-            total_sq += a.square().sum()
-        mean = total / n
-        var = (total_sq - n * mean.square()).clamp_min(0) / (n - 1)
-        self.normalizer.copy_(mean)
-        self.normalizer_stderr.copy_((var / n).sqrt())
-        return self.normalizer.clone(), self.normalizer_stderr.clone()
+            rows = min(chunk, n - start)
+            if sobol:  # the inverse normal CDF of uniform points in (0, 1) (a scrambled point may be exactly 0)
+                points = torch.special.ndtri(engine.draw(rows, dtype=torch.float64).clamp(tiny, 1 - 2**-53))
+            else:
+                points = torch.randn(rows, features, dtype=torch.float64, generator=generator)
+            points = points.to(dtype=self._ref.dtype, device=self._ref.device).reshape(rows, *self.event_shape)
+            total += self.log_acceptance(points).exp().double().sum()
+        return total / n
+
+    def _store(self, name: str, value: Tensor) -> None:
+        """Write buffer ``name`` in place, or replace it when it cannot take ``value`` (another dtype, device or
+        size, or a tensor made under ``inference_mode``, which is read-only outside it)."""
+        old = getattr(self, name)
+        if old.is_inference() or old.shape != value.shape or old.dtype != value.dtype or old.device != value.device:
+            setattr(self, name, value.clone())
+        else:
+            old.copy_(value)
 
     @torch.no_grad()
     def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
@@ -426,3 +512,13 @@ class ResampledBase(nn.Module):
         if pending.numel():
             out[pending] = self._proposals(pending.numel())
         return out
+
+
+def _complete_resampled_state(module: ResampledBase, state_dict: dict, prefix: str, *args: object) -> None:
+    """Load-state-dict pre-hook: a `ResampledBase` state saved before ``normalizer_weights`` and
+    ``running_normalizer`` existed gets a copy of weights that matches none (NaN, so the first eval-mode
+    ``log_prob`` estimates ``Z`` for the loaded weights) and the stored ``normalizer`` as its running average."""
+    key = prefix + "normalizer_weights"
+    if key not in state_dict and prefix + "normalizer" in state_dict:
+        state_dict[key] = torch.full_like(module.normalizer_weights, math.nan)
+        state_dict.setdefault(prefix + "running_normalizer", state_dict[prefix + "normalizer"])

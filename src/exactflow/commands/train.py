@@ -28,6 +28,7 @@ from ._shared import (
 )
 
 if TYPE_CHECKING:
+    from ..distributions import Flow
     from ..training import History
 
 EPILOG = """\
@@ -38,6 +39,7 @@ examples:
   exactflow train --config run.toml --steps 500      # the command line wins over the file
   exactflow train --out runs/moons --resume          # continue after an interruption (even kill -9)
   exactflow train moons --objective flow-matching --flow CNF --ema 0.999
+  exactflow train moons --base GaussianMixture --base-arg components=4   # a learned base (`exactflow list`)
   exactflow train table.csv --context-cols age,height  # a conditional flow of the other columns given these
   torchrun --nproc_per_node=2 -m exactflow train moons --out runs/ddp
 
@@ -64,6 +66,7 @@ def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, b
     default is `DEFAULT_STEPS`, or on ``--resume`` the run's own."""
     from ..flows import registry as flows
     from ..objectives import OBJECTIVES
+    from ..registry import BASES
     from ..training import SCHEDULES
 
     p.add_argument("--flow", default="RealNVP", help=f"flow from the registry ({', '.join(sorted(flows))}); "
@@ -72,6 +75,10 @@ def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, b
     add_hidden_option(p)
     p.add_argument("--flow-arg", dest="flow_args", action="append", metavar="KEY=VALUE",
                    help="any other keyword of the flow's factory (repeatable; values read as JSON)")
+    p.add_argument("--base", help="base distribution from the registry instead of the flow's own "
+                   f"({', '.join(sorted(BASES))}); saved with the model")
+    p.add_argument("--base-arg", dest="base_args", action="append", metavar="KEY=VALUE",
+                   help="keyword of the --base distribution (repeatable; values read as JSON), e.g. components=4")
     p.add_argument("--data-arg", dest="data_args", action="append", metavar="KEY=VALUE",
                    help="keyword of the data loader (repeatable), e.g. train=5000 or seed=1 for the toy "
                    "sets, test=0.2 or valid=0.1 for a .csv/.npy file")
@@ -167,9 +174,22 @@ def _where(args: argparse.Namespace) -> str:
     return f" or in {args.config}" if args.config else ""
 
 
+def _set_base(flow: Flow, args: argparse.Namespace) -> None:
+    """Give ``flow`` the registered base ``--base`` built with the ``--base-arg`` keywords (its spec records it, so
+    the saved model is rebuilt with it)."""
+    from ..flows import set_base
+
+    kwargs = assignments(args.base_args, "--base-arg")
+    try:
+        set_base(flow, args.base, **kwargs)
+    except (TypeError, ValueError) as err:  # an unknown name, a keyword it does not take, a bad value
+        raise ValueError(f"base {args.base!r}: {err} (set by --base or --base-arg{_where(args)})") from None
+
+
 def train(args: argparse.Namespace) -> dict:
     """Run a training described by ``args`` (the ``train`` options); returns a summary dict."""
     from .. import checkpoint, plots
+    from ..flows import describe as describe_flow
     from ..flows import registry as flows
     from ..training import evaluate, fit, standardize
 
@@ -219,6 +239,10 @@ def train(args: argparse.Namespace) -> dict:
         except (TypeError, ValueError) as err:  # a bad value of an option the factory takes
             raise ValueError(f"flow {args.flow!r}: {err} (set by --flow-arg, --depth or --hidden{_where(args)})") \
                 from None
+        if getattr(args, "base", None) is not None:
+            _set_base(flow, args)
+        elif getattr(args, "base_args", None):
+            raise ValueError(f"--base-arg needs --base NAME (set{_where(args)})")
         use_std = args.standardize if args.standardize is not None else record["name"] == "tabular"
         if use_std:
             if ds.kind != "vector":
@@ -255,8 +279,9 @@ def train(args: argparse.Namespace) -> dict:
         test = evaluate(flow, ds.test, levels=levels, seed=args.seed,
                         context=None if ds.context is None else ds.context[2])
         checkpoint.save(model_path, flow, info={**info, "history": history.to_dict(), "test": test})
-        checkpoint.write_json(out / "config.json", {"spec": flow.spec, **info, "test": test, "status": history.status,
-                                                    "best_step": history.best_step, "seconds": history.seconds})
+        checkpoint.write_json(out / "config.json", {"spec": describe_flow(flow), **info, "test": test,
+                                                    "status": history.status, "best_step": history.best_step,
+                                                    "seconds": history.seconds})
         pictures = []
         if args.plots:
             cpu_flow = flow.to("cpu")
