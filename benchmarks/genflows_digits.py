@@ -218,7 +218,7 @@ def main() -> None:
     for b in blocks_of(big):  # leave the identity the blocks start as
         torch.nn.init.normal_(b.head.weight, std=0.02)
     jacobi_table("Random TarFlow on 3x32x32 (patch 4)", big, 8, 3)
-    jacobi_table("Random TarFlow on 3x32x32 (patch 4), one image", big, 1, 5)
+    jacobi_table("Random TarFlow on 3x32x32 (patch 4), one image", big, 1, 3)
 
     # class-conditional TarFlow with label dropout, guidance
     torch.manual_seed(0)
