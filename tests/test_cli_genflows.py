@@ -48,6 +48,8 @@ def test_class_conditional_tarflow_with_noise_trains_and_samples_by_every_recipe
     flow = checkpoint.load(run)
     assert flow.noise == 0.05 and not flow.training
 
+    assert main(["sample", str(run), "-n", "3", "-o", str(tmp_path / "x.npy")]) == 2
+    assert "class-conditional (10 classes): pass --label K" in capsys.readouterr().err
     guided = _sample(run, "--label", "3", "--guidance", "2")
     torch.manual_seed(0)
     torch.testing.assert_close(guided, flow.sample(3, label=3, guidance=2.0), rtol=0, atol=1e-6)

@@ -68,6 +68,9 @@ def main(args: argparse.Namespace) -> int:
         if "label" not in inspect.signature(flow.sample).parameters or args.label is None or args.context:
             raise ValueError("--label (with --guidance, optional) is for class-conditional TarFlow, without --context")
         extra.update(label=args.label, guidance=args.guidance or 0.0)
+    if getattr(flow, "classes", 0) and args.label is None and args.context is None:
+        raise ValueError(f"this TarFlow is class-conditional ({flow.classes} classes): pass --label K (0 .. "
+                         f"{flow.classes - 1}), optionally with --guidance W")
     context = None if args.label is not None else _context(args.context, flow)
     recipe = {"denoise": args.denoise, "sampler": args.sampler, "segments": args.segments}
     for key, value in recipe.items():
