@@ -468,11 +468,16 @@ class Trainer:
 
 
 def _objective(train: Any, valid: Any, objective: str | Objective, levels: int | None,
-               seed: int) -> Objective:
+               seed: int, coupling: str | None = None) -> Objective:
+    if coupling is not None and objective != "flow-matching":
+        raise ValueError(f"coupling={coupling!r} is an option of objective='flow-matching', got objective={objective!r}"
+                         + (" (give it to the FlowMatching instance instead)" if isinstance(objective, Objective)
+                            else ""))
     if isinstance(objective, str):
         if train is None:
             raise ValueError(f"fit(objective={objective!r}) needs training data (or the target, for reverse-kl)")
-        return make_objective(objective, train, valid, levels=levels, seed=seed)
+        options = {} if coupling is None else {"coupling": coupling}
+        return make_objective(objective, train, valid, levels=levels, seed=seed, **options)
     if not isinstance(objective, Objective):
         raise TypeError(f"objective must be a name or an Objective, got {type(objective).__name__}")
     if train is not None or valid is not None:
@@ -486,6 +491,7 @@ def fit(
     valid: Any = None,
     *,
     objective: str | Objective = "likelihood",
+    coupling: str | None = None,
     steps: int = 1000,
     batch_size: int = 256,
     lr: float = 1e-3,
@@ -510,7 +516,9 @@ def fit(
 
     ``objective``: ``"likelihood"`` (default), ``"flow-matching"`` (a CNF flow), ``"elbo"`` (a
     `VAE`) on ``train``; ``"reverse-kl"`` with ``train`` the target's log density; or an
-    `Objective` instance that holds its own data (``train`` and ``valid`` None).
+    `Objective` instance that holds its own data (``train`` and ``valid`` None). ``coupling``, with
+    ``"flow-matching"`` only: how noise and data are paired, ``"independent"`` (the default) or ``"ot"`` (minibatch
+    optimal transport, needs POT); see `exactflow.objectives.FlowMatching`.
     Data are a tensor or numpy array ``(n, *event)``, a pair ``(x, context)`` for a conditional flow, or a
     `Dataset` (then ``valid``, its context and ``levels`` default to the data set's). A flow built with
     ``standardize_context=True`` (the conditional presets' default) whose context statistics are not fitted yet
@@ -532,7 +540,7 @@ def fit(
     """
     options = Options(steps, batch_size, lr, schedule, warmup, clip_grad, patience, eval_every, seed)
     options.check()
-    obj = _objective(train, valid, objective, levels, seed)
+    obj = _objective(train, valid, objective, levels, seed, coupling)
     obj.check(model)
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and getattr(model, "spec", None) is None:

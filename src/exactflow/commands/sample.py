@@ -24,6 +24,8 @@ examples:
   exactflow sample runs/cond -n 100 --context ctx.csv -o s.npy  # n samples per row of the file, row by row
   exactflow sample runs/glow -n 64 --temperature 0.7 -o s.png   # image flows: scaled base noise
   exactflow sample runs/tarflow -n 64 --label 3 --guidance 2 -o s.png  # class-conditional TarFlow, guided
+  exactflow sample runs/tarflow -n 64 --no-denoise -o raw.png    # TarFlow trained with --noise: skip the score step
+  exactflow sample runs/tarflow -n 64 --sampler jacobi --segments 2 -o s.png  # GS-Jacobi instead of the KV cache
 """
 
 FORMATS = (".npy", ".csv", ".png")
@@ -42,6 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, help="image flows: scale the base noise by this factor (e.g. 0.7)")
     p.add_argument("--label", type=int, help="class-conditional TarFlow (classes=K): the class index to draw")
     p.add_argument("--guidance", type=float, help="with --label: classifier-free guidance weight w (0: none)")
+    p.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,
+                   help="TarFlow trained with noise: clean the samples by a score step (default: on when the model "
+                   "was trained with --noise; --no-denoise to skip)")
+    p.add_argument("--sampler", choices=("kv", "jacobi"), help="TarFlow: invert the blocks patch by patch with a "
+                   "key/value cache (kv, the default) or by parallel Jacobi iteration (jacobi)")
+    p.add_argument("--segments", type=int, help="with --sampler jacobi: Gauss-Seidel segments per block (default 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
     p.set_defaults(run=main)
 
@@ -60,7 +68,19 @@ def main(args: argparse.Namespace) -> int:
         if "label" not in inspect.signature(flow.sample).parameters or args.label is None or args.context:
             raise ValueError("--label (with --guidance, optional) is for class-conditional TarFlow, without --context")
         extra.update(label=args.label, guidance=args.guidance or 0.0)
+    if getattr(flow, "classes", 0) and args.label is None and args.context is None:
+        raise ValueError(f"this TarFlow is class-conditional ({flow.classes} classes): pass --label K (0 .. "
+                         f"{flow.classes - 1}), optionally with --guidance W")
     context = None if args.label is not None else _context(args.context, flow)
+    recipe = {"denoise": args.denoise, "sampler": args.sampler, "segments": args.segments}
+    for key, value in recipe.items():
+        if value is None:
+            continue
+        if key not in inspect.signature(flow.sample).parameters:
+            raise ValueError(f"--{'no-' if value is False else ''}{key} is for TarFlow; this is a {flow.spec['flow']}")
+        extra[key] = value
+    if args.segments is not None and args.sampler != "jacobi":
+        raise ValueError("--segments goes with --sampler jacobi")
     if args.temperature is not None:
         if "temperature" not in inspect.signature(flow.sample).parameters:
             raise ValueError(f"--temperature is for image flows (Glow, RealNVPImage); this is a {flow.spec['flow']}")

@@ -4,6 +4,7 @@ CNF, flow matching), optionally conditional on some of the file's columns."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import warnings
@@ -40,6 +41,9 @@ examples:
   exactflow train --out runs/moons --resume          # continue after an interruption (even kill -9)
   exactflow train moons --objective flow-matching --flow CNF --ema 0.999
   exactflow train moons --base GaussianMixture --base-arg components=4   # a learned base (`exactflow list`)
+  exactflow train moons --objective flow-matching --flow CNF --coupling ot --reflow 500
+  exactflow train digits --flow TarFlow --noise 0.05       # noise in training, denoised samples
+  exactflow train digits --flow TarFlow --data-arg labels=true --flow-arg classes=10   # class-conditional
   exactflow train table.csv --context-cols age,height  # a conditional flow of the other columns given these
   torchrun --nproc_per_node=2 -m exactflow train moons --out runs/ddp
 
@@ -90,6 +94,12 @@ def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, b
     p.add_argument("--coupling", choices=("independent", "ot"), default="independent",
                    help="flow matching: pair noise and data independently (default) or by minibatch optimal "
                    "transport (ot; needs POT)")
+    p.add_argument("--reflow", type=int, default=0, metavar="STEPS",
+                   help="flow matching: after training, straighten the paths by this many steps of rectified-flow "
+                   "reflow on pairs drawn from the trained flow (default 0: none)")
+    p.add_argument("--noise", type=float, help="flows with a noise option (TarFlow): standard deviation of the "
+                   "Gaussian noise added to the inputs in training, recorded in the model; its samples are denoised "
+                   "by a score step (sample --no-denoise to skip)")
     p.add_argument("--context-cols", help="columns of a .csv/.npy file that are the context of a conditional flow: "
                    "indices or header names, comma-separated (e.g. 0,3 or age,height); the vector presets standardise "
                    "the context inside the flow (statistics fitted on the training rows, saved with the model; "
@@ -230,8 +240,19 @@ def train(args: argparse.Namespace) -> dict:
             extra["hidden"] = list(args.hidden)
         if args.flow not in flows:
             raise ValueError(f"unknown flow {args.flow!r}; available: {', '.join(sorted(flows))}")
+        noise = getattr(args, "noise", None)
+        if noise is not None:
+            if "noise" not in inspect.signature(flows[args.flow].factory).parameters:
+                raise ValueError(f"--noise is for flows trained with noise (TarFlow); {args.flow} has no noise option")
+            if not noise >= 0:
+                raise ValueError(f"--noise must be >= 0, got {noise}")
+            extra["noise"] = noise
         kwargs = flow_kwargs(flows[args.flow], ds, extra)
-        if ds.context is not None:
+        if extra.get("classes"):  # a class-conditional flow takes the labels as its context, given by classes=K
+            if ds.context is None or ds.context[0].shape[1] != 1:
+                raise ValueError(f"classes={extra['classes']} needs one label column as context, e.g. "
+                                 "exactflow train digits --data-arg labels=true")
+        elif ds.context is not None:
             kwargs["context"] = ds.context[0].shape[1]
         torch.manual_seed(args.seed)
         try:
@@ -260,18 +281,24 @@ def train(args: argparse.Namespace) -> dict:
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="training diverged", category=RuntimeWarning)
-            objective, train_data = args.objective, ds
-            if objective == "flow-matching" and getattr(args, "coupling", "independent") != "independent":
-                from ..objectives import FlowMatching
-
-                objective, train_data = FlowMatching(ds, levels=levels, seed=args.seed, coupling=args.coupling), None
-            elif getattr(args, "coupling", "independent") != "independent":
-                raise ValueError("--coupling applies to --objective flow-matching")
-            history = fit(flow, train_data, objective=objective, steps=args.steps, batch_size=args.batch_size,
+            coupling, reflow_steps = getattr(args, "coupling", "independent"), getattr(args, "reflow", 0)
+            if args.objective != "flow-matching" and (coupling != "independent" or reflow_steps):
+                raise ValueError("--coupling and --reflow apply to --objective flow-matching")
+            if not isinstance(reflow_steps, int) or reflow_steps < 0:
+                raise ValueError(f"--reflow must be a number of steps >= 0, got {reflow_steps!r}")
+            options = {"coupling": coupling} if args.objective == "flow-matching" else {}
+            history = fit(flow, ds, objective=args.objective, **options, steps=args.steps, batch_size=args.batch_size,
                           lr=args.lr, schedule=args.schedule, warmup=args.warmup, clip_grad=args.clip_grad or None,
                           weight_decay=args.weight_decay, ema=args.ema, compile=args.compile, patience=args.patience,
                           eval_every=args.eval_every, levels=levels, seed=args.seed,
                           checkpoint=ckpt_path, resume=args.resume, info=info, progress=show, callback=report)
+            if reflow_steps and history.status != "diverged":
+                from ..transforms.continuous import reflow
+
+                n = len(ds.train)
+                info["reflow"] = {"steps": reflow_steps, "pairs": n}
+                reflow(flow, n, context=None if ds.context is None else ds.context[0].to(dev), steps=reflow_steps,
+                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=False)
         summary = {"out": str(out), "status": history.status, "message": history.message, "steps": args.steps,
                    "checkpoint": str(ckpt_path)}
         if history.status == "diverged" or rank != 0:
@@ -289,7 +316,11 @@ def train(args: argparse.Namespace) -> dict:
                 pictures = plots.plot_2d(cpu_flow, ds.test, out, history)
             else:
                 pictures = [plots.curves(history, out / "curves.png")]
-                if ds.kind == "image":
+                if ds.kind == "image" and getattr(cpu_flow, "classes", 0):  # one row of samples per class
+                    k = cpu_flow.classes
+                    x = cpu_flow.sample(8, label=list(range(k))).transpose(0, 1).reshape(8 * k, *ds.shape)
+                    pictures.append(plots.image_grid(x, out / "samples.png", nrow=8))
+                elif ds.kind == "image":
                     pictures.append(plots.image_grid(cpu_flow.sample(64), out / "samples.png"))
         summary.update(test=test, model=str(model_path), pictures=[str(p) for p in pictures], unit=history.unit,
                        seconds=history.seconds, data=ds.name, flow=args.flow)

@@ -95,16 +95,25 @@ def _split(name: str, x: Tensor, test: Tensor | None, valid: float, test_fractio
 
 
 @DATASETS.register("digits")
-def digits(valid: float = 0.1, test: float = 0.2, seed: int = 0) -> Dataset:
+def digits(valid: float = 0.1, test: float = 0.2, seed: int = 0, labels: bool = False) -> Dataset:
     """scikit-learn's 8x8 digits: (N, 1, 8, 8), 17 levels, fixed 1258 / 180 / 359 split by default.
 
-    1797 images in all, pixel values 0..16; ``valid`` and ``test`` are fractions, ``seed`` fixes the shuffle."""
+    1797 images in all, pixel values 0..16; ``valid`` and ``test`` are fractions, ``seed`` fixes the shuffle.
+    ``labels=True`` adds each image's digit ``0..9`` as a one-column context (for a class-conditional flow, such as
+    ``TarFlow(..., classes=10)``); the images and their split are the same either way."""
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:
         raise ImportError("the digits data set needs scikit-learn: pip install 'exactflow[data]'") from err
-    x = torch.from_numpy(load_digits().images.astype(np.float32)).unsqueeze(1)
-    return _split("digits", x, None, valid, test, seed, 17, {"source": "sklearn.datasets.load_digits"})
+    raw = load_digits()
+    x = torch.from_numpy(raw.images.astype(np.float32)).unsqueeze(1)
+    ds = _split("digits", x, None, valid, test, seed, 17, {"source": "sklearn.datasets.load_digits"})
+    if labels:
+        y = torch.from_numpy(raw.target.astype(np.float32))[:, None]
+        parts = _split("digits", y[:, :, None, None], None, valid, test, seed, 10, {})  # the same permutation
+        ds.context = tuple(part[:, :, 0, 0] for part in (parts.train, parts.valid, parts.test))
+        ds.info["labels"] = True
+    return ds
 
 
 def _read_npy(path: str | Path) -> np.ndarray:

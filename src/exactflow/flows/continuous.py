@@ -4,12 +4,32 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+from torch import Tensor
+
 from ..distributions import Flow, StandardNormal
 from ..registry import FLOWS
 from ..transforms.continuous import CNF as CNFTransform
 from ..validation import check_sizes
 
-__all__ = ["CNF"]
+__all__ = ["CNF", "CNFFlow"]
+
+
+class CNFFlow(Flow):
+    """A `Flow` whose transform is a `exactflow.transforms.continuous.CNF`: ``sample`` solves the ODE without the
+    divergence (the log-det is not needed there), ``D`` times cheaper with the exact trace on ``D`` features.
+
+    ``log_prob``, ``rsample`` and ``sample_and_log_prob`` are those of `Flow` (with the divergence: ``rsample`` may
+    be differentiated and its log-det asked for by ``sample_and_log_prob``).
+    """
+
+    @torch.no_grad()
+    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+        """``n`` samples ``x = phi_1(z)``, ``z ~ N(0, I)``, by the CNF's solver (``nfe`` counts its evaluations);
+        shapes as in `Flow.sample`."""
+        total, ctx, lead = self._expand(n, context)
+        x, _ = self.transform.integrate(self.base.rsample(total, ctx), 0.0, 1.0, ctx, logdet=False)
+        return x.reshape(*lead, *self.event_shape)
 
 
 @FLOWS.register("CNF", tolerance=1e-4, test_kwargs={"hidden": (8,), "steps": 16})
@@ -36,7 +56,7 @@ def CNF(features: int, context: int = 0, hidden: Sequence[int] = (64, 64), steps
         atol: Absolute tolerance of the adaptive solver.
 
     Returns:
-        The flow, a `Flow` on N(0, I); ``flow.spec`` records the call.
+        The flow, a `CNFFlow` on N(0, I) (its ``sample`` skips the divergence); ``flow.spec`` records the call.
 
     References:
         R. T. Q. Chen, Y. Rubanova, J. Bettencourt, D. Duvenaud. Neural Ordinary Differential Equations (2018);
@@ -50,10 +70,10 @@ def CNF(features: int, context: int = 0, hidden: Sequence[int] = (64, 64), steps
         >>> x = torch.randn(6, 2)
         >>> flow_matching_loss(flow, x).shape  # a scalar loss, no ODE solve
         torch.Size([])
-        >>> flow.log_prob(x).shape, flow.rsample(3).shape
-        (torch.Size([6]), torch.Size([3, 2]))
+        >>> flow.log_prob(x).shape, flow.rsample(3).shape, flow.sample(3).shape
+        (torch.Size([6]), torch.Size([3, 2]), torch.Size([3, 2]))
     """
     check_sizes(features, context, hidden, steps=steps)
     cnf = CNFTransform(features, context, hidden=hidden, steps=steps, trace=trace, activation=activation,
                        solver=solver, rtol=rtol, atol=atol)
-    return Flow(cnf, StandardNormal(features), context=context)
+    return CNFFlow(cnf, StandardNormal(features), context=context)
