@@ -28,12 +28,14 @@ from .autoregressive import BNAF, IAF, MAF, NSF, NSFAutoregressive
 from .continuous import CNF
 from .coupling import NICE, RealNVP
 from .glow import Glow, ImageFlow, RealNVPImage
+from .neural import NAF, SOS, UNAF
 from .planar import Planar, Radial
 from .sylvester import Sylvester
 from .tarflow import TarFlow, TarFlow1d
 
-__all__ = ["registry", "build", "prepend", "describe", "rebuild", "BNAF", "CNF", "Glow", "IAF", "MAF", "NICE", "NSF",
-           "NSFAutoregressive", "Planar", "Radial", "RealNVP", "Sylvester", "RealNVPImage", "TarFlow", "TarFlow1d"]
+__all__ = ["registry", "build", "prepend", "describe", "rebuild", "BNAF", "CNF", "Glow", "IAF", "MAF", "NAF", "NICE",
+           "NSF", "NSFAutoregressive", "Planar", "Radial", "RealNVP", "SOS", "Sylvester", "RealNVPImage", "TarFlow",
+           "TarFlow1d", "UNAF"]
 
 for _base in (StandardNormal, DiagNormal, ConditionalDiagNormal):
     BASES.register()(_base)
