@@ -390,10 +390,11 @@ class MonotoneAutoregressive(MaskedAutoregressive):
 # The test MADEs use tanh: with ReLU the MADE's own fast path (the same one MAF's tests cover) would make the
 # contract repeat every check on batches of 4097 rows and at 32 features, each bisection then costing seconds;
 # these layers have no fast path of their own to compare.
-# float64 contract tolerance of the three layers: bisection leaves (hi - lo) 2^-60 per feature and pass, under
-# 1e-15 for the brackets of the small randomised test layers (|z - shift| / smallest slope below 1e3); through
-# the D = 5 autoregressive passes and slopes below 1e3 that stays under 1e-9, so 1e-8 (not the default 1e-5,
-# which could hide a root found to only 5 digits) is what the root finder promises, with margin.
+# float64 contract tolerance of the three layers: bisection leaves (hi - lo) 2^-60 per feature and pass. The
+# brackets of the small randomised test layers are below about 1e5 wide (the widest: SOS's |z - c| / eps, with
+# eps = 1e-3), so x is off by at most 1e-13 and z by that times the slope (below 1e3 there): 1e-10, and the
+# D = 5 passes only feed exact-to-that-level features to the MADE. 1e-8 is what the root finder promises with
+# a margin (the default 1e-5 could hide a root found to only 5 digits).
 _BISECTION_TOLERANCE = 1e-8
 
 
