@@ -35,14 +35,16 @@ from .circular import CircularNSF, CircularNSFAutoregressive
 from .continuous import CNF
 from .coupling import NICE, RealNVP
 from .glow import Glow, ImageFlow, RealNVPImage
+from .neural import NAF, SOS, UNAF
 from .planar import Planar, Radial
 from .residual import ResidualFlow
 from .sylvester import Sylvester
 from .tarflow import TarFlow, TarFlow1d
 
 __all__ = ["registry", "build", "prepend", "set_base", "describe", "rebuild", "BNAF", "CircularNSF",
-           "CircularNSFAutoregressive", "CNF", "Glow", "IAF", "MAF", "NICE", "NSF", "NSFAutoregressive", "Planar",
-           "Radial", "RealNVP", "ResidualFlow", "Sylvester", "RealNVPImage", "TarFlow", "TarFlow1d"]
+           "CircularNSFAutoregressive", "CNF", "Glow", "IAF", "MAF", "NAF", "NICE", "NSF", "NSFAutoregressive",
+           "Planar", "Radial", "RealNVP", "ResidualFlow", "SOS", "Sylvester", "RealNVPImage", "TarFlow", "TarFlow1d",
+           "UNAF"]
 
 BASES.register(conditional=False)(StandardNormal)
 BASES.register(conditional=False)(DiagNormal)
