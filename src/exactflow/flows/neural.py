@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from torch import nn
+
 from ..distributions import Flow
 from ..registry import FLOWS
 from ..transforms.monotone import NAFAutoregressive, SOSAutoregressive, UNAFAutoregressive
@@ -29,7 +31,8 @@ _TOLERANCE = 1e-8
                 test_kwargs={"depth": 2, "hidden": (16, 16), "components": 4, "activation": "tanh"})
 def NAF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] = (64, 64), components: int = 16,
         residual: bool = False, activation: str = "relu", permutation: str = "reverse",
-        conditional_base: bool = False) -> Flow:
+        conditional_base: bool = False, embedding: Sequence[int] | nn.Module | None = None,
+        standardize_context: bool = True) -> Flow:
     """Neural autoregressive flow (Huang et al. 2018) with deep sigmoidal transformers; exact density.
 
     Each layer maps data -> latent by ``z_i = logit(sum_j w_ij sigmoid(a_ij x_i + b_ij))`` (``a > 0``, ``w`` on
@@ -48,6 +51,10 @@ def NAF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
             ``"random"`` (a fixed random permutation), ``"lu"`` (a learned `LULinear`) or ``"none"``.
         conditional_base: Draw the base from a `ConditionalDiagNormal` on the context instead of N(0, I)
             (needs ``context > 0``).
+        embedding: A context embedding network trained with the flow: layer widths such as ``[64, 16]`` or
+            any ``nn.Module`` mapping ``(batch, context)`` to ``(batch, e)``; ``None``: the raw context (see `Flow`).
+        standardize_context: Standardise the context inside the flow with statistics fitted at `exactflow.fit`
+            (see `Flow.fit_context`).
 
     Returns:
         The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
@@ -65,10 +72,12 @@ def NAF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
         True
     """
     check_sizes(features, context, hidden, depth=depth, components=components)
-    layers = _made_stack(lambda i, order: NAFAutoregressive(features, context, hidden, components, order, residual,
-                                                                     activation),
-                         features, depth, permutation)
-    return _flow(layers, features, context, conditional_base)
+
+    def layer(e: int, order: str) -> nn.Module:
+        return NAFAutoregressive(features, e, hidden, components, order, residual, activation)
+
+    return _flow(lambda e: _made_stack(lambda i, order: layer(e, order), features, depth, permutation),
+                 features, context, conditional_base, embedding, standardize_context)
 
 
 @FLOWS.register("UNAF", tolerance=_TOLERANCE,
@@ -76,7 +85,8 @@ def NAF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
                              "activation": "tanh"})
 def UNAF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] = (64, 64), embed: int = 8,
          integrand: Sequence[int] = (32, 32), nodes: int = 33, bound: float = 5.0, residual: bool = False,
-         activation: str = "relu", permutation: str = "reverse", conditional_base: bool = False) -> Flow:
+         activation: str = "relu", permutation: str = "reverse", conditional_base: bool = False,
+         embedding: Sequence[int] | nn.Module | None = None, standardize_context: bool = True) -> Flow:
     """Unconstrained monotonic neural network flow (Wehenkel & Louppe 2019); exact density.
 
     Each layer maps data -> latent by ``z_i = beta_i + int_0^{x_i} g(t; h_i) dt`` with ``(h_i, beta_i)`` from a
@@ -99,6 +109,10 @@ def UNAF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] 
             ``"random"`` (a fixed random permutation), ``"lu"`` (a learned `LULinear`) or ``"none"``.
         conditional_base: Draw the base from a `ConditionalDiagNormal` on the context instead of N(0, I)
             (needs ``context > 0``).
+        embedding: A context embedding network trained with the flow: layer widths such as ``[64, 16]`` or
+            any ``nn.Module`` mapping ``(batch, context)`` to ``(batch, e)``; ``None``: the raw context (see `Flow`).
+        standardize_context: Standardise the context inside the flow with statistics fitted at `exactflow.fit`
+            (see `Flow.fit_context`).
 
     Returns:
         The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
@@ -115,17 +129,20 @@ def UNAF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] 
     """
     check_sizes(features, context, hidden, depth=depth, embed=embed, nodes=nodes)
     check_sizes(features, context, integrand)
-    layers = _made_stack(lambda i, order: UNAFAutoregressive(features, context, hidden, embed, integrand, nodes, bound,
-                                                             order, residual, activation),
-                         features, depth, permutation)
-    return _flow(layers, features, context, conditional_base)
+
+    def layer(e: int, order: str) -> nn.Module:
+        return UNAFAutoregressive(features, e, hidden, embed, integrand, nodes, bound, order, residual, activation)
+
+    return _flow(lambda e: _made_stack(lambda i, order: layer(e, order), features, depth, permutation),
+                 features, context, conditional_base, embedding, standardize_context)
 
 
 @FLOWS.register("SOS", tolerance=_TOLERANCE, test_kwargs={"depth": 2, "hidden": (16, 16), "squares": 2, "degree": 1,
                                                            "activation": "tanh"})
 def SOS(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] = (64, 64), squares: int = 3,
         degree: int = 2, eps: float = 1e-3, residual: bool = False, activation: str = "relu",
-        permutation: str = "reverse", conditional_base: bool = False) -> Flow:
+        permutation: str = "reverse", conditional_base: bool = False,
+        embedding: Sequence[int] | nn.Module | None = None, standardize_context: bool = True) -> Flow:
     """Sum-of-squares polynomial flow (Jaini et al. 2019); exact density.
 
     Each layer maps data -> latent by ``z_i = c_i + int_0^{x_i} (eps + sum_k (sum_l a_ikl t^l)^2) dt`` with
@@ -147,6 +164,10 @@ def SOS(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
             ``"random"`` (a fixed random permutation), ``"lu"`` (a learned `LULinear`) or ``"none"``.
         conditional_base: Draw the base from a `ConditionalDiagNormal` on the context instead of N(0, I)
             (needs ``context > 0``).
+        embedding: A context embedding network trained with the flow: layer widths such as ``[64, 16]`` or
+            any ``nn.Module`` mapping ``(batch, context)`` to ``(batch, e)``; ``None``: the raw context (see `Flow`).
+        standardize_context: Standardise the context inside the flow with statistics fitted at `exactflow.fit`
+            (see `Flow.fit_context`).
 
     Returns:
         The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
@@ -162,7 +183,9 @@ def SOS(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
         (torch.Size([5]), torch.Size([3, 2]))
     """
     check_sizes(features, context, hidden, depth=depth, squares=squares)
-    layers = _made_stack(lambda i, order: SOSAutoregressive(features, context, hidden, squares, degree, eps, order,
-                                                            residual, activation),
-                         features, depth, permutation)
-    return _flow(layers, features, context, conditional_base)
+
+    def layer(e: int, order: str) -> nn.Module:
+        return SOSAutoregressive(features, e, hidden, squares, degree, eps, order, residual, activation)
+
+    return _flow(lambda e: _made_stack(lambda i, order: layer(e, order), features, depth, permutation),
+                 features, context, conditional_base, embedding, standardize_context)
