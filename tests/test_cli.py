@@ -192,3 +192,26 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     a = checkpoint.info(tmp_path / "ddp")["info"]["test"]["nll"]
     b = checkpoint.info(tmp_path / "single")["info"]["test"]["nll"]
     assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_train_for_a_time_budget(tmp_path, capsys):
+    run = tmp_path / "timed"
+    assert main(["train", "8gaussians", *TINY, "--time", "0.5s", "--eval-every", "10", "--out", str(run),
+                 "--no-plots"]) == 0
+    assert "time budget" in capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())
+    assert config["status"] == "time budget" and config["options"]["time"] == 0.5
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90.0), ("60s", 60.0), ("2m", 120.0), ("1.5m", 90.0),
+                                               ("1h", 3600.0)])
+def test_durations(text, seconds):
+    from exactflow.commands.train import duration
+
+    assert duration(text) == seconds
+
+
+def test_a_bad_duration_is_one_clear_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "moons", "--time", "soon"])
+    assert "expected a positive duration such as 90, 60s, 2m or 1.5m, got 'soon'" in capsys.readouterr().err

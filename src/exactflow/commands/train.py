@@ -4,6 +4,7 @@ CNF, flow matching), optionally conditional on some of the file's columns."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
@@ -54,8 +55,23 @@ The run folder gets model.safetensors (the final flow: best valid weights), chec
 """
 
 DEFAULT_STEPS = 2000
+TIMED_STEPS = 10**7  # the step limit under --time without --steps: the clock decides
 RENAMED_OPTIONS = {"transforms": "depth"}  # options saved by runs of earlier releases, under their new names
 KEEP_ON_RESUME = ("out", "resume", "overwrite", "device", "threads", "quiet", "plots", "config", "run", "command")
+
+
+def duration(text: str) -> float:
+    """Seconds from ``--time``: ``90`` or ``90s`` (seconds), ``2m`` or ``1.5m`` (minutes), ``1h`` (hours)."""
+    value = str(text).strip().lower()
+    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(value[-1:], None)
+    number = value[:-1] if scale is not None else value
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive duration such as 90, 60s, 2m or 1.5m, got {text!r}")
+    return seconds
 
 
 def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, batch_size: int = 256,
@@ -85,6 +101,9 @@ def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, b
                    "transport (ot; needs POT)")
     p.add_argument("--context-cols", help="columns of a .csv/.npy file that are the context of a conditional flow: "
                    "indices or header names, comma-separated (e.g. 0,3 or age,height)")
+    p.add_argument("--time", type=duration, metavar="DURATION",
+                   help="stop training after this much wall-clock time (90, 60s, 2m, 1.5m), keeping the best "
+                   "validation weights; --steps is then only an upper bound (default: none)")
     p.add_argument("--steps", type=int, default=steps,
                    help=f"optimisation steps (default {DEFAULT_STEPS}; on --resume the run's own)" if steps is None
                    else "optimisation steps (default %(default)s)")
@@ -182,7 +201,7 @@ def train(args: argparse.Namespace) -> dict:
     if not args.data:
         raise ValueError("no data set given: exactflow train DATA (a name from `exactflow list` or a .csv/.npy file)")
     if args.steps is None:
-        args.steps = DEFAULT_STEPS
+        args.steps = TIMED_STEPS if getattr(args, "time", None) is not None else DEFAULT_STEPS
     counts = (("--steps", args.steps), ("--batch-size", args.batch_size), ("--eval-every", args.eval_every))
     for option, value in counts:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -244,7 +263,8 @@ def train(args: argparse.Namespace) -> dict:
                           lr=args.lr, schedule=args.schedule, warmup=args.warmup, clip_grad=args.clip_grad or None,
                           weight_decay=args.weight_decay, ema=args.ema, compile=args.compile, patience=args.patience,
                           eval_every=args.eval_every, levels=levels, seed=args.seed,
-                          checkpoint=ckpt_path, resume=args.resume, info=info, progress=show, callback=report)
+                          checkpoint=ckpt_path, resume=args.resume, info=info, progress=show, callback=report,
+                          time_budget=getattr(args, "time", None))
         summary = {"out": str(out), "status": history.status, "message": history.message, "steps": args.steps,
                    "checkpoint": str(ckpt_path)}
         if history.status == "diverged" or rank != 0:
