@@ -44,6 +44,16 @@ if TYPE_CHECKING:
 __all__ = ["EMA", "History", "evaluate", "fit", "read_module", "save_module", "standardize"]
 
 SCHEDULES = ("constant", "cosine")
+
+
+class _FromRecipe:
+    """The default of a `fit` setting that comes from the model's training recipe (`exactflow.flows.auto.recipe`)."""
+
+    def __repr__(self) -> str:
+        return "<from the recipe>"
+
+
+RECIPE_DEFAULT: Any = _FromRecipe()
 COMPILE_NOTICE = "compiling {name} with torch.compile: the first call takes up to a minute"
 
 
@@ -507,17 +517,17 @@ def fit(
     *,
     objective: str | Objective = "likelihood",
     steps: int = 1000,
-    batch_size: int = 256,
-    lr: float = 1e-3,
-    schedule: str = "cosine",
-    warmup: int = 0,
-    clip_grad: float | None = 5.0,
-    weight_decay: float = 0.0,
+    batch_size: int = RECIPE_DEFAULT,
+    lr: float = RECIPE_DEFAULT,
+    schedule: str = RECIPE_DEFAULT,
+    warmup: int = RECIPE_DEFAULT,
+    clip_grad: float | None = RECIPE_DEFAULT,
+    weight_decay: float = RECIPE_DEFAULT,
     patience: int | None = None,
     eval_every: int = 100,
     levels: int | None = None,
     seed: int = 0,
-    ema: float | None = None,
+    ema: float | None = RECIPE_DEFAULT,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     info: dict | None = None,
@@ -529,6 +539,12 @@ def fit(
     clock: Callable[[], float] = time.perf_counter,
 ) -> History:
     """Train ``model`` on ``objective`` with Adam; returns the `History`.
+
+    The settings ``batch_size``, ``lr``, ``schedule``, ``warmup``, ``clip_grad``, ``weight_decay`` and ``ema``
+    that are not given come from the model's training recipe (`exactflow.flows.auto.recipe`): for a flow built
+    with ``exactflow.build("auto", ...)`` the measured recipe it carries in ``spec["auto"]``, for any other model
+    ``CLASSIC``: batch 256, lr 1e-3, cosine schedule without warm-up, gradient clipping at 5, no weight decay,
+    no EMA.
 
     ``objective``: ``"likelihood"`` (default), ``"flow-matching"`` (a CNF flow), ``"elbo"`` (a
     `VAE`) on ``train``; ``"reverse-kl"`` with ``train`` the target's log density; or an
@@ -566,8 +582,14 @@ def fit(
         >>> history.status, history.best_step is not None
         ('time budget', True)
     """
-    options = Options(steps, batch_size, lr, schedule, warmup, clip_grad, patience, eval_every, seed, time_budget,
-                      clock)
+    from .flows.auto import recipe
+
+    given = {"batch_size": batch_size, "lr": lr, "schedule": schedule, "warmup": warmup, "clip_grad": clip_grad,
+             "weight_decay": weight_decay, "ema": ema}
+    chosen = {**recipe(model), **{k: v for k, v in given.items() if v is not RECIPE_DEFAULT}}
+    batch_size, ema, weight_decay = chosen["batch_size"], chosen["ema"], chosen["weight_decay"]
+    options = Options(steps, batch_size, chosen["lr"], chosen["schedule"], chosen["warmup"], chosen["clip_grad"],
+                      patience, eval_every, seed, time_budget, clock)
     options.check()
     obj = _objective(train, valid, objective, levels, seed)
     obj.check(model)

@@ -24,6 +24,7 @@ from ..distributions import ConditionalDiagNormal, DiagNormal, Flow, StandardNor
 from ..registry import BASES, TRANSFORMS, from_json, to_json
 from ..registry import FLOWS as registry
 from ..transforms.coupling import CouplingChain
+from .auto import auto
 from .autoregressive import BNAF, IAF, MAF, NSF, NSFAutoregressive
 from .continuous import CNF
 from .coupling import NICE, RealNVP
@@ -32,8 +33,9 @@ from .planar import Planar, Radial
 from .sylvester import Sylvester
 from .tarflow import TarFlow, TarFlow1d
 
-__all__ = ["registry", "build", "prepend", "describe", "rebuild", "BNAF", "CNF", "Glow", "IAF", "MAF", "NICE", "NSF",
-           "NSFAutoregressive", "Planar", "Radial", "RealNVP", "Sylvester", "RealNVPImage", "TarFlow", "TarFlow1d"]
+__all__ = ["registry", "build", "auto", "prepend", "describe", "rebuild", "BNAF", "CNF", "Glow", "IAF", "MAF", "NICE",
+           "NSF", "NSFAutoregressive", "Planar", "Radial", "RealNVP", "Sylvester", "RealNVPImage", "TarFlow",
+           "TarFlow1d"]
 
 for _base in (StandardNormal, DiagNormal, ConditionalDiagNormal):
     BASES.register()(_base)
@@ -45,7 +47,12 @@ CONTAINERS: dict[str, type[nn.Module]] = {
 
 
 def build(name: str, **kwargs: Any) -> Flow:
-    """The registered flow ``name`` built with ``kwargs`` (the same as calling the preset); it records ``flow.spec``."""
+    """The registered flow ``name`` built with ``kwargs`` (the same as calling the preset); it records ``flow.spec``.
+
+    ``name="auto"`` builds the measured default (`exactflow.flows.auto.auto`): a concrete preset whose spec
+    also carries the training recipe `exactflow.fit` then uses."""
+    if name == "auto":
+        return auto(**kwargs)
     return registry.build(name, **kwargs)
 
 
@@ -69,7 +76,10 @@ def describe(module: nn.Module, where: str = "flow") -> dict:
     kind = type(module).__name__
     spec = getattr(module, "spec", None)
     if isinstance(module, Flow) and spec is not None:
-        return {"flow": spec["flow"], "kwargs": to_json(spec["kwargs"]), "preprocess": to_json(spec["preprocess"])}
+        out = {"flow": spec["flow"], "kwargs": to_json(spec["kwargs"]), "preprocess": to_json(spec["preprocess"])}
+        if "auto" in spec:  # built with "auto": the recipe travels with the flow
+            out["auto"] = to_json(spec["auto"])
+        return out
     if CONTAINERS.get(kind) is type(module):
         if isinstance(module, Flow):
             parts = [describe(module.transform, f"{where}.transform"), describe(module.base, f"{where}.base")]
@@ -98,6 +108,8 @@ def rebuild(spec: dict) -> nn.Module:
             flow = build(spec["flow"], **from_json(spec["kwargs"]))
             for step in spec.get("preprocess", []):
                 prepend(flow, step["transform"], **from_json(step["kwargs"]))
+            if "auto" in spec:
+                flow.spec["auto"] = from_json(spec["auto"])
             return flow
         kwargs = from_json(spec.get("kwargs", {}), rebuild)
         if spec.get("node") in CONTAINERS:  # parts described directly
