@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--tasks", nargs="+", default=["moons", "funnel-4d", "checkerboard", "student-t-8d"])
     p.add_argument("--libs", nargs="+", default=list(LIBRARIES), choices=LIBRARIES)
     p.add_argument("--out", default="benchmarks/results/equal_time", help="writes OUT.jsonl and OUT.md")
+    p.add_argument("--report", action="store_true", help="train nothing: tabulate the runs already in OUT.jsonl")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -152,10 +153,12 @@ def main(argv: list[str] | None = None) -> str:
     turn = 0
     for seed in args.seeds:
         for name in args.tasks:
-            task = load(name, seed)
-            entropy = task.entropy()
+            task = None if args.report else load(name, seed)
+            entropy = None if task is None else task.entropy()
             for library in args.libs[turn % len(args.libs):] + args.libs[:turn % len(args.libs)]:  # rotating order
                 k = (library, name, seed, args.budget)
+                if k not in done and args.report:
+                    continue
                 if k not in done:
                     row = {"library": library, "task": name, "seed": seed, "budget": args.budget,
                            **run(library, task, seed, args.budget)}
@@ -175,11 +178,14 @@ def main(argv: list[str] | None = None) -> str:
     for name in args.tasks:
         cells = []
         for library in args.libs:
-            rows = results[(name, library)]
+            rows = results.get((name, library))
+            if not rows:
+                cells.append("not run")
+                continue
             cell = mean_se([r["test"] for r in rows])
             if rows[0]["distance"] is not None:
                 cell += f" ({mean_se([r['distance'] for r in rows])})"
-            cell += f" [{statistics.fmean(r['steps'] for r in rows):.0f} steps]"
+            cell += f" [{statistics.fmean(r['steps'] for r in rows):.0f} steps, {len(rows)} seeds]"
             cells.append(cell)
         lines.append(f"| {name} | {split[name]} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"

@@ -102,4 +102,4 @@ def test_equal_time_table_runs(monkeypatch, tmp_path):
 
     text = main(["--budget", "0.1", "--tasks", "moons", "funnel-4d", "--seeds", "0", "--out", str(tmp_path / "eq")])
     assert "| moons | tuning |" in text and "| funnel-4d | tuning |" in text
-    assert text.count("steps]") == 8  # four libraries on two tasks
+    assert text.count(" steps, 1 seeds]") == 8  # four libraries on two tasks

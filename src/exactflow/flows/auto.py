@@ -21,8 +21,8 @@ PRESET = "NSF"
 #: Its size and spline settings (keywords of the preset).
 SIZE: dict[str, Any] = {"depth": 4, "hidden": (64, 64), "bins": 8, "bound": 5.0}
 #: The training recipe `exactflow.fit` uses for a flow built with ``"auto"`` (for the settings not given).
-RECIPE: dict[str, Any] = {"batch_size": 256, "lr": 1e-3, "schedule": "cosine", "warmup": 0, "clip_grad": 5.0,
-                          "weight_decay": 0.0, "ema": None}
+RECIPE: dict[str, Any] = {"batch_size": 512, "lr": 1e-2, "schedule": "constant", "warmup": 0, "clip_grad": 5.0,
+                          "weight_decay": 0.0, "ema": 0.999}
 #: `exactflow.fit`'s recipe for every other model (the defaults from before the sweep).
 CLASSIC: dict[str, Any] = {"batch_size": 256, "lr": 1e-3, "schedule": "cosine", "warmup": 0, "clip_grad": 5.0,
                            "weight_decay": 0.0, "ema": None}
