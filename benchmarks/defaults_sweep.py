@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(ROOT))
 
 import exactflow  # noqa: E402
-from benchmarks.tasks import TUNING, Task, load  # noqa: E402
+from benchmarks.tasks import HELD_OUT, TUNING, Task, load  # noqa: E402
 
 # the defaults before this sweep (fit's recipe; the size of the NSF preset with 4 layers)
 START = {"preset": "NSF", "depth": 4, "hidden": [64, 64], "bins": 8, "bound": 5.0, "lr": 1e-3,
@@ -107,6 +107,28 @@ def label(change: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in change.items())
 
 
+def held_out(runs: Runs, best: dict, names: list[str], seeds: list[int], budget: float) -> list[str]:
+    """Markdown rows: the old default, the start and the winner on tasks the sweep never looked at."""
+    configs = {"RealNVP (the default before)": {**START, "preset": "RealNVP", "depth": 8}, "start (NSF)": START,
+               "winner (auto)": best}
+    lines = ["### held-out tasks (not used to choose)", "",
+             f"Test NLL after {budget:g} s of CPU time, mean over seeds {' '.join(map(str, seeds))}; in brackets the "
+             "distance to the truth (test NLL - true entropy) where it is known.", "",
+             "| task | " + " | ".join(configs) + " |", "|---|" + "---|" * len(configs)]
+    for name in names:
+        data = {seed: load(name, seed) for seed in seeds}
+        cells = []
+        for config in configs.values():
+            results = [runs.get(config, data[seed], seed, budget) for seed in seeds]
+            cell = f"{statistics.fmean(r['test'] for r in results):.3f}"
+            if results[0]["distance"] is not None:
+                cell += f" ({statistics.fmean(r['distance'] for r in results):.3f})"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    return [*lines, ""]
+
+
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=3.0, help="CPU seconds (thread time) per run (default 3)")
@@ -114,6 +136,9 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--tasks", nargs="+", default=list(TUNING))
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     p.add_argument("--out", default="benchmarks/results/defaults_sweep", help="writes OUT.jsonl and OUT.md")
+    p.add_argument("--held-out", nargs="*", metavar="TASK",
+                   help="then score the old default (RealNVP), the start and the winner on these held-out tasks "
+                   f"(no names: all of {', '.join(HELD_OUT)})")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -164,6 +189,8 @@ def main(argv: list[str] | None = None) -> str:
     d, se = mean_se([a - b for a, b in zip(best_test, base_test, strict=True)])
     lines += [f"**Winner**: `{json.dumps(best)}`; its mean test NLL is {d:+.4f} ± {se:.4f} nats from the start "
               f"configuration's (paired over tasks x seeds). Sweep wall time {time.perf_counter() - start:.0f} s.", ""]
+    if args.held_out is not None:
+        lines += held_out(runs, best, args.held_out or list(HELD_OUT), args.seeds, args.budget)
     text = "\n".join(lines)
     out.with_suffix(".md").write_text(text)
     print(text)
