@@ -1,11 +1,13 @@
-"""The speed benchmark runs end to end on one small row (no timing is asserted)."""
+"""The benchmark scripts run end to end on tiny settings (no timing is asserted)."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,6 +90,7 @@ def test_conditional_tasks_sample_their_stated_density(task, monkeypatch):
     se = x.std(0) / len(x) ** 0.5
     assert ((mean - x.mean(0)).abs() < 5 * se + 1e-3).all(), (mean, x.mean(0))
 
+
 def test_conditional_benchmark_runs_on_a_tiny_setting(monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(ROOT))
     from benchmarks.conditional import main
@@ -96,3 +99,43 @@ def test_conditional_benchmark_runs_on_a_tiny_setting(monkeypatch, capsys):
                   "--models", "exactflow NSF", "zuko MAF", "nflows NSF"])
     assert table.splitlines()[0].startswith("| model | mixture |")
     assert len(table.splitlines()) == 5
+
+
+def test_density_tasks_have_splits_and_true_densities(monkeypatch):
+    """Every task loads standardised splits; a known density is a density: the standard normal's test NLL is not
+    below the true entropy (KL >= 0, up to Monte Carlo error), and the 2-D rings integrate to 1 on a grid."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.tasks import ALL, HELD_OUT, TUNING, Rings, load
+
+    assert not set(TUNING) & set(HELD_OUT)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    for name in ALL:
+        task = load(name, seed=0, sizes={"train": 400, "valid": 50, "test": 2000})
+        assert task.train.dtype == torch.float32 and task.valid.shape[1] == task.test.shape[1] == task.features
+        assert torch.allclose(task.train.mean(0), torch.zeros(task.features), atol=1e-4)
+        if task.log_prob is not None:
+            gaussian_nll = -normal.log_prob(task.test.double()).sum(-1).mean().item()
+            assert math.isfinite(task.entropy()) and gaussian_nll > task.entropy() - 0.1, name
+    grid = torch.linspace(-5, 5, 801, dtype=torch.float64)
+    points = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+    mass = Rings().log_prob(points).exp().sum() * (grid[1] - grid[0]) ** 2
+    assert mass.item() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_defaults_sweep_runs_one_stage(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.defaults_sweep import main
+
+    text = main(["--budget", "0.1", "--tasks", "moons", "--seeds", "0", "--stages", "preset", "--out",
+                 str(tmp_path / "sweep")])
+    assert "### preset" in text and "**(won)**" in text and "**Winner**" in text
+    assert (tmp_path / "sweep.md").read_text() == text and len((tmp_path / "sweep.jsonl").read_text().splitlines()) == 4
+
+
+def test_equal_time_table_runs(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.equal_time import main
+
+    text = main(["--budget", "0.1", "--tasks", "moons", "funnel-4d", "--seeds", "0", "--out", str(tmp_path / "eq")])
+    assert "| moons | tuning |" in text and "| funnel-4d | tuning |" in text
+    assert text.count(" steps, 1 seeds]") == 8  # four libraries on two tasks

@@ -18,6 +18,7 @@ import exactflow
 from exactflow import checkpoint
 from exactflow.cli import main
 from exactflow.data import registry as datasets
+from exactflow.flows.auto import PRESET, RECIPE
 
 SMALL = ["--hidden", "8", "--depth", "2", "--batch-size", "64", "--quiet"]
 TINY = ["--data-arg", "train=512", "--data-arg", "valid=64", "--data-arg", "test=64", *SMALL]
@@ -55,7 +56,8 @@ def test_train_eval_sample_plot_check_on_2d_data(tmp_path, capsys):
         assert (run / name).read_bytes()[:8] == PNG, name
     assert (run / "morph.gif").read_bytes()[:4] == GIF
     config = json.loads((run / "config.json").read_text())
-    assert config["spec"]["flow"] == "RealNVP" and config["data"]["info"]["sizes"] == [512, 64, 64]
+    assert config["spec"]["flow"] == PRESET and config["data"]["info"]["sizes"] == [512, 64, 64]
+    assert config["spec"]["auto"]["recipe"] == RECIPE  # no --flow: the measured default, its recipe recorded
 
     assert main(["eval", str(run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -74,7 +76,7 @@ def test_train_eval_sample_plot_check_on_2d_data(tmp_path, capsys):
 
     capsys.readouterr()
     assert main(["check", str(run)]) == 0
-    assert capsys.readouterr().out.startswith("ok: RealNVP passed")
+    assert capsys.readouterr().out.startswith(f"ok: {PRESET} passed")
 
 
 def test_csv_with_toml_and_yaml_config_standardised_inside_the_model(tmp_path, capsys):
@@ -82,7 +84,7 @@ def test_csv_with_toml_and_yaml_config_standardised_inside_the_model(tmp_path, c
     x = rng.normal(size=(400, 3)) * [100.0, 0.01, 5.0] + [1000.0, 0.0, -3.0]
     np.savetxt(tmp_path / "t.csv", x, delimiter=",", header="a,b,c", comments="")
     (tmp_path / "run.toml").write_text(
-        f'data = "{tmp_path / "t.csv"}"\nsteps = 30\neval-every = 15\n'
+        f'data = "{tmp_path / "t.csv"}"\nflow = "RealNVP"\nsteps = 30\neval-every = 15\n'
         'hidden = [8]\nflow_args = { depth = 2, batch_norm = true }\n'
         "plots = false\nquiet = true\n"
     )
@@ -169,7 +171,7 @@ def test_demo_prints_paths_and_test_nll(tmp_path, capsys):
     assert main(["demo", "--steps", "10", "--hidden", "8", "--depth", "2", "--no-plots", "--quiet",
                  "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    assert "trained RealNVP on moons" in out and "test NLL" in out and str(tmp_path / "demo") in out
+    assert f"trained auto ({PRESET}) on moons" in out and "test NLL" in out and str(tmp_path / "demo") in out
 
 
 def console_script() -> str:
@@ -226,3 +228,26 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     a = checkpoint.info(tmp_path / "ddp")["info"]["test"]["nll"]
     b = checkpoint.info(tmp_path / "single")["info"]["test"]["nll"]
     assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_train_for_a_time_budget(tmp_path, capsys):
+    run = tmp_path / "timed"
+    assert main(["train", "8gaussians", *TINY, "--time", "0.5s", "--eval-every", "10", "--out", str(run),
+                 "--no-plots"]) == 0
+    assert "time budget" in capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())
+    assert config["status"] == "time budget" and config["options"]["time"] == 0.5
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90.0), ("60s", 60.0), ("2m", 120.0), ("1.5m", 90.0),
+                                               ("1h", 3600.0)])
+def test_durations(text, seconds):
+    from exactflow.commands.train import duration
+
+    assert duration(text) == seconds
+
+
+def test_a_bad_duration_is_one_clear_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "moons", "--time", "soon"])
+    assert "expected a positive duration such as 90, 60s, 2m or 1.5m, got 'soon'" in capsys.readouterr().err

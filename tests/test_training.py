@@ -202,3 +202,39 @@ def test_image_grid_and_2d_pictures(tmp_path):
         plots.image_grid(torch.rand(10, 8, 8), tmp_path / "g.png")
     with pytest.raises(ValueError, match="2-D"):
         plots.density(tiny_flow(3), torch.randn(10, 3), tmp_path / "d.png")
+
+
+class FakeClock:
+    """A clock that advances ``tick`` seconds per reading, so a time budget ends after a known number of steps."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_time_budget_stops_and_restores_the_best_weights(data, ema):
+    flow = tiny_flow()
+    h = fit(flow, data, steps=10**6, batch_size=64, lr=3e-3, eval_every=7, ema=ema, progress=False,
+            time_budget=1.0, clock=FakeClock(0.01))
+    assert h.status == "time budget" and "time budget of 1 s" in h.message
+    assert 10 < h.step[-1] < 100 and h.valid_step[-1] == h.step[-1]  # the last step is evaluated
+    assert exactflow.evaluate(flow, data.valid)["nll"] == pytest.approx(h.best_valid, rel=1e-6)
+    assert h.lr[-1] < 0.05 * h.lr[0]  # the cosine schedule annealed over the budget
+
+
+def test_time_budget_on_the_wall_clock(data):
+    flow = tiny_flow()
+    h = fit(flow, data, steps=10**6, batch_size=64, eval_every=10, progress=False, time_budget=0.5)
+    assert h.status == "time budget" and h.step[-1] < 10**6
+    assert h.best_step in h.valid_step and 0 < h.seconds < 60  # a sanity bound, not a timing
+    assert exactflow.evaluate(flow, data.valid)["nll"] == pytest.approx(h.best_valid, rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), True, "60s"])
+def test_a_bad_time_budget_is_refused(data, bad):
+    with pytest.raises(ValueError, match="time_budget must be a positive number of seconds"):
+        fit(tiny_flow(), data, steps=5, progress=False, time_budget=bad)

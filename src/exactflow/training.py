@@ -44,13 +44,24 @@ if TYPE_CHECKING:
 __all__ = ["EMA", "History", "evaluate", "fit", "read_module", "save_module", "standardize"]
 
 SCHEDULES = ("constant", "cosine")
+
+
+class _FromRecipe:
+    """The default of a `fit` setting that comes from the model's training recipe (`exactflow.flows.auto.recipe`)."""
+
+    def __repr__(self) -> str:
+        return "<from the recipe>"
+
+
+RECIPE_DEFAULT: Any = _FromRecipe()
 COMPILE_NOTICE = "compiling {name} with torch.compile: the first call takes up to a minute"
 
 
 @dataclass
 class History:
     """What `fit` did: per-step training loss and learning rate, per-evaluation validation score (in
-    ``unit``), the best evaluation, and how it ended (``status``: finished, early stopped, diverged)."""
+    ``unit``), the best evaluation, and how it ended (``status``: finished, early stopped, time budget,
+    diverged; ``message`` says why in words)."""
 
     unit: str = "nats"
     step: list[int] = field(default_factory=list)
@@ -127,11 +138,15 @@ def _world() -> tuple[int, int]:
     return 1, 0
 
 
-def _lr_factor(schedule: str, step: int, steps: int, warmup: int) -> float:
+def _lr_factor(schedule: str, step: int, steps: int, warmup: int, used: float = 0.0) -> float:
+    """The learning-rate multiplier at ``step``: linear warm-up over ``warmup`` steps, then constant or a cosine
+    from 1 to 0 over the rest of the run. The run's progress is the larger of the fraction of ``steps`` done and
+    ``used``, the fraction of a time budget spent, so a budgeted run still anneals to (nearly) zero."""
     if warmup and step <= warmup:
         return step / warmup
     if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+        done = max((step - warmup) / max(1, steps - warmup), min(1.0, used))
+        return 0.5 * (1 + math.cos(math.pi * done))
     return 1.0
 
 
@@ -278,6 +293,8 @@ class Options:
     patience: int | None
     eval_every: int
     seed: int
+    time_budget: float | None = None
+    clock: Callable[[], float] = time.perf_counter
 
     def check(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -290,6 +307,12 @@ class Options:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be a positive number of evaluations, got {self.patience}")
+        budget = self.time_budget
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                                   or not 0 < budget < math.inf):
+            raise ValueError(f"time_budget must be a positive number of seconds, got {budget!r}")
+        if not callable(self.clock):
+            raise ValueError(f"clock must be a function returning seconds (e.g. time.thread_time), got {self.clock!r}")
 
 
 class Trainer:
@@ -309,6 +332,13 @@ class Trainer:
         self.bad_evals, self.start = 0, 0
         self.saved_step: int | None = None  # the step of this run's checkpoint on disk, once there is one
         self.good: tuple[dict[str, Tensor], dict[str, Tensor] | None, int] | None = None
+        self.started = options.clock()  # the time budget counts from here, the start of `fit`
+
+    def budget_used(self) -> float:
+        """The fraction of the time budget spent so far (0 without a budget)."""
+        if self.o.time_budget is None:
+            return 0.0
+        return (self.o.clock() - self.started) / self.o.time_budget
 
     # -- state a divergence returns to ---------------------------------------------------------------------------
     def remember_good(self, step: int) -> None:
@@ -337,7 +367,7 @@ class Trainer:
         """One optimisation step; returns what went wrong (non-finite loss, gradient or weights) or None."""
         o, model = self.o, self.model
         model.train()
-        factor = _lr_factor(o.schedule, step, o.steps, o.warmup)
+        factor = _lr_factor(o.schedule, step, o.steps, o.warmup, self.budget_used())
         for group in self.opt.param_groups:
             group["lr"] = o.lr * factor
         loss = self.objective.loss(model, self.objective.batch(self.gen, o.batch_size, step, (self.rank, self.world)))
@@ -493,17 +523,17 @@ def fit(
     objective: str | Objective = "likelihood",
     coupling: str | None = None,
     steps: int = 1000,
-    batch_size: int = 256,
-    lr: float = 1e-3,
-    schedule: str = "cosine",
-    warmup: int = 0,
-    clip_grad: float | None = 5.0,
-    weight_decay: float = 0.0,
+    batch_size: int = RECIPE_DEFAULT,
+    lr: float = RECIPE_DEFAULT,
+    schedule: str = RECIPE_DEFAULT,
+    warmup: int = RECIPE_DEFAULT,
+    clip_grad: float | None = RECIPE_DEFAULT,
+    weight_decay: float = RECIPE_DEFAULT,
     patience: int | None = None,
     eval_every: int = 100,
     levels: int | None = None,
     seed: int = 0,
-    ema: float | None = None,
+    ema: float | None = RECIPE_DEFAULT,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     info: dict | None = None,
@@ -511,8 +541,16 @@ def fit(
     callback: Callable[[int, History], None] | None = None,
     callbacks: Sequence[Callable[[int, History], None]] = (),
     compile: bool = False,
+    time_budget: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> History:
     """Train ``model`` on ``objective`` with Adam; returns the `History`.
+
+    The settings ``batch_size``, ``lr``, ``schedule``, ``warmup``, ``clip_grad``, ``weight_decay`` and ``ema``
+    that are not given come from the model's training recipe (`exactflow.flows.auto.recipe`): for a flow built
+    with ``exactflow.build("auto", ...)`` the measured recipe it carries in ``spec["auto"]``, for any other model
+    ``CLASSIC``: batch 256, lr 1e-3, cosine schedule without warm-up, gradient clipping at 5, no weight decay,
+    no EMA.
 
     ``objective``: ``"likelihood"`` (default), ``"flow-matching"`` (a CNF flow), ``"elbo"`` (a
     `VAE`) on ``train``; ``"reverse-kl"`` with ``train`` the target's log density; or an
@@ -537,8 +575,31 @@ def fit(
     on a terminal). ``callback`` and each of ``callbacks`` run as ``fn(step, history)`` after every
     evaluation (on rank 0). ``compile=True`` compiles a Flow with `exactflow.compile` and prints a
     one-line notice to stderr before the first (slow) compiled call.
+
+    ``time_budget`` (seconds of ``clock``, by default the wall clock ``time.perf_counter``; pass
+    ``clock=time.thread_time`` for the CPU time of this thread) stops training at the first step that ends past
+    the budget, counted from the start of `fit`; ``steps`` is then only an upper bound. That last step is
+    evaluated, the best weights (the EMA's, with ``ema``) are restored as at any other end, and ``history.status``
+    is ``"time budget"``. The cosine schedule anneals over whichever runs out first, the steps or the budget.
+
+    Examples:
+        >>> import time
+        >>> import exactflow
+        >>> flow = exactflow.build("NSF", features=2, depth=2, hidden=(16,))
+        >>> x = torch.randn(2000, 2)
+        >>> history = exactflow.fit(flow, x[:1500], x[1500:], steps=10**6, time_budget=0.3, eval_every=20,
+        ...                         clock=time.thread_time)
+        >>> history.status, history.best_step is not None
+        ('time budget', True)
     """
-    options = Options(steps, batch_size, lr, schedule, warmup, clip_grad, patience, eval_every, seed)
+    from .flows.auto import recipe
+
+    given = {"batch_size": batch_size, "lr": lr, "schedule": schedule, "warmup": warmup, "clip_grad": clip_grad,
+             "weight_decay": weight_decay, "ema": ema}
+    chosen = {**recipe(model), **{k: v for k, v in given.items() if v is not RECIPE_DEFAULT}}
+    batch_size, ema, weight_decay = chosen["batch_size"], chosen["ema"], chosen["weight_decay"]
+    options = Options(steps, batch_size, chosen["lr"], chosen["schedule"], chosen["warmup"], chosen["clip_grad"],
+                      patience, eval_every, seed, time_budget, clock)
     options.check()
     obj = _objective(train, valid, objective, levels, seed, coupling)
     obj.check(model)
@@ -604,7 +665,8 @@ def _run(trainer: Trainer, progress: bool | None, callbacks: list[Callable[[int,
                 bar.update(1)
                 if step % 10 == 0:
                     bar.set_postfix_str(f"{trainer.objective.label} {h.train[-1]:.3f} {h.unit}")
-            if step % o.eval_every and step != o.steps:
+            out_of_time = o.time_budget is not None and trainer.budget_used() >= 1
+            if step % o.eval_every and step != o.steps and not out_of_time:
                 continue
             stop = trainer.evaluate(step)
             if bar is not None and h.valid_step[-1:] == [step]:
@@ -615,6 +677,11 @@ def _run(trainer: Trainer, progress: bool | None, callbacks: list[Callable[[int,
                              f"evaluations (best {h.best_valid:.4f} at step {h.best_step})")
             elif step == o.steps:
                 h.status = "finished"
+            elif out_of_time:
+                stop = True
+                h.status = "time budget"
+                best = "" if h.best_step is None else f"; the best weights (step {h.best_step}) are restored"
+                h.message = f"stopped at step {step}: the time budget of {o.time_budget:g} s was spent{best}"
             h.seconds += time.perf_counter() - began
             began = time.perf_counter()
             trainer.write(step)

@@ -9,10 +9,11 @@ from .train import add_training_options, print_summary, train
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="train a flow on two moons (about a minute) and draw it",
-                              description="Train the default flow (RealNVP) on two moons, write the checkpoint, "
+                              description="Train the default flow (--flow auto: the preset and training recipe "
+                                          "chosen by measurement) on two moons, write the checkpoint, "
                                           "pictures and the interactive explorer (explorer.html) to runs/demo, and "
                                           "print their paths and the test NLL.")
-    add_training_options(p, steps=1500, batch_size=512, threads=1)
+    add_training_options(p, steps=1500, threads=1)
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo, replaced if present)")
     p.set_defaults(run=main)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import os
 import sys
 import warnings
@@ -15,7 +16,6 @@ import torch
 
 from ._shared import (
     FILE_SUFFIXES,
-    add_batch_size_option,
     add_depth_option,
     add_hidden_option,
     add_threads_option,
@@ -60,11 +60,28 @@ The run folder gets model.safetensors (the final flow: best valid weights), chec
 """
 
 DEFAULT_STEPS = 2000
+RECIPE_HELP = ("the recipe is the measured one for --flow auto (exactflow.flows.auto.RECIPE), batch 256, lr 1e-3, "
+               "cosine, no warm-up, clip 5, no weight decay, no EMA for the others")
+TIMED_STEPS = 10**7  # the step limit under --time without --steps: the clock decides
 RENAMED_OPTIONS = {"transforms": "depth"}  # options saved by runs of earlier releases, under their new names
 KEEP_ON_RESUME = ("out", "resume", "overwrite", "device", "threads", "quiet", "plots", "config", "run", "command")
 
 
-def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, batch_size: int = 256,
+def duration(text: str) -> float:
+    """Seconds from ``--time``: ``90`` or ``90s`` (seconds), ``2m`` or ``1.5m`` (minutes), ``1h`` (hours)."""
+    value = str(text).strip().lower()
+    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(value[-1:], None)
+    number = value[:-1] if scale is not None else value
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive duration such as 90, 60s, 2m or 1.5m, got {text!r}")
+    return seconds
+
+
+def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, batch_size: int | None = None,
                          threads: int | None = None) -> None:
     """The options of ``train`` (shared with ``demo``, which passes its own defaults). ``steps=None``: the
     default is `DEFAULT_STEPS`, or on ``--resume`` the run's own."""
@@ -73,8 +90,9 @@ def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, b
     from ..registry import BASES
     from ..training import SCHEDULES
 
-    p.add_argument("--flow", default="RealNVP", help=f"flow from the registry ({', '.join(sorted(flows))}); "
-                   "default RealNVP")
+    p.add_argument("--flow", default="auto", help="flow from the registry "
+                   f"({', '.join(sorted(flows))}), or auto (default): the measured default flow and training "
+                   "recipe (docs/benchmarks.md)")
     add_depth_option(p)
     add_hidden_option(p)
     p.add_argument("--flow-arg", dest="flow_args", action="append", metavar="KEY=VALUE",
@@ -105,18 +123,22 @@ def add_training_options(p: argparse.ArgumentParser, steps: int | None = None, b
                    "the context inside the flow (statistics fitted on the training rows, saved with the model; "
                    "--flow-arg standardize_context=false turns it off, --flow-arg embedding=[64,16] adds an "
                    "embedding network)")
+    p.add_argument("--time", type=duration, metavar="DURATION",
+                   help="stop training after this much wall-clock time (90, 60s, 2m, 1.5m), keeping the best "
+                   "validation weights; --steps is then only an upper bound (default: none)")
     p.add_argument("--steps", type=int, default=steps,
                    help=f"optimisation steps (default {DEFAULT_STEPS}; on --resume the run's own)" if steps is None
                    else "optimisation steps (default %(default)s)")
-    add_batch_size_option(p, batch_size, what="global batch size")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="learning-rate schedule (default cosine)")
-    p.add_argument("--warmup", type=int, default=0, help="linear warm-up steps (default 0)")
-    p.add_argument("--clip-grad", type=float, default=5.0, help="gradient-norm clip, 0 = off (default 5)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    p.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=batch_size,
+                   help="global batch size (default: the recipe's; " + RECIPE_HELP + ")")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default: the recipe's)")
+    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default: the recipe's)")
+    p.add_argument("--warmup", type=int, help="linear warm-up steps (default: the recipe's)")
+    p.add_argument("--clip-grad", type=float, help="gradient-norm clip, 0 = off (default: the recipe's)")
+    p.add_argument("--weight-decay", type=float, help="Adam weight decay (default: the recipe's)")
     p.add_argument("--patience", type=int, help="stop after this many evaluations without valid improvement")
     p.add_argument("--ema", type=float, help="keep an exponential moving average of the weights with this decay "
-                   "(e.g. 0.999); evaluation and the saved model use it")
+                   "(e.g. 0.999), 0 = off; evaluation and the saved model use it (default: the recipe's)")
     p.add_argument("--compile", action="store_true", help="compile the flow with torch.compile (the first call "
                    "takes up to a minute)")
     p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations/checkpoints (default 100)")
@@ -215,9 +237,9 @@ def train(args: argparse.Namespace) -> dict:
     if not args.data:
         raise ValueError("no data set given: exactflow train DATA (a name from `exactflow list` or a .csv/.npy file)")
     if args.steps is None:
-        args.steps = DEFAULT_STEPS
+        args.steps = TIMED_STEPS if getattr(args, "time", None) is not None else DEFAULT_STEPS
     counts = (("--steps", args.steps), ("--batch-size", args.batch_size), ("--eval-every", args.eval_every))
-    for option, value in counts:
+    for option, value in (c for c in counts if c[1] is not None):  # a batch size left out is the recipe's
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{option} must be a positive integer, got {value!r} (set by {option}{_where(args)})")
     apply_threads(args)
@@ -238,16 +260,19 @@ def train(args: argparse.Namespace) -> dict:
             extra["depth"] = args.depth
         if args.hidden is not None:
             extra["hidden"] = list(args.hidden)
-        if args.flow not in flows:
-            raise ValueError(f"unknown flow {args.flow!r}; available: {', '.join(sorted(flows))}")
+        if args.flow != "auto" and args.flow not in flows:
+            raise ValueError(f"unknown flow {args.flow!r}; available: auto, {', '.join(sorted(flows))}")
+        from ..flows.auto import PRESET
+
+        preset = flows[PRESET if args.flow == "auto" else args.flow]
         noise = getattr(args, "noise", None)
         if noise is not None:
-            if "noise" not in inspect.signature(flows[args.flow].factory).parameters:
+            if "noise" not in inspect.signature(preset.factory).parameters:
                 raise ValueError(f"--noise is for flows trained with noise (TarFlow); {args.flow} has no noise option")
             if not noise >= 0:
                 raise ValueError(f"--noise must be >= 0, got {noise}")
             extra["noise"] = noise
-        kwargs = flow_kwargs(flows[args.flow], ds, extra)
+        kwargs = flow_kwargs(preset, ds, extra)
         if extra.get("classes"):  # a class-conditional flow takes the labels as its context, given by classes=K
             if ds.context is None or ds.context[0].shape[1] != 1:
                 raise ValueError(f"classes={extra['classes']} needs one label column as context, e.g. "
@@ -287,18 +312,21 @@ def train(args: argparse.Namespace) -> dict:
             if not isinstance(reflow_steps, int) or reflow_steps < 0:
                 raise ValueError(f"--reflow must be a number of steps >= 0, got {reflow_steps!r}")
             options = {"coupling": coupling} if args.objective == "flow-matching" else {}
-            history = fit(flow, ds, objective=args.objective, **options, steps=args.steps, batch_size=args.batch_size,
-                          lr=args.lr, schedule=args.schedule, warmup=args.warmup, clip_grad=args.clip_grad or None,
-                          weight_decay=args.weight_decay, ema=args.ema, compile=args.compile, patience=args.patience,
+            recipe = {k: getattr(args, k, None) for k in ("batch_size", "lr", "schedule", "warmup", "clip_grad",
+                                                          "weight_decay", "ema")}
+            recipe = {k: (v or None) if k in ("clip_grad", "ema") else v for k, v in recipe.items() if v is not None}
+            history = fit(flow, ds, objective=args.objective, **options, steps=args.steps, **recipe,
+                          compile=args.compile, patience=args.patience,
                           eval_every=args.eval_every, levels=levels, seed=args.seed,
-                          checkpoint=ckpt_path, resume=args.resume, info=info, progress=show, callback=report)
+                          checkpoint=ckpt_path, resume=args.resume, info=info, progress=show, callback=report,
+                          time_budget=getattr(args, "time", None))
             if reflow_steps and history.status != "diverged":
                 from ..transforms.continuous import reflow
 
                 n = len(ds.train)
                 info["reflow"] = {"steps": reflow_steps, "pairs": n}
                 reflow(flow, n, context=None if ds.context is None else ds.context[0].to(dev), steps=reflow_steps,
-                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=False)
+                       batch_size=args.batch_size or 256, lr=args.lr or 1e-3, seed=args.seed, progress=False)
         summary = {"out": str(out), "status": history.status, "message": history.message, "steps": args.steps,
                    "checkpoint": str(ckpt_path)}
         if history.status == "diverged" or rank != 0:
@@ -323,7 +351,8 @@ def train(args: argparse.Namespace) -> dict:
                 elif ds.kind == "image":
                     pictures.append(plots.image_grid(cpu_flow.sample(64), out / "samples.png"))
         summary.update(test=test, model=str(model_path), pictures=[str(p) for p in pictures], unit=history.unit,
-                       seconds=history.seconds, data=ds.name, flow=args.flow)
+                       seconds=history.seconds, data=ds.name,
+                       flow=f"auto ({flow.spec['flow']})" if args.flow == "auto" else args.flow)
         return summary
     finally:
         if world > 1:

@@ -30,6 +30,7 @@ from ..nets import ContextEmbedding
 from ..registry import BASES, TRANSFORMS, from_json, to_json
 from ..registry import FLOWS as registry
 from ..transforms.coupling import CouplingChain
+from .auto import auto
 from .autoregressive import BNAF, IAF, MAF, NSF, NSFAutoregressive
 from .circular import CircularNSF, CircularNSFAutoregressive
 from .continuous import CNF
@@ -41,7 +42,7 @@ from .residual import ResidualFlow
 from .sylvester import Sylvester
 from .tarflow import TarFlow, TarFlow1d
 
-__all__ = ["registry", "build", "prepend", "set_base", "describe", "rebuild", "BNAF", "CircularNSF",
+__all__ = ["registry", "build", "auto", "prepend", "set_base", "describe", "rebuild", "BNAF", "CircularNSF",
            "CircularNSFAutoregressive", "CNF", "Glow", "IAF", "MAF", "NAF", "NICE", "NSF", "NSFAutoregressive",
            "Planar", "Radial", "RealNVP", "ResidualFlow", "SOS", "Sylvester", "RealNVPImage", "TarFlow", "TarFlow1d",
            "UNAF"]
@@ -61,8 +62,10 @@ CONTAINERS: dict[str, type[nn.Module]] = {
 def build(name: str, base: str | nn.Module | None = None, **kwargs: Any) -> Flow:
     """The registered flow ``name`` built with ``kwargs`` (the same as calling the preset); it records ``flow.spec``.
 
-    ``base`` replaces the preset's base (see `set_base`): a name in `exactflow.registry.BASES` or a base module."""
-    flow = registry.build(name, **kwargs)
+    ``name="auto"`` builds the measured default (`exactflow.flows.auto.auto`): a concrete preset whose spec
+    also carries the training recipe `exactflow.fit` then uses. ``base`` replaces the preset's base (see
+    `set_base`): a name in `exactflow.registry.BASES` or a base module."""
+    flow = auto(**kwargs) if name == "auto" else registry.build(name, **kwargs)
     return flow if base is None else set_base(flow, base)
 
 
@@ -137,6 +140,8 @@ def describe(module: nn.Module, where: str = "flow") -> dict:
         out = {"flow": spec["flow"], "kwargs": to_json(kwargs), "preprocess": to_json(spec["preprocess"])}
         if "base" in spec:  # replaced by set_base
             out["base"] = describe(module.base, f"{where}.base")
+        if "auto" in spec:  # built with "auto": the recipe travels with the flow
+            out["auto"] = to_json(spec["auto"])
         return out
     if CONTAINERS.get(kind) is type(module):
         if isinstance(module, Flow):
@@ -212,6 +217,8 @@ def _rebuild(spec: dict, embedding: nn.Module | None, used: list[bool]) -> nn.Mo
                 prepend(flow, step["transform"], **from_json(step["kwargs"]))
             if "base" in spec:
                 set_base(flow, rebuild(spec["base"]))
+            if "auto" in spec:
+                flow.spec["auto"] = from_json(spec["auto"])
             return flow
         kwargs = from_json(spec.get("kwargs", {}), part)
         if spec.get("node") in CONTAINERS:  # parts described directly

@@ -1,0 +1,56 @@
+"""``exactflow.build("auto", features=...)``: the flow and training recipe chosen by measurement.
+
+The choice comes from ``benchmarks/defaults_sweep.py`` (a coordinate-wise sweep of presets, sizes, spline
+settings and training recipes at a fixed CPU-time budget per run on the tuning tasks of
+``benchmarks/tasks.py``; the table is in docs/benchmarks.md). `auto` builds the winning preset at the winning
+size and records in ``flow.spec`` both the concrete preset (so a checkpoint rebuilds exactly that flow) and
+``spec["auto"]``, the training recipe that `exactflow.fit` uses for every setting the caller leaves out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..distributions import Flow
+from ..registry import FLOWS
+
+__all__ = ["PRESET", "RECIPE", "SIZE", "auto", "recipe"]
+
+#: The preset the sweep chose for vector data.
+PRESET = "NSF"
+#: Its size and spline settings (keywords of the preset).
+SIZE: dict[str, Any] = {"depth": 4, "hidden": (64, 64), "bins": 8, "bound": 5.0}
+#: The training recipe `exactflow.fit` uses for a flow built with ``"auto"`` (for the settings not given).
+RECIPE: dict[str, Any] = {"batch_size": 512, "lr": 1e-2, "schedule": "constant", "warmup": 0, "clip_grad": 5.0,
+                          "weight_decay": 0.0, "ema": 0.999}
+#: `exactflow.fit`'s recipe for every other model (the defaults from before the sweep).
+CLASSIC: dict[str, Any] = {"batch_size": 256, "lr": 1e-3, "schedule": "cosine", "warmup": 0, "clip_grad": 5.0,
+                           "weight_decay": 0.0, "ema": None}
+
+
+def auto(features: int, context: int = 0, **overrides: Any) -> Flow:
+    """The measured default flow for ``features``-dimensional vectors: `PRESET` at `SIZE`.
+
+    ``overrides`` replace any keyword of the preset (e.g. ``depth=8``). The returned flow's ``spec`` is the
+    concrete preset's (``{"flow": PRESET, "kwargs": ...}``) plus ``spec["auto"] = {"recipe": RECIPE}``.
+
+    Examples:
+        >>> import exactflow
+        >>> flow = exactflow.build("auto", features=3)
+        >>> flow.spec["flow"], flow.spec["auto"]["recipe"] == RECIPE
+        ('NSF', True)
+        >>> again = exactflow.flows.rebuild(exactflow.flows.describe(flow))  # what a checkpoint does
+        >>> exactflow.flows.describe(again) == exactflow.flows.describe(flow)
+        True
+    """
+    flow = FLOWS.build(PRESET, features=features, context=context, **{**SIZE, **overrides})
+    flow.spec["auto"] = {"recipe": dict(RECIPE)}
+    return flow
+
+
+def recipe(model: Any) -> dict[str, Any]:
+    """The training recipe for ``model``: the one in its ``spec["auto"]`` (built with ``"auto"``), else `CLASSIC`."""
+    spec = getattr(model, "spec", None)
+    if isinstance(spec, dict) and isinstance(spec.get("auto"), dict):
+        return {**CLASSIC, **spec["auto"].get("recipe", {})}
+    return dict(CLASSIC)
