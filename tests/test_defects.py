@@ -112,11 +112,21 @@ def _numeric_defaults(command: str):
 @pytest.mark.parametrize("command", ["train", "demo"])
 def test_help_states_the_real_defaults(command):
     checked = list(_numeric_defaults(command))
-    assert {"--batch-size", "--lr"} <= {option for option, _, _ in checked}
     for option, shown, real in checked:
         assert shown == float(real), f"{command} {option}: help says {shown}, default is {real}"
     if command == "demo":
         assert {"--steps", "--threads"} <= {option for option, _, _ in checked}
+
+
+def test_help_states_the_real_training_recipe():
+    """Batch size, learning rate and the rest default to the flow's recipe; the help's figures are the real ones."""
+    from exactflow.commands.train import RECIPE_HELP
+    from exactflow.flows.auto import CLASSIC
+
+    text = " ".join(RECIPE_HELP.split())
+    stated = {key: float(re.search(rf"\b{key} ([\d.e+-]+)", text).group(1)) for key in ("batch", "lr", "clip")}
+    assert stated == {"batch": CLASSIC["batch_size"], "lr": CLASSIC["lr"], "clip": CLASSIC["clip_grad"]}
+    assert CLASSIC["schedule"] in text
 
 
 def test_data_arg_help_names_keywords_the_loaders_take():
