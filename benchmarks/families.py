@@ -18,7 +18,9 @@ is its **CPU time** (``time.thread_time``, not wall time: the machine is shared)
 Test NLL is in nats on the test split, exact for every model (lower is better): residual flows are scored in eval
 mode (exact log-det in 2-D for both libraries), the resampled base after re-estimating its normaliser from
 ``--calibrate`` proposals. A model whose loss turns non-finite stops there and counts as diverged. The report
-gives mean +- standard error over seeds (``sd / sqrt(n)``), the steps and the CPU seconds.
+gives mean +- standard error over seeds (``sd / sqrt(n)``), the steps and the CPU seconds, and exactflow's test NLL
+minus its peer's, paired by seed (mean +- standard error; negative: exactflow better). The spline variants have no
+peer of their own; they are set beside zuko's (autoregressive) rational-quadratic NSF.
 """
 
 from __future__ import annotations
@@ -143,6 +145,18 @@ GROUPS: dict[str, dict[str, tuple[str | None, Callable[[], nn.Module]]]] = {
 }
 
 
+#: the row an exactflow row is compared with, where it is not its group's first peer row (None: no peer)
+PEERS = {"exactflow UNAF": "zuko UNAF (log-det by quadrature)", "exactflow SOS": None}
+
+
+def peer_of(model: str, group: str) -> str | None:
+    if not model.startswith("exactflow"):
+        return None
+    if model in PEERS:
+        return PEERS[model]
+    return next((k for k in GROUPS[group] if not k.startswith("exactflow")), None)
+
+
 def groups(names: list[str]) -> dict[str, dict[str, Callable[[], nn.Module]]]:
     """The requested groups with the rows this checkout can build (exactflow presets must be registered)."""
     out = {}
@@ -231,23 +245,47 @@ def _mean_se(values: list[float]) -> str:
     return text
 
 
+def _paired(rows: list[dict], model: str, peer: str | None, key: str) -> str:
+    """exactflow minus peer test NLL, paired by seed: mean +- standard error."""
+    if peer is None:
+        return "no peer"
+    by_seed = {r["seed"]: r[key] for r in rows if r["model"] == peer}
+    diffs = [r[key] - by_seed[r["seed"]] for r in rows if r["model"] == model and r["seed"] in by_seed]
+    ok = [d for d in diffs if math.isfinite(d)]
+    if not ok:
+        return "n/a"
+    text = f"{statistics.mean(ok):+.3f}"
+    return text + (f" ± {statistics.stdev(ok) / math.sqrt(len(ok)):.3f}" if len(ok) > 1 else "")
+
+
+def _versus(rows: list[dict], model: str, group: str) -> str:
+    peer = peer_of(model, group)
+    if not model.startswith("exactflow"):
+        return ""
+    return f"{_paired(rows, model, peer, 'steps_nll')} / {_paired(rows, model, peer, 'time_nll')}"
+
+
 def report(records: list[dict]) -> str:
-    """Markdown tables (one per group) from the records of one or more runs."""
+    """Markdown tables (one per group) from the records of one or more runs. The last column is exactflow's test
+    NLL minus its peer's, paired by seed (negative: exactflow lower, i.e. better), at equal steps / equal CPU."""
     lines = []
     for g in dict.fromkeys(r["group"] for r in records):
         rows = [r for r in records if r["group"] == g]
         steps = sorted({r["steps"] for r in rows})
         seeds = sorted({r["seed"] for r in rows})
         lines += [f"**{g}** ({'/'.join(map(str, steps))} steps; seeds {', '.join(map(str, seeds))})", "",
-                  "| data | model | params | NLL, equal steps | CPU s | NLL, equal CPU time | steps in that time |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| data | model | params | NLL, equal steps | CPU s for those steps | NLL, equal CPU time "
+                  "| steps in that time | minus peer: equal steps / equal CPU |",
+                  "|---|---|---|---|---|---|---|---|"]
         for d in dict.fromkeys(r["data"] for r in rows):
+            day = [r for r in rows if r["data"] == d]
             for m in dict.fromkeys(r["model"] for r in rows if r["data"] == d):
                 rs = [r for r in rows if r["data"] == d and r["model"] == m]
                 lines.append(
                     f"| {d} | {m} | {rs[0]['params']} | {_mean_se([r['steps_nll'] for r in rs])} | "
                     f"{statistics.mean(r['steps_cpu'] for r in rs):.1f} | {_mean_se([r['time_nll'] for r in rs])} | "
-                    f"{statistics.mean(r['time_steps'] for r in rs):.0f} |")
+                    f"{statistics.mean(r['time_steps'] for r in rs):.0f} | "
+                    f"{_versus(day, m, g)} |")
         lines.append("")
     return "\n".join(lines)
 
