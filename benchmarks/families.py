@@ -67,13 +67,35 @@ class _PyroSylvester(nn.Module):
 
         self.layers = nn.ModuleList(Sylvester(2, count_transforms=reflections) for _ in range(depth))
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        ladj = torch.zeros(x.shape[0])
+    def latent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``T(x)`` and the log-det Pyro's layers report for it."""
+        ladj = torch.zeros(x.shape[0], dtype=x.dtype)
         for t in self.layers:
             y = t(x)
             ladj = ladj + t.log_abs_det_jacobian(x, y)
             x = y
-        return torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(-1) + ladj
+        return x, ladj
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        z, ladj = self.latent(x)
+        return torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1) + ladj
+
+    def log_prob_autograd(self, x: torch.Tensor) -> torch.Tensor:
+        """The same map's density with ``log|det dT/dx|`` from the autograd Jacobian instead of Pyro's formula."""
+        z = self.latent(x)[0]
+        jac = torch.func.vmap(torch.func.jacrev(lambda v: self.latent(v[None])[0][0]))(x)
+        return torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1) + torch.linalg.slogdet(jac).logabsdet
+
+
+def grid_mass(log_prob: Callable[[torch.Tensor], torch.Tensor], half_width: float = 10.0, n: int = 500) -> float:
+    """``∫ exp(log_prob)`` over ``[-half_width, half_width]^2`` by the midpoint rule on an ``n x n`` grid: 1 for a
+    normalised density whose mass lies in the box (the toy sets lie well inside [-5, 5]^2)."""
+    h = 2 * half_width / n
+    axis = -half_width + h * (torch.arange(n, dtype=torch.float64) + 0.5)
+    pts = torch.cartesian_prod(axis, axis).float()
+    with torch.no_grad():
+        lp = torch.cat([log_prob(b).double() for b in pts.split(10_000)])
+    return (lp.exp().sum() * h * h).item()
 
 
 def _normflows_residual(depth: int, hidden: tuple[int, ...]) -> nn.Module:
@@ -170,6 +192,14 @@ def groups(names: list[str]) -> dict[str, dict[str, Callable[[], nn.Module]]]:
     return out
 
 
+def pyro_check(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """For Pyro's Sylvester: the test NLL with the autograd log-det, and both densities' mass on a grid."""
+    with torch.no_grad():
+        nll = -torch.cat([model.log_prob_autograd(b) for b in x.split(1000)]).mean().item()
+    return {"nll_autograd": nll, "mass_own": grid_mass(model.log_prob),
+            "mass_autograd": grid_mass(model.log_prob_autograd)}
+
+
 def test_nll(model: nn.Module, x: torch.Tensor, calibrate: int) -> float:
     model.eval()
     base = getattr(model, "base", None)
@@ -216,6 +246,9 @@ def run_group(makers: dict[str, Callable[[], nn.Module]], data: object, seed: in
                 step(name, batches[i])
     out = {name: {"steps_nll": math.nan if name in dead else test_nll(m, data.test, calibrate),
                   "steps_cpu": cpu[name], "steps": done[name]} for name, m in models.items()}
+    for name, m in models.items():
+        if isinstance(m, _PyroSylvester) and name not in dead:
+            out[name].update({f"steps_{k}": v for k, v in pyro_check(m, data.test).items()})
     budget = max(cpu.values())
     while True:
         behind = [n for n in models if n not in dead and cpu[n] < budget]
@@ -230,7 +263,52 @@ def run_group(makers: dict[str, Callable[[], nn.Module]], data: object, seed: in
         out[name].update(time_nll=math.nan if name in dead else test_nll(m, data.test, calibrate),
                          time_cpu=cpu[name], time_steps=done[name], budget=budget,
                          params=sum(p.numel() for p in m.parameters()))
+        if isinstance(m, _PyroSylvester) and name not in dead:
+            out[name].update({f"time_{k}": v for k, v in pyro_check(m, data.test).items()})
     return out
+
+
+def recheck_pyro(records: list[dict], batch: int, lr: float) -> None:
+    """Add `pyro_check`'s numbers to the Pyro rows of ``records`` that lack them (runs before the check existed):
+    retrain the model alone from its seed on the same batch stream for the recorded numbers of steps (the batches
+    and the initial weights do not depend on the other models, so this is the model of the table; its own test
+    NLL is compared with the recorded one)."""
+    for r in records:
+        if not r["model"].startswith("Pyro") or "steps_nll_autograd" in r or not math.isfinite(r["time_nll"]):
+            continue
+        data = datasets[r["data"]]()
+        torch.manual_seed(r["seed"])
+        model = GROUPS[r["group"]][r["model"]][1]()
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        gen = torch.Generator().manual_seed(10_000 + r["seed"])
+        for i in range(r["time_steps"]):
+            x = data.train[torch.randint(len(data.train), (batch,), generator=gen)]
+            loss = -model.log_prob(x).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            for when, steps in (("steps", r["steps"]), ("time", r["time_steps"])):
+                if i + 1 == steps:
+                    r[f"{when}_nll_rerun"] = test_nll(model, data.test, 0)
+                    r.update({f"{when}_{k}": v for k, v in pyro_check(model, data.test).items()})
+        print(json.dumps(r), flush=True)
+
+
+def pyro_report(records: list[dict]) -> str:
+    """A table of Pyro's Sylvester rows: its own NLL against the autograd one, and both densities' grid mass."""
+    rows = [r for r in records if "steps_nll_autograd" in r]
+    if not rows:
+        return ""
+    lines = ["**Pyro Sylvester: its log_prob against the same map with the autograd log-det**", "",
+             "| data | seed | steps | NLL by Pyro's log-det | NLL by autograd log-det | mass of Pyro's density "
+             "| mass with autograd log-det |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for when, steps in (("steps", r["steps"]), ("time", r["time_steps"])):
+            rerun = f" (retrained: {r[f'{when}_nll_rerun']:.3f})" if f"{when}_nll_rerun" in r else ""
+            lines.append(f"| {r['data']} | {r['seed']} | {steps} | {r[f'{when}_nll']:.3f}{rerun} | "
+                         f"{r[f'{when}_nll_autograd']:.3f} | {r[f'{when}_mass_own']:.3f} | "
+                         f"{r[f'{when}_mass_autograd']:.3f} |")
+    return "\n".join([*lines, ""])
 
 
 def _mean_se(values: list[float]) -> str:
@@ -301,10 +379,18 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--calibrate", type=int, default=1_000_000, help="proposals to estimate ResampledBase's Z")
     p.add_argument("--json", help="write the per-run records here (updated after every group)")
     p.add_argument("--report", nargs="+", metavar="JSON", help="only print the tables of these record files")
+    p.add_argument("--recheck-pyro", action="store_true",
+                   help="with --report: first add the Pyro check to Pyro rows recorded without it (retrains them)")
     args = p.parse_args(argv)
     if args.report:
         records = [r for path in args.report for r in json.load(open(path))["records"]]
-        text = report(records)
+        if args.recheck_pyro:
+            torch.set_num_threads(1)
+            recheck_pyro(records, args.batch, args.lr)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump({"args": vars(args), "torch": torch.__version__, "records": records}, f, indent=1)
+        text = report(records) + "\n" + pyro_report(records)
         print(text)
         return text
     torch.set_num_threads(1)
@@ -322,7 +408,7 @@ def main(argv: list[str] | None = None) -> str:
                 if args.json:
                     with open(args.json, "w") as f:
                         json.dump({"args": vars(args), "torch": torch.__version__, "records": records}, f, indent=1)
-    text = report(records)
+    text = report(records) + "\n" + pyro_report(records)
     print(text)
     return text
 

@@ -102,6 +102,7 @@ def test_families_benchmark_runs_every_group_on_a_tiny_setting(monkeypatch):
     """Every group of benchmarks/families.py trains and scores its rows (2 steps, a 64-point test set); the
     equal-CPU phase brings every model up to the group's budget; the report has one row per model."""
     monkeypatch.syspath_prepend(str(ROOT))
+    import math
     from types import SimpleNamespace
 
     import torch
@@ -119,9 +120,12 @@ def test_families_benchmark_runs_every_group_on_a_tiny_setting(monkeypatch):
             assert r["steps"] == 2 and r["time_steps"] >= 2 and r["time_cpu"] >= r["budget"]
             assert torch.isfinite(torch.tensor([r["steps_nll"], r["time_nll"]])).all(), model
             records.append({"group": group, "data": "moons", "seed": 0, "model": model, "steps": 2, **r})
+            if model.startswith("Pyro"):  # a normalised density keeps its grid mass near 1 (2 steps from init)
+                assert abs(r["steps_mass_autograd"] - 1) < 0.05 and math.isfinite(r["steps_nll_autograd"])
     text = families.report(records)
     assert {"residual", "sylvester", "splines", "bases"} <= {r["group"] for r in records}
     assert text.count("| moons |") == len(records)
+    assert "| moons | 0 | 2 |" in families.pyro_report(records)
 
 
 def test_families_benchmark_refuses_an_unknown_group(monkeypatch):
