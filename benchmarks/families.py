@@ -349,9 +349,9 @@ def report(records: list[dict]) -> str:
     lines = []
     for g in dict.fromkeys(r["group"] for r in records):
         rows = [r for r in records if r["group"] == g]
-        steps = sorted({r["steps"] for r in rows})
+        steps = max(r["steps"] for r in rows)  # a diverged model's record holds the steps it took before
         seeds = sorted({r["seed"] for r in rows})
-        lines += [f"**{g}** ({'/'.join(map(str, steps))} steps; seeds {', '.join(map(str, seeds))})", "",
+        lines += [f"**{g}** ({steps} steps; seeds {', '.join(map(str, seeds))})", "",
                   "| data | model | params | NLL, equal steps | CPU s for those steps | NLL, equal CPU time "
                   "| steps in that time | minus peer: equal steps / equal CPU |",
                   "|---|---|---|---|---|---|---|---|"]
