@@ -139,3 +139,41 @@ def test_equal_time_table_runs(monkeypatch, tmp_path):
     text = main(["--budget", "0.1", "--tasks", "moons", "funnel-4d", "--seeds", "0", "--out", str(tmp_path / "eq")])
     assert "| moons | tuning |" in text and "| funnel-4d | tuning |" in text
     assert text.count(" steps, 1 seeds]") == 8  # four libraries on two tasks
+
+
+def test_families_benchmark_runs_every_group_on_a_tiny_setting(monkeypatch):
+    """Every group of benchmarks/families.py trains and scores its rows (2 steps, a 64-point test set); the
+    equal-CPU phase brings every model up to the group's budget; the report has one row per model."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    import math
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmarks import families
+    from exactflow.data import registry
+
+    moons = registry["moons"]()
+    data = SimpleNamespace(train=moons.train[:512], test=moons.test[:64])
+    records = []
+    for group, makers in families.groups(list(families.GROUPS)).items():
+        out = families.run_group(makers, data, seed=0, steps=2, batch=32, lr=1e-3, calibrate=1000)
+        assert set(out) == set(makers)
+        for model, r in out.items():
+            assert r["steps"] == 2 and r["time_steps"] >= 2 and r["time_cpu"] >= r["budget"]
+            assert torch.isfinite(torch.tensor([r["steps_nll"], r["time_nll"]])).all(), model
+            records.append({"group": group, "data": "moons", "seed": 0, "model": model, "steps": 2, **r})
+            if model.startswith("Pyro"):  # a normalised density keeps its grid mass near 1 (2 steps from init)
+                assert abs(r["steps_mass_autograd"] - 1) < 0.05 and math.isfinite(r["steps_nll_autograd"])
+    text = families.report(records)
+    assert {"residual", "sylvester", "splines", "bases"} <= {r["group"] for r in records}
+    assert text.count("| moons |") == len(records)
+    assert "| moons | 0 | 2 |" in families.pyro_report(records)
+
+
+def test_families_benchmark_refuses_an_unknown_group(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.families import groups
+
+    with pytest.raises(ValueError, match="unknown group 'glow'"):
+        groups(["glow"])
