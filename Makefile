@@ -17,7 +17,7 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	$(PY) -m ruff check src tests benchmarks conftest.py
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto
 
 # Best effort: Debian's chromium for the explorer's browser test (tests/test_explore.py skips without one).
 # Installs only as root with apt-get; never fails the build.
