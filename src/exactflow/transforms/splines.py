@@ -18,7 +18,7 @@ discriminant clamped at zero, as ``xi = 2c / (-b - sqrt(b^2 - 4ac))`` where ``b 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,34 @@ from .autoregressive import MaskedAutoregressive, Univariate
 from .coupling import Coupling
 
 __all__ = ["RQSpline", "ElementwiseRQSpline", "RQSplineCoupling", "RQSplineAutoregressive"]
+
+
+def _check_bins(bins: int, bound: float, min_width: float, min_height: float) -> None:
+    """The argument checks every spline kernel on ``[-bound, bound]`` with ``bins`` bins shares."""
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    if bound <= 0:
+        raise ValueError(f"bound must be positive, got {bound}")
+    if not (0 <= min_width * bins < 1 and 0 <= min_height * bins < 1):
+        raise ValueError(f"min_width and min_height times bins must lie in [0, 1), got {min_width}, {min_height}")
+
+
+def _derivative_shift(min_derivative: float) -> float:
+    """The shift with ``min_derivative + softplus(raw + shift) = 1`` at ``raw = 0``, ``min_derivative`` checked."""
+    if not 0 < min_derivative < 1:
+        raise ValueError(f"min_derivative must lie in (0, 1), got {min_derivative}")
+    return math.log(math.expm1(1 - min_derivative))
+
+
+def _find(knots: Tensor, v: Tensor) -> Tensor:
+    """Index ``(*v.shape, 1)`` of the bin of ``knots`` (``(*v.shape, K + 1)``) that holds ``v``; a value on a knot
+    goes to the bin it starts, the right end to the last bin."""
+    return torch.searchsorted(knots[..., 1:-1].contiguous(), v.unsqueeze(-1).contiguous(), right=True)
+
+
+def _at(t: Tensor, idx: Tensor, shift: int = 0) -> Tensor:
+    """``t`` at the bin index ``idx`` (plus ``shift``), the last dimension dropped."""
+    return torch.gather(t, -1, idx + shift).squeeze(-1)
 
 
 class RQSpline(Univariate):
@@ -62,19 +90,12 @@ class RQSpline(Univariate):
 
     def __init__(self, bins: int = 8, bound: float = 5.0, min_width: float = 1e-3, min_height: float = 1e-3,
                  min_derivative: float = 1e-3) -> None:
-        if bins < 1:
-            raise ValueError(f"bins must be >= 1, got {bins}")
-        if bound <= 0:
-            raise ValueError(f"bound must be positive, got {bound}")
-        if not (0 <= min_width * bins < 1 and 0 <= min_height * bins < 1):
-            raise ValueError(f"min_width and min_height times bins must lie in [0, 1), got {min_width}, {min_height}")
-        if not 0 < min_derivative < 1:
-            raise ValueError(f"min_derivative must lie in (0, 1), got {min_derivative}")
+        _check_bins(bins, bound, min_width, min_height)
+        #: softplus(raw + shift) + min_derivative = 1 at raw = 0
+        self.derivative_shift = _derivative_shift(min_derivative)
         self.bins, self.bound = bins, float(bound)
         self.min_width, self.min_height, self.min_derivative = min_width, min_height, min_derivative
         self.n_params = 3 * bins - 1
-        #: softplus(raw + shift) + min_derivative = 1 at raw = 0
-        self.derivative_shift = math.log(math.expm1(1 - min_derivative))
 
     def __repr__(self) -> str:
         return f"RQSpline(bins={self.bins}, bound={self.bound})"
@@ -99,14 +120,9 @@ class RQSpline(Univariate):
         """``(x_k, w, y_k, h, d_k, d_{k+1})`` of the bin holding ``v`` (clamped into ``[-B, B]``) along the x
         knots (or the y knots); a value on a knot goes to the bin it starts."""
         xk, yk, dk = self.knots(p)
-        knots = yk if along_y else xk
-        idx = torch.searchsorted(knots[..., 1:-1].contiguous(), v.unsqueeze(-1).contiguous(), right=True)
-
-        def at(t: Tensor, shift: int = 0) -> Tensor:
-            return torch.gather(t, -1, idx + shift).squeeze(-1)
-
-        x0, y0 = at(xk), at(yk)
-        return x0, at(xk, 1) - x0, y0, at(yk, 1) - y0, at(dk), at(dk, 1)
+        idx = _find(yk if along_y else xk, v)
+        x0, y0 = _at(xk, idx), _at(yk, idx)
+        return x0, _at(xk, idx, 1) - x0, y0, _at(yk, idx, 1) - y0, _at(dk, idx), _at(dk, idx, 1)
 
     @staticmethod
     def _log_derivative(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor) -> Tensor:
@@ -212,8 +228,66 @@ class ElementwiseRQSpline(Bijection):
         return f"features={self.features}, spline={self.spline!r}"
 
 
+class SplineKernelCoupling(Coupling):
+    """Coupling layer with any `Univariate` spline kernel on the transformed part, its parameters from an MLP on the
+    fixed part (and the context); the base of the spline couplings (rational-quadratic, polynomial, circular).
+
+    Data -> latent: ``z_tr = f(x_tr; p)``, ``z_id = x_id``, ``p = net(x_id, context)``,
+    ``log|det dz/dx| = sum log f'(x_tr; p)``; latent -> data inverts ``f`` with the same ``p = net(z_id, context)``.
+    """
+
+    def __init__(self, kernel: Univariate, features: int, context: int = 0, mask: str | Tensor = "half",
+                 flip: bool = False, hidden: Sequence[int] = (64, 64), activation: str = "relu") -> None:
+        self.spline = kernel  # read by params_per_feature inside Coupling.__init__
+        super().__init__(features, context, mask, flip, hidden, activation)
+
+    @property
+    def params_per_feature(self) -> int:  # type: ignore[override]
+        return self.spline.n_params
+
+    @property
+    def order(self) -> Tensor:
+        """Features in an order where the Jacobian is lower triangular: the fixed part first."""
+        return torch.cat([self.idx_id, self.idx_tr])
+
+    def _conditioner_input(self, x_id: Tensor) -> Tensor:
+        """What the MLP reads of the fixed part (the context is appended to it): ``x_id`` itself."""
+        return x_id
+
+    def step(self, x_id: Tensor, x_tr: Tensor, context: Tensor | None, inverse: bool = False) -> tuple[Tensor, Tensor]:
+        params = self.net(join_context(self._conditioner_input(x_id), context))
+        params = params.view(*x_tr.shape, self.spline.n_params)
+        y, logd = (self.spline.inverse if inverse else self.spline.forward)(x_tr, params)
+        return y, logd.sum(-1)
+
+    def extra_repr(self) -> str:
+        return f"spline={self.spline!r}"
+
+
+class _SplineCoupling(SplineKernelCoupling):
+    """`SplineKernelCoupling` with the kernel ``kernel(bins, bound)``: the registered spline couplings."""
+
+    kernel: Callable[[int, float], Univariate]
+
+    def __init__(self, features: int, context: int = 0, mask: str | Tensor = "half", flip: bool = False,
+                 hidden: Sequence[int] = (64, 64), activation: str = "relu", bins: int = 8, bound: float = 5.0) -> None:
+        super().__init__(self.kernel(bins, bound), features, context, mask, flip, hidden, activation)
+
+
+class _SplineAutoregressive(MaskedAutoregressive):
+    """`MaskedAutoregressive` with the kernel ``kernel(bins, bound)``: the registered autoregressive spline layers."""
+
+    kernel: Callable[[int, float], Univariate]
+
+    def __init__(self, features: int, context: int = 0, hidden: Sequence[int] = (64, 64), bins: int = 8,
+                 bound: float = 5.0, order: str | Tensor = "natural", residual: bool = False,
+                 activation: str = "relu", seed: int | None = None, identity_init: bool = True) -> None:
+        super().__init__(features, context, self.kernel(bins, bound), hidden, order, residual, activation, seed,
+                         identity_init)
+
+
 @TRANSFORMS.register("RQSplineCoupling", test_kwargs={"bins": 4, "bound": 2.0, "hidden": (16,)})
-class RQSplineCoupling(Coupling):
+class RQSplineCoupling(_SplineCoupling):
     """NSF coupling layer: rational-quadratic splines on one part, conditioned on the other.
 
     Data -> latent: ``z_tr = f(x_tr; p)``, ``z_id = x_id`` with ``p = net(x_id, context)`` and ``f`` a
@@ -246,35 +320,15 @@ class RQSplineCoupling(Coupling):
         True
     """
 
-    def __init__(self, features: int, context: int = 0, mask: str | Tensor = "half", flip: bool = False,
-                 hidden: Sequence[int] = (64, 64), activation: str = "relu", bins: int = 8, bound: float = 5.0) -> None:
-        self.spline = RQSpline(bins, bound)  # read by params_per_feature inside Coupling.__init__
-        super().__init__(features, context, mask, flip, hidden, activation)
-
-    @property
-    def params_per_feature(self) -> int:  # type: ignore[override]
-        return self.spline.n_params
-
-    @property
-    def order(self) -> Tensor:
-        """Features in an order where the Jacobian is lower triangular: the fixed part first."""
-        return torch.cat([self.idx_id, self.idx_tr])
+    kernel = RQSpline
 
     def step(self, x_id: Tensor, x_tr: Tensor, context: Tensor | None, inverse: bool = False) -> tuple[Tensor, Tensor]:
         fast = backend.run(self, "step", x_id, x_tr, context, inverse)
-        if fast is not None:
-            return fast
-        params = self.net(x_id if context is None else join_context(x_id, context))
-        params = params.view(*x_tr.shape, self.spline.n_params)
-        y, logd = (self.spline.inverse if inverse else self.spline.forward)(x_tr, params)
-        return y, logd.sum(-1)
-
-    def extra_repr(self) -> str:
-        return f"spline={self.spline!r}"
+        return fast if fast is not None else super().step(x_id, x_tr, context, inverse)
 
 
 @TRANSFORMS.register("RQSplineAutoregressive", test_kwargs={"bins": 4, "bound": 2.0, "hidden": (16, 16)})
-class RQSplineAutoregressive(MaskedAutoregressive):
+class RQSplineAutoregressive(_SplineAutoregressive):
     """Autoregressive NSF layer: rational-quadratic splines conditioned by a MADE; D-pass inverse.
 
     Data -> latent (one MADE pass): ``z_i = f(x_i; theta_i(x_<i, context))`` with ``theta`` from a MADE;
@@ -308,18 +362,4 @@ class RQSplineAutoregressive(MaskedAutoregressive):
         True
     """
 
-    def __init__(
-        self,
-        features: int,
-        context: int = 0,
-        hidden: Sequence[int] = (64, 64),
-        bins: int = 8,
-        bound: float = 5.0,
-        order: str | Tensor = "natural",
-        residual: bool = False,
-        activation: str = "relu",
-        seed: int | None = None,
-        identity_init: bool = True,
-    ) -> None:
-        super().__init__(features, context, RQSpline(bins, bound), hidden, order, residual, activation, seed,
-                         identity_init)
+    kernel = RQSpline

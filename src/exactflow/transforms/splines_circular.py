@@ -34,11 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..nets import MADE, MLP, MaskedLinear, join_context
+from ..nets import MADE, MLP, MaskedLinear
 from ..registry import TRANSFORMS
 from .autoregressive import MaskedAutoregressive
-from .coupling import Coupling
-from .splines import RQSpline
+from .splines import RQSpline, SplineKernelCoupling
 
 __all__ = ["wrap", "CircularRQSpline", "CircularMADE", "CircularSplineCoupling", "CircularSplineAutoregressive"]
 
@@ -141,7 +140,7 @@ class CircularMADE(MADE):
 
 
 @TRANSFORMS.register("CircularSplineCoupling", domain="circle", test_kwargs={"bins": 4, "hidden": (16,)})
-class CircularSplineCoupling(Coupling):
+class CircularSplineCoupling(SplineKernelCoupling):
     """Circular spline coupling layer (Rezende et al. 2020) on angles: a `CircularRQSpline` per transformed angle,
     conditioned on ``(cos, sin)`` of the fixed angles.
 
@@ -178,27 +177,12 @@ class CircularSplineCoupling(Coupling):
     def __init__(self, features: int, context: int = 0, mask: str | Tensor = "half", flip: bool = False,
                  hidden: Sequence[int] = (64, 64), activation: str = "relu", bins: int = 8,
                  rotation: bool = True) -> None:
-        self.spline = CircularRQSpline(bins, rotation)  # read by params_per_feature inside Coupling.__init__
-        super().__init__(features, context, mask, flip, hidden, activation)
+        super().__init__(CircularRQSpline(bins, rotation), features, context, mask, flip, hidden, activation)
         # the conditioner reads each fixed angle as (cos, sin)
         self.net = MLP(2 * len(self.idx_id) + context, self.spline.n_params * len(self.idx_tr), hidden, activation)
 
-    @property
-    def params_per_feature(self) -> int:  # type: ignore[override]
-        return self.spline.n_params
-
-    @property
-    def order(self) -> Tensor:
-        """Features in an order where the Jacobian is lower triangular: the fixed part first."""
-        return torch.cat([self.idx_id, self.idx_tr])
-
-    def step(self, x_id: Tensor, x_tr: Tensor, context: Tensor | None, inverse: bool = False) -> tuple[Tensor, Tensor]:
-        params = self.net(join_context(angle_features(x_id), context)).view(*x_tr.shape, self.spline.n_params)
-        y, logd = (self.spline.inverse if inverse else self.spline.forward)(x_tr, params)
-        return y, logd.sum(-1)
-
-    def extra_repr(self) -> str:
-        return f"spline={self.spline!r}"
+    def _conditioner_input(self, x_id: Tensor) -> Tensor:
+        return angle_features(x_id)
 
 
 @TRANSFORMS.register("CircularSplineAutoregressive", domain="circle", test_kwargs={"bins": 4, "hidden": (16, 16)})
@@ -210,18 +194,13 @@ class CircularSplineAutoregressive(MaskedAutoregressive):
     Data -> latent: ``log|det dz/dx| = sum_i log f'(x_i; theta_i)``, the Jacobian triangular in the MADE's order.
     Angles are read modulo ``2 pi`` and come out in ``[-pi, pi)``.
 
+    The MADE's arguments (``context``, ``hidden``, ``order``, ``residual``, ``activation``, ``seed``,
+    ``identity_init``) are those of `MaskedAutoregressive`.
+
     Args:
         features: Number of angles ``D``.
-        context: Number of context features fed to the MADE (0: unconditional).
-        hidden: Hidden layer sizes of the MADE.
         bins: Number of spline bins ``K``.
         rotation: Follow every spline by a learned rotation.
-        order: Autoregressive order of the MADE: ``"natural"``, ``"reversed"``, ``"random"`` or a permutation
-            tensor listing the features in the order they are generated.
-        residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
-        activation: Activation of the MADE: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
-        seed: Seed of the ``"random"`` order.
-        identity_init: Zero the MADE's output layer so the layer starts as the identity.
 
     References:
         D. J. Rezende et al. Normalizing Flows on Tori and Spheres (ICML 2020). https://arxiv.org/abs/2002.02428

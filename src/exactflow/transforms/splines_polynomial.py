@@ -51,16 +51,22 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..nets import join_context
 from ..registry import TRANSFORMS
-from .autoregressive import MaskedAutoregressive, Univariate
-from .coupling import Coupling
+from .autoregressive import Univariate
+from .splines import (
+    SplineKernelCoupling,
+    _at,
+    _check_bins,
+    _derivative_shift,
+    _find,
+    _SplineAutoregressive,
+    _SplineCoupling,
+)
 
 __all__ = ["LinearSpline", "QuadraticSpline", "CubicSpline", "SplineKernelCoupling", "LinearSplineCoupling",
            "QuadraticSplineCoupling", "CubicSplineCoupling", "LinearSplineAutoregressive",
@@ -73,26 +79,11 @@ def _cumulative(sizes: Tensor) -> Tensor:
     return torch.cat([zero, torch.cumsum(sizes[..., :-1], dim=-1), zero + 1], dim=-1)
 
 
-def _find(knots: Tensor, v: Tensor) -> Tensor:
-    """Index ``(*v.shape, 1)`` of the bin of ``knots`` (``(*v.shape, K + 1)``) that holds ``v``; a value on a knot
-    goes to the bin it starts, the right end to the last bin."""
-    return torch.searchsorted(knots[..., 1:-1].contiguous(), v.unsqueeze(-1).contiguous(), right=True)
-
-
-def _at(t: Tensor, idx: Tensor, shift: int = 0) -> Tensor:
-    return torch.gather(t, -1, idx + shift).squeeze(-1)
-
-
 class _BinnedSpline(Univariate):
     """Shared checks and the unit-interval coordinates of the kernels below."""
 
     def __init__(self, bins: int, bound: float, min_width: float, min_height: float) -> None:
-        if bins < 1:
-            raise ValueError(f"bins must be >= 1, got {bins}")
-        if bound <= 0:
-            raise ValueError(f"bound must be positive, got {bound}")
-        if not (0 <= min_width * bins < 1 and 0 <= min_height * bins < 1):
-            raise ValueError(f"min_width and min_height times bins must lie in [0, 1), got {min_width}, {min_height}")
+        _check_bins(bins, bound, min_width, min_height)
         self.bins, self.bound = bins, float(bound)
         self.min_width, self.min_height = min_width, min_height
 
@@ -197,12 +188,10 @@ class QuadraticSpline(_BinnedSpline):
     def __init__(self, bins: int = 8, bound: float = 5.0, min_width: float = 1e-3,
                  min_derivative: float = 1e-3) -> None:
         super().__init__(bins, bound, min_width, 0.0)
-        if not 0 < min_derivative < 1:
-            raise ValueError(f"min_derivative must lie in (0, 1), got {min_derivative}")
+        #: min_derivative + softplus(raw + shift) = 1 at raw = 0
+        self.derivative_shift = _derivative_shift(min_derivative)
         self.min_derivative = min_derivative
         self.n_params = 2 * bins + 1
-        #: min_derivative + softplus(raw + shift) = 1 at raw = 0
-        self.derivative_shift = math.log(math.expm1(1 - min_derivative))
 
     def _bin(self, v: Tensor, p: Tensor, along_y: bool) -> tuple[Tensor, ...]:
         """``(X_k, W_k, C_k, V_k, V_{k+1})`` of the bin holding ``v`` (unit coordinates) along ``u`` (or ``v``)."""
@@ -326,58 +315,19 @@ class CubicSpline(_BinnedSpline):
         return self._tails(z, x0 + xi * w, -torch.log(slope))
 
 
-class SplineKernelCoupling(Coupling):
-    """Coupling layer with any `Univariate` spline kernel on the transformed part, its parameters from an MLP on the
-    fixed part (and the context); the base of the registered couplings below.
-
-    Data -> latent: ``z_tr = f(x_tr; p)``, ``z_id = x_id``, ``p = net(x_id, context)``,
-    ``log|det dz/dx| = sum log f'(x_tr; p)``; latent -> data inverts ``f`` with the same ``p = net(z_id, context)``.
-    """
-
-    def __init__(self, kernel: Univariate, features: int, context: int = 0, mask: str | Tensor = "half",
-                 flip: bool = False, hidden: Sequence[int] = (64, 64), activation: str = "relu") -> None:
-        self.spline = kernel  # read by params_per_feature inside Coupling.__init__
-        super().__init__(features, context, mask, flip, hidden, activation)
-
-    @property
-    def params_per_feature(self) -> int:  # type: ignore[override]
-        return self.spline.n_params
-
-    @property
-    def order(self) -> Tensor:
-        """Features in an order where the Jacobian is lower triangular: the fixed part first."""
-        return torch.cat([self.idx_id, self.idx_tr])
-
-    def step(self, x_id: Tensor, x_tr: Tensor, context: Tensor | None, inverse: bool = False) -> tuple[Tensor, Tensor]:
-        params = self.net(join_context(x_id, context)).view(*x_tr.shape, self.spline.n_params)
-        y, logd = (self.spline.inverse if inverse else self.spline.forward)(x_tr, params)
-        return y, logd.sum(-1)
-
-    def extra_repr(self) -> str:
-        return f"spline={self.spline!r}"
-
-
 _SMALL_COUPLING = {"bins": 4, "bound": 2.0, "hidden": (16,)}
 _SMALL_MADE = {"bins": 4, "bound": 2.0, "hidden": (16, 16)}
 
 
 @TRANSFORMS.register("LinearSplineCoupling", test_kwargs=_SMALL_COUPLING)
-class LinearSplineCoupling(SplineKernelCoupling):
+class LinearSplineCoupling(_SplineCoupling):
     """Piecewise-linear coupling layer (Müller et al. 2019): a `LinearSpline` per transformed feature.
 
     Data -> latent ``z_tr = f(x_tr; net(x_id, context))``, ``log|det dz/dx| = sum log f'(x_tr)``; the inverse
     is direct. The derivative of ``f`` jumps at its knots (random inputs almost surely avoid them).
 
-    Args:
-        features: Number of features ``D``.
-        context: Number of context features given to the conditioner with ``x_id`` (0: unconditional).
-        mask: Which features pass through unchanged: ``"half"``, ``"alternating"`` (= ``"checkerboard"``) or a
-            boolean tensor of shape ``(D,)``, True where fixed.
-        flip: Swap the fixed and the transformed parts.
-        hidden: Hidden layer sizes of the MLP conditioner.
-        activation: Activation of the MLP: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
-        bins: Number of spline bins ``K``.
-        bound: Half-width ``B`` of the interval ``[-B, B]`` the spline covers (identity outside).
+    Takes the arguments of `RQSplineCoupling`, with a `LinearSpline` in place of the rational-quadratic spline.
+
     References:
         T. Müller, B. McWilliams, F. Rousselle, M. Gross, J. Novák. Neural Importance Sampling (2019).
         https://arxiv.org/abs/1808.03856
@@ -391,28 +341,18 @@ class LinearSplineCoupling(SplineKernelCoupling):
         True
     """
 
-    def __init__(self, features: int, context: int = 0, mask: str | Tensor = "half", flip: bool = False,
-                 hidden: Sequence[int] = (64, 64), activation: str = "relu", bins: int = 8, bound: float = 5.0) -> None:
-        super().__init__(LinearSpline(bins, bound), features, context, mask, flip, hidden, activation)
+    kernel = LinearSpline
 
 
 @TRANSFORMS.register("QuadraticSplineCoupling", test_kwargs=_SMALL_COUPLING)
-class QuadraticSplineCoupling(SplineKernelCoupling):
+class QuadraticSplineCoupling(_SplineCoupling):
     """Piecewise-quadratic coupling layer (Müller et al. 2019): a `QuadraticSpline` per transformed feature.
 
     Data -> latent ``z_tr = f(x_tr; net(x_id, context))``, ``log|det dz/dx| = sum log f'(x_tr)``; the inverse
     solves a quadratic in closed form.
 
-    Args:
-        features: Number of features ``D``.
-        context: Number of context features given to the conditioner with ``x_id`` (0: unconditional).
-        mask: Which features pass through unchanged: ``"half"``, ``"alternating"`` (= ``"checkerboard"``) or a
-            boolean tensor of shape ``(D,)``, True where fixed.
-        flip: Swap the fixed and the transformed parts.
-        hidden: Hidden layer sizes of the MLP conditioner.
-        activation: Activation of the MLP: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
-        bins: Number of spline bins ``K``.
-        bound: Half-width ``B`` of the interval ``[-B, B]`` the spline covers (identity outside).
+    Takes the arguments of `RQSplineCoupling`, with a `QuadraticSpline` in place of the rational-quadratic spline.
+
     References:
         T. Müller, B. McWilliams, F. Rousselle, M. Gross, J. Novák. Neural Importance Sampling (2019).
         https://arxiv.org/abs/1808.03856
@@ -426,28 +366,18 @@ class QuadraticSplineCoupling(SplineKernelCoupling):
         True
     """
 
-    def __init__(self, features: int, context: int = 0, mask: str | Tensor = "half", flip: bool = False,
-                 hidden: Sequence[int] = (64, 64), activation: str = "relu", bins: int = 8, bound: float = 5.0) -> None:
-        super().__init__(QuadraticSpline(bins, bound), features, context, mask, flip, hidden, activation)
+    kernel = QuadraticSpline
 
 
 @TRANSFORMS.register("CubicSplineCoupling", test_kwargs=_SMALL_COUPLING)
-class CubicSplineCoupling(SplineKernelCoupling):
+class CubicSplineCoupling(_SplineCoupling):
     """Cubic-spline coupling layer (Durkan et al. 2019): a monotone `CubicSpline` per transformed feature.
 
     Data -> latent ``z_tr = f(x_tr; net(x_id, context))``, ``log|det dz/dx| = sum log f'(x_tr)``; the inverse
     finds the cubic's root by bisection and Newton steps (accurate to rounding; ``exact_inverse = False``).
 
-    Args:
-        features: Number of features ``D``.
-        context: Number of context features given to the conditioner with ``x_id`` (0: unconditional).
-        mask: Which features pass through unchanged: ``"half"``, ``"alternating"`` (= ``"checkerboard"``) or a
-            boolean tensor of shape ``(D,)``, True where fixed.
-        flip: Swap the fixed and the transformed parts.
-        hidden: Hidden layer sizes of the MLP conditioner.
-        activation: Activation of the MLP: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
-        bins: Number of spline bins ``K``.
-        bound: Half-width ``B`` of the interval ``[-B, B]`` the spline covers (identity outside).
+    Takes the arguments of `RQSplineCoupling`, with a `CubicSpline` in place of the rational-quadratic spline.
+
     References:
         C. Durkan, A. Bekasov, I. Murray, G. Papamakarios. Cubic-Spline Flows (2019).
         https://arxiv.org/abs/1906.02145
@@ -461,25 +391,8 @@ class CubicSplineCoupling(SplineKernelCoupling):
         True
     """
 
+    kernel = CubicSpline
     exact_inverse = False
-
-    def __init__(self, features: int, context: int = 0, mask: str | Tensor = "half", flip: bool = False,
-                 hidden: Sequence[int] = (64, 64), activation: str = "relu", bins: int = 8, bound: float = 5.0) -> None:
-        super().__init__(CubicSpline(bins, bound), features, context, mask, flip, hidden, activation)
-
-
-
-
-class _SplineAutoregressive(MaskedAutoregressive):
-    """`MaskedAutoregressive` with the kernel ``make(bins, bound)`` (the registered layers below)."""
-
-    kernel: type[_BinnedSpline]
-
-    def __init__(self, features: int, context: int = 0, hidden: Sequence[int] = (64, 64), bins: int = 8,
-                 bound: float = 5.0, order: str | Tensor = "natural", residual: bool = False,
-                 activation: str = "relu", seed: int | None = None, identity_init: bool = True) -> None:
-        super().__init__(features, context, self.kernel(bins, bound), hidden, order, residual, activation, seed,
-                         identity_init)
 
 
 @TRANSFORMS.register("LinearSplineAutoregressive", test_kwargs=_SMALL_MADE)
@@ -487,18 +400,8 @@ class LinearSplineAutoregressive(_SplineAutoregressive):
     """Autoregressive piecewise-linear layer: ``z_i = f(x_i; theta_i(x_<i, context))`` with a `LinearSpline` and
     a MADE; ``log|det dz/dx| = sum_i log f'(x_i)``. One MADE pass forward, D passes for the inverse.
 
-    Args:
-        features: Number of features ``D``.
-        context: Number of context features fed to the MADE (0: unconditional).
-        hidden: Hidden layer sizes of the MADE.
-        bins: Number of spline bins ``K``.
-        bound: Half-width ``B`` of the interval ``[-B, B]`` the spline covers (identity outside).
-        order: Autoregressive order of the MADE: ``"natural"``, ``"reversed"``, ``"random"`` or a permutation
-            tensor listing the features in the order they are generated.
-        residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
-        activation: Activation of the MADE: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
-        seed: Seed of the ``"random"`` order.
-        identity_init: Zero the MADE's output layer so the layer starts as the identity.
+    Takes the arguments of `RQSplineAutoregressive`, with a `LinearSpline` in place of the rational-quadratic spline.
+
     References:
         T. Müller, B. McWilliams, F. Rousselle, M. Gross, J. Novák. Neural Importance Sampling (2019).
         https://arxiv.org/abs/1808.03856
@@ -519,18 +422,8 @@ class QuadraticSplineAutoregressive(_SplineAutoregressive):
     """Autoregressive piecewise-quadratic layer: ``z_i = f(x_i; theta_i(x_<i, context))`` with a `QuadraticSpline`
     and a MADE; ``log|det dz/dx| = sum_i log f'(x_i)``. One MADE pass forward, D passes for the inverse.
 
-    Args:
-        features: Number of features ``D``.
-        context: Number of context features fed to the MADE (0: unconditional).
-        hidden: Hidden layer sizes of the MADE.
-        bins: Number of spline bins ``K``.
-        bound: Half-width ``B`` of the interval ``[-B, B]`` the spline covers (identity outside).
-        order: Autoregressive order of the MADE: ``"natural"``, ``"reversed"``, ``"random"`` or a permutation
-            tensor listing the features in the order they are generated.
-        residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
-        activation: Activation of the MADE: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
-        seed: Seed of the ``"random"`` order.
-        identity_init: Zero the MADE's output layer so the layer starts as the identity.
+    Takes the arguments of `RQSplineAutoregressive`, with a `QuadraticSpline` in place of the rational-quadratic spline.
+
     References:
         T. Müller, B. McWilliams, F. Rousselle, M. Gross, J. Novák. Neural Importance Sampling (2019).
         https://arxiv.org/abs/1808.03856
@@ -552,18 +445,8 @@ class CubicSplineAutoregressive(_SplineAutoregressive):
     and a MADE; ``log|det dz/dx| = sum_i log f'(x_i)``. One MADE pass forward; the inverse takes D passes, each
     inverting the cubics by bisection and Newton steps (``exact_inverse = False``).
 
-    Args:
-        features: Number of features ``D``.
-        context: Number of context features fed to the MADE (0: unconditional).
-        hidden: Hidden layer sizes of the MADE.
-        bins: Number of spline bins ``K``.
-        bound: Half-width ``B`` of the interval ``[-B, B]`` the spline covers (identity outside).
-        order: Autoregressive order of the MADE: ``"natural"``, ``"reversed"``, ``"random"`` or a permutation
-            tensor listing the features in the order they are generated.
-        residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
-        activation: Activation of the MADE: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
-        seed: Seed of the ``"random"`` order.
-        identity_init: Zero the MADE's output layer so the layer starts as the identity.
+    Takes the arguments of `RQSplineAutoregressive`, with a `CubicSpline` in place of the rational-quadratic spline.
+
     References:
         C. Durkan, A. Bekasov, I. Murray, G. Papamakarios. Cubic-Spline Flows (2019).
         https://arxiv.org/abs/1906.02145
