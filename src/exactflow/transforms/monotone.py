@@ -47,9 +47,13 @@ __all__ = ["MonotoneUnivariate", "DSF", "UMNN", "SOSPolynomial", "MonotoneAutore
 _SOFTPLUS_ONE = math.log(math.expm1(1.0))
 
 
+def _check_positive_int(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def _check_iters(iters: int) -> None:
-    if not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"iters (bisection steps of the inverse) must be a positive integer, got {iters!r}")
+    _check_positive_int("iters (bisection steps of the inverse)", iters)
 
 
 class MonotoneUnivariate(Univariate):
@@ -136,8 +140,7 @@ class DSF(MonotoneUnivariate):
     """
 
     def __init__(self, components: int = 16, iters: int = 60) -> None:
-        if not isinstance(components, int) or components < 1:
-            raise ValueError(f"components must be a positive integer, got {components!r}")
+        _check_positive_int("components", components)
         _check_iters(iters)
         self.components, self.iters = components, iters
         self.n_params = 3 * components
@@ -218,8 +221,7 @@ class UMNN(MonotoneUnivariate, nn.Module):
     def __init__(self, embed: int = 8, hidden: Sequence[int] = (32, 32), nodes: int = 33, bound: float = 5.0,
                  iters: int = 60, zero_last: bool = False) -> None:
         super().__init__()
-        if not isinstance(embed, int) or embed < 1:
-            raise ValueError(f"embed must be a positive integer, got {embed!r}")
+        _check_positive_int("embed", embed)
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not hidden \
                 or not all(isinstance(w, int) and w >= 1 for w in hidden):
             raise ValueError(f"hidden must be a non-empty sequence of positive layer widths, got {hidden!r}")
@@ -322,8 +324,7 @@ class SOSPolynomial(MonotoneUnivariate):
     """
 
     def __init__(self, squares: int = 3, degree: int = 2, eps: float = 1e-3, iters: int = 60) -> None:
-        if not isinstance(squares, int) or squares < 1:
-            raise ValueError(f"squares must be a positive integer, got {squares!r}")
+        _check_positive_int("squares", squares)
         if not isinstance(degree, int) or degree < 0:
             raise ValueError(f"degree must be a non-negative integer, got {degree!r}")
         if not 0 < eps < 1:
@@ -412,17 +413,11 @@ class NAFAutoregressive(MonotoneAutoregressive):
     Latent -> data: D MADE passes, each solving every feature by bisection (see the module doc), accurate to
     ``(hi - lo) 2^-iters`` per feature.
 
+    The MADE's arguments (``features``, ``context``, ``hidden``, ``order``, ``residual``, ``activation``, ``seed``,
+    ``identity_init``) are those of `MaskedAutoregressive`, with ``identity_init=False`` by default.
+
     Args:
-        features: Number of features ``D``.
-        context: Number of context features fed to the MADE (0: unconditional).
-        hidden: Hidden layer sizes of the MADE.
         components: Number of sigmoids per feature.
-        order: Autoregressive order of the MADE: ``"natural"``, ``"reversed"``, ``"random"`` or a permutation
-            tensor listing the features in the order they are generated.
-        residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
-        activation: Activation of the MADE: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
-        seed: Seed of the ``"random"`` order.
-        identity_init: Zero the MADE's output layer so the layer starts as the identity.
         iters: Bisection steps per feature and pass in ``inverse``.
 
     References:
@@ -439,19 +434,9 @@ class NAFAutoregressive(MonotoneAutoregressive):
         True
     """
 
-    def __init__(
-        self,
-        features: int,
-        context: int = 0,
-        hidden: Sequence[int] = (64, 64),
-        components: int = 16,
-        order: str | Tensor = "natural",
-        residual: bool = False,
-        activation: str = "relu",
-        seed: int | None = None,
-        identity_init: bool = False,
-        iters: int = 60,
-    ) -> None:
+    def __init__(self, features: int, context: int = 0, hidden: Sequence[int] = (64, 64), components: int = 16,
+                 order: str | Tensor = "natural", residual: bool = False, activation: str = "relu",
+                 seed: int | None = None, identity_init: bool = False, iters: int = 60) -> None:
         super().__init__(features, context, DSF(components, iters), hidden, order, residual, activation, seed,
                          identity_init)
 
@@ -472,19 +457,14 @@ class UNAFAutoregressive(MonotoneAutoregressive):
     Clenshaw-Curtis nodes: it makes the log-det the exact derivative of the map). Latent -> data: D MADE
     passes, each solving every feature by bisection, accurate to ``(hi - lo) 2^-iters`` per feature.
 
+    The MADE's arguments (``features``, ``context``, ``hidden``, ``order``, ``residual``, ``activation``, ``seed``)
+    are those of `MaskedAutoregressive`.
+
     Args:
-        features: Number of features ``D``.
-        context: Number of context features fed to the MADE (0: unconditional).
-        hidden: Hidden layer sizes of the MADE.
         embed: Size of the embedding each feature's integrand gets from the MADE.
         integrand: Hidden layer sizes of the integrand network (shared by all features).
         nodes: Number of grid points of the quadrature on ``[-bound, bound]``.
         bound: Half-width of the grid (linear tails beyond).
-        order: Autoregressive order of the MADE: ``"natural"``, ``"reversed"``, ``"random"`` or a permutation
-            tensor listing the features in the order they are generated.
-        residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
-        activation: Activation of the MADE: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
-        seed: Seed of the ``"random"`` order.
         identity_init: Zero the MADE's and the integrand's output layers so the layer starts as the identity.
         iters: Bisection steps per feature and pass in ``inverse``.
 
@@ -500,22 +480,10 @@ class UNAFAutoregressive(MonotoneAutoregressive):
         True
     """
 
-    def __init__(
-        self,
-        features: int,
-        context: int = 0,
-        hidden: Sequence[int] = (64, 64),
-        embed: int = 8,
-        integrand: Sequence[int] = (32, 32),
-        nodes: int = 33,
-        bound: float = 5.0,
-        order: str | Tensor = "natural",
-        residual: bool = False,
-        activation: str = "relu",
-        seed: int | None = None,
-        identity_init: bool = False,
-        iters: int = 60,
-    ) -> None:
+    def __init__(self, features: int, context: int = 0, hidden: Sequence[int] = (64, 64), embed: int = 8,
+                 integrand: Sequence[int] = (32, 32), nodes: int = 33, bound: float = 5.0,
+                 order: str | Tensor = "natural", residual: bool = False, activation: str = "relu",
+                 seed: int | None = None, identity_init: bool = False, iters: int = 60) -> None:
         kernel = UMNN(embed, integrand, nodes, bound, iters, zero_last=identity_init)
         super().__init__(features, context, kernel, hidden, order, residual, activation, seed, identity_init)
 
@@ -533,19 +501,13 @@ class SOSAutoregressive(MonotoneAutoregressive):
     the integral in closed form (see `SOSPolynomial`). Latent -> data: D MADE passes, each solving every feature
     by bisection, accurate to ``(hi - lo) 2^-iters`` per feature.
 
+    The MADE's arguments (``features``, ``context``, ``hidden``, ``order``, ``residual``, ``activation``, ``seed``,
+    ``identity_init``) are those of `MaskedAutoregressive`, with ``identity_init=False`` by default.
+
     Args:
-        features: Number of features ``D``.
-        context: Number of context features fed to the MADE (0: unconditional).
-        hidden: Hidden layer sizes of the MADE.
         squares: Number of squared polynomials per feature.
         degree: Degree of each squared polynomial (the map has degree ``2 degree + 1``).
         eps: Smallest slope of the map, in (0, 1).
-        order: Autoregressive order of the MADE: ``"natural"``, ``"reversed"``, ``"random"`` or a permutation
-            tensor listing the features in the order they are generated.
-        residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
-        activation: Activation of the MADE: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
-        seed: Seed of the ``"random"`` order.
-        identity_init: Zero the MADE's output layer so the layer starts as the identity.
         iters: Bisection steps per feature and pass in ``inverse``.
 
     References:
@@ -560,20 +522,9 @@ class SOSAutoregressive(MonotoneAutoregressive):
         True
     """
 
-    def __init__(
-        self,
-        features: int,
-        context: int = 0,
-        hidden: Sequence[int] = (64, 64),
-        squares: int = 3,
-        degree: int = 2,
-        eps: float = 1e-3,
-        order: str | Tensor = "natural",
-        residual: bool = False,
-        activation: str = "relu",
-        seed: int | None = None,
-        identity_init: bool = False,
-        iters: int = 60,
-    ) -> None:
+    def __init__(self, features: int, context: int = 0, hidden: Sequence[int] = (64, 64), squares: int = 3,
+                 degree: int = 2, eps: float = 1e-3, order: str | Tensor = "natural", residual: bool = False,
+                 activation: str = "relu", seed: int | None = None, identity_init: bool = False,
+                 iters: int = 60) -> None:
         super().__init__(features, context, SOSPolynomial(squares, degree, eps, iters), hidden, order, residual,
                          activation, seed, identity_init)
