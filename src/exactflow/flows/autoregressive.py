@@ -103,6 +103,15 @@ def _made_stack(make: Callable[[int, str], nn.Module], features: int, depth: int
     return _stack(lambda i: make(i, "natural"), features, depth, permutation, batch_norm)
 
 
+def _made_flow(layer: Callable[[int, str], nn.Module], features: int, context: int, depth: int, permutation: str,
+               conditional_base: bool, embedding: Sequence[int] | nn.Module | None, standardize_context: bool,
+               batch_norm: bool = False) -> Flow:
+    """The flow of ``depth`` autoregressive layers ``layer(e, order)`` (``e``: the context features the layers see,
+    ``order``: the MADE's order), mixed as `_made_stack` does, on the base `_flow` chooses."""
+    return _flow(lambda e: _made_stack(lambda i, order: layer(e, order), features, depth, permutation, batch_norm),
+                 features, context, conditional_base, embedding, standardize_context)
+
+
 @FLOWS.register("MAF", renamed={"transforms": "depth"}, test_kwargs={"depth": 2, "hidden": (16, 16)})
 def MAF(features: int, context: int = 0, depth: int = 5, hidden: Sequence[int] = (64, 64),
         residual: bool = False, permutation: str = "reverse", batch_norm: bool = False,
@@ -152,10 +161,10 @@ def MAF(features: int, context: int = 0, depth: int = 5, hidden: Sequence[int] =
         True
     """
     check_sizes(features, context, hidden, depth=depth)
-    return _flow(lambda e: _made_stack(lambda i, order: MaskedAffineAutoregressive(features, e, hidden, order, residual,
-                                                                                   scale_bound=scale_bound),
-                                       features, depth, permutation, batch_norm),
-                 features, context, conditional_base, embedding, standardize_context)
+    return _made_flow(lambda e, order: MaskedAffineAutoregressive(features, e, hidden, order, residual,
+                                                                  scale_bound=scale_bound),
+                      features, context, depth, permutation, conditional_base, embedding, standardize_context,
+                      batch_norm)
 
 
 @FLOWS.register("IAF", renamed={"transforms": "depth"}, test_kwargs={"depth": 2, "hidden": (16, 16)})
@@ -171,22 +180,8 @@ def IAF(features: int, context: int = 0, depth: int = 5, hidden: Sequence[int] =
     posterior q(x | context) trains by reverse KL on ``sample_and_log_prob``. ``log_prob`` of given data takes
     D passes per layer.
 
-    Args:
-        features: Number of features ``D``.
-        context: Number of context features (0: unconditional).
-        depth: Number of autoregressive layers.
-        hidden: Hidden layer sizes of each MADE.
-        residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
-        permutation: What mixes the features between layers: ``"reverse"`` (alternate the MADE orders),
-            ``"random"`` (a fixed random permutation), ``"lu"`` (a learned
-            `LULinear`) or ``"none"``.
-        scale_bound: Smooth bound of every log-scale; ``None``: unbounded.
-        conditional_base: Draw the base from a `ConditionalDiagNormal` on the
-            context instead of N(0, I) (needs ``context > 0``).
-        embedding: A context embedding network trained with the flow: layer widths such as ``[64, 16]`` or
-            any ``nn.Module`` mapping ``(batch, context)`` to ``(batch, e)``; ``None``: the raw context (see `Flow`).
-        standardize_context: Standardise the context inside the flow with statistics fitted at `exactflow.fit`
-            (see `Flow.fit_context`).
+    ``features``, ``context``, ``depth``, ``hidden``, ``residual``, ``permutation``, ``scale_bound``,
+    ``conditional_base``, ``embedding`` and ``standardize_context`` are as in `MAF`.
 
     Returns:
         The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
@@ -204,11 +199,9 @@ def IAF(features: int, context: int = 0, depth: int = 5, hidden: Sequence[int] =
         True
     """
     check_sizes(features, context, hidden, depth=depth)
-    return _flow(lambda e: _made_stack(lambda i, order: Inverse(MaskedAffineAutoregressive(features, e, hidden, order,
-                                                                                           residual,
-                                                                                           scale_bound=scale_bound)),
-                                       features, depth, permutation),
-                 features, context, conditional_base, embedding, standardize_context)
+    return _made_flow(lambda e, order: Inverse(MaskedAffineAutoregressive(features, e, hidden, order, residual,
+                                                                          scale_bound=scale_bound)),
+                      features, context, depth, permutation, conditional_base, embedding, standardize_context)
 
 
 @FLOWS.register("NSF", renamed={"transforms": "depth"}, test_kwargs={"depth": 2, "hidden": (16,), "bins": 4})
@@ -225,6 +218,8 @@ def NSF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
     ``z_tr = f(x_tr; net(x_id))``, ``z_id = x_id`` with ``f`` a monotone rational-quadratic spline per feature,
     ``log|det dz/dx| = sum log f'(x_tr)``.
 
+    ``conditional_base``, ``embedding`` and ``standardize_context`` are as in `MAF`.
+
     Args:
         features: Number of features ``D``.
         context: Number of context features (0: unconditional).
@@ -236,12 +231,6 @@ def NSF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
         permutation: What mixes the features between layers: ``"reverse"`` (reverse their order),
             ``"random"`` (a fixed random permutation), ``"lu"`` (a learned
             `LULinear`) or ``"none"``.
-        conditional_base: Draw the base from a `ConditionalDiagNormal` on the
-            context instead of N(0, I) (needs ``context > 0``).
-        embedding: A context embedding network trained with the flow: layer widths such as ``[64, 16]`` or
-            any ``nn.Module`` mapping ``(batch, context)`` to ``(batch, e)``; ``None``: the raw context (see `Flow`).
-        standardize_context: Standardise the context inside the flow with statistics fitted at `exactflow.fit`
-            (see `Flow.fit_context`).
         spline: The spline of every coupling: ``"rational-quadratic"`` (`RQSplineCoupling`), ``"linear"``,
             ``"quadratic"`` (Müller et al. 2019) or ``"cubic"`` (Durkan et al. 2019, cubic-spline flows; inverse
             by bisection), see `exactflow.transforms.splines_polynomial`.
@@ -282,23 +271,13 @@ def NSFAutoregressive(features: int, context: int = 0, depth: int = 3, hidden: S
     (``permutation="reverse"``) or with a ``"random"`` permutation or ``"lu"`` map between them. Each layer maps
     data -> latent by ``z_i = f(x_i; theta_i(x_<i))``, ``log|det dz/dx| = sum_i log f'(x_i)``.
 
+    ``features``, ``context``, ``hidden``, ``residual``, ``permutation``, ``conditional_base``, ``embedding`` and
+    ``standardize_context`` are as in `MAF`.
+
     Args:
-        features: Number of features ``D``.
-        context: Number of context features (0: unconditional).
         depth: Number of autoregressive spline layers.
-        hidden: Hidden layer sizes of each MADE.
         bins: Number of spline bins.
         bound: Half-width ``B`` of the interval ``[-B, B]`` the splines cover (identity tails outside).
-        residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
-        permutation: What mixes the features between layers: ``"reverse"`` (alternate the MADE orders),
-            ``"random"`` (a fixed random permutation), ``"lu"`` (a learned
-            `LULinear`) or ``"none"``.
-        conditional_base: Draw the base from a `ConditionalDiagNormal` on the
-            context instead of N(0, I) (needs ``context > 0``).
-        embedding: A context embedding network trained with the flow: layer widths such as ``[64, 16]`` or
-            any ``nn.Module`` mapping ``(batch, context)`` to ``(batch, e)``; ``None``: the raw context (see `Flow`).
-        standardize_context: Standardise the context inside the flow with statistics fitted at `exactflow.fit`
-            (see `Flow.fit_context`).
         spline: The spline of every layer: ``"rational-quadratic"`` (`RQSplineAutoregressive`), ``"linear"``,
             ``"quadratic"`` or ``"cubic"``, see `exactflow.transforms.splines_polynomial`.
 
@@ -317,12 +296,9 @@ def NSFAutoregressive(features: int, context: int = 0, depth: int = 3, hidden: S
     """
     check_sizes(features, context, hidden, depth=depth, bins=bins)
     autoregressive = _spline_layers(spline)[1]
-
-    def layer(e: int, order: str) -> nn.Module:
-        return autoregressive(features, e, hidden, bins=bins, bound=bound, order=order, residual=residual)
-
-    return _flow(lambda e: _made_stack(lambda i, order: layer(e, order), features, depth, permutation),
-                 features, context, conditional_base, embedding, standardize_context)
+    return _made_flow(lambda e, order: autoregressive(features, e, hidden, bins=bins, bound=bound, order=order,
+                                                      residual=residual),
+                      features, context, depth, permutation, conditional_base, embedding, standardize_context)
 
 
 @FLOWS.register("BNAF", renamed={"transforms": "depth"}, tolerance=1e-6,
@@ -337,6 +313,8 @@ def BNAF(features: int, context: int = 0, depth: int = 2, hidden: Sequence[int] 
     passes per layer. Each layer maps data -> latent by a monotone network per feature, ``z_i = f_i(x_<=i)``,
     with the exact ``log|det dz/dx| = sum_i log dz_i/dx_i``.
 
+    ``conditional_base``, ``embedding`` and ``standardize_context`` are as in `MAF`.
+
     Args:
         features: Number of features ``D``.
         context: Number of context features (0: unconditional).
@@ -345,12 +323,6 @@ def BNAF(features: int, context: int = 0, depth: int = 2, hidden: Sequence[int] 
         permutation: What mixes the features between layers: ``"reverse"`` (reverse their order),
             ``"random"`` (a fixed random permutation), ``"lu"`` (a learned
             `LULinear`) or ``"none"``.
-        conditional_base: Draw the base from a `ConditionalDiagNormal` on the
-            context instead of N(0, I) (needs ``context > 0``).
-        embedding: A context embedding network trained with the flow: layer widths such as ``[64, 16]`` or
-            any ``nn.Module`` mapping ``(batch, context)`` to ``(batch, e)``; ``None``: the raw context (see `Flow`).
-        standardize_context: Standardise the context inside the flow with statistics fitted at `exactflow.fit`
-            (see `Flow.fit_context`).
 
     Returns:
         The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.

@@ -18,7 +18,7 @@ from ..distributions import Flow
 from ..registry import FLOWS
 from ..transforms.monotone import NAFAutoregressive, SOSAutoregressive, UNAFAutoregressive
 from ..validation import check_sizes
-from .autoregressive import _flow, _made_stack
+from .autoregressive import _made_flow
 
 __all__ = ["NAF", "UNAF", "SOS"]
 
@@ -39,22 +39,12 @@ def NAF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
     the simplex, from a MADE on ``x_<i``), ``log|det dz/dx| = sum_i log dz_i/dx_i`` in closed form;
     ``log p(x) = log N(T(x); 0, I) + sum over layers of log|det|``. See `NAFAutoregressive`.
 
+    ``features``, ``context``, ``depth``, ``hidden``, ``residual``, ``permutation``, ``conditional_base``,
+    ``embedding`` and ``standardize_context`` are as in `MAF`.
+
     Args:
-        features: Number of features ``D``.
-        context: Number of context features (0: unconditional).
-        depth: Number of autoregressive layers.
-        hidden: Hidden layer sizes of each MADE.
         components: Number of sigmoids per feature and layer.
-        residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
         activation: Activation of the MADEs: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
-        permutation: What mixes the features between layers: ``"reverse"`` (alternate the MADE orders),
-            ``"random"`` (a fixed random permutation), ``"lu"`` (a learned `LULinear`) or ``"none"``.
-        conditional_base: Draw the base from a `ConditionalDiagNormal` on the context instead of N(0, I)
-            (needs ``context > 0``).
-        embedding: A context embedding network trained with the flow: layer widths such as ``[64, 16]`` or
-            any ``nn.Module`` mapping ``(batch, context)`` to ``(batch, e)``; ``None``: the raw context (see `Flow`).
-        standardize_context: Standardise the context inside the flow with statistics fitted at `exactflow.fit`
-            (see `Flow.fit_context`).
 
     Returns:
         The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
@@ -72,12 +62,8 @@ def NAF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
         True
     """
     check_sizes(features, context, hidden, depth=depth, components=components)
-
-    def layer(e: int, order: str) -> nn.Module:
-        return NAFAutoregressive(features, e, hidden, components, order, residual, activation)
-
-    return _flow(lambda e: _made_stack(lambda i, order: layer(e, order), features, depth, permutation),
-                 features, context, conditional_base, embedding, standardize_context)
+    return _made_flow(lambda e, order: NAFAutoregressive(features, e, hidden, components, order, residual, activation),
+                      features, context, depth, permutation, conditional_base, embedding, standardize_context)
 
 
 @FLOWS.register("UNAF", tolerance=_TOLERANCE,
@@ -94,25 +80,15 @@ def UNAF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] 
     points of ``[-bound, bound]``, integrated exactly, so ``log|det dz/dx| = sum_i log g(x_i; h_i)`` is the true
     derivative of the map (see `UMNN`). See `UNAFAutoregressive`.
 
+    ``features``, ``context``, ``depth``, ``hidden``, ``residual``, ``permutation``, ``conditional_base``,
+    ``embedding`` and ``standardize_context`` are as in `MAF`.
+
     Args:
-        features: Number of features ``D``.
-        context: Number of context features (0: unconditional).
-        depth: Number of autoregressive layers.
-        hidden: Hidden layer sizes of each MADE.
         embed: Size of the embedding each feature's integrand gets from the MADE.
         integrand: Hidden layer sizes of each layer's integrand network.
         nodes: Number of quadrature grid points on ``[-bound, bound]``.
         bound: Half-width of the grid (linear tails beyond).
-        residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
         activation: Activation of the MADEs: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
-        permutation: What mixes the features between layers: ``"reverse"`` (alternate the MADE orders),
-            ``"random"`` (a fixed random permutation), ``"lu"`` (a learned `LULinear`) or ``"none"``.
-        conditional_base: Draw the base from a `ConditionalDiagNormal` on the context instead of N(0, I)
-            (needs ``context > 0``).
-        embedding: A context embedding network trained with the flow: layer widths such as ``[64, 16]`` or
-            any ``nn.Module`` mapping ``(batch, context)`` to ``(batch, e)``; ``None``: the raw context (see `Flow`).
-        standardize_context: Standardise the context inside the flow with statistics fitted at `exactflow.fit`
-            (see `Flow.fit_context`).
 
     Returns:
         The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
@@ -129,12 +105,9 @@ def UNAF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] 
     """
     check_sizes(features, context, hidden, depth=depth, embed=embed, nodes=nodes)
     check_sizes(features, context, integrand)
-
-    def layer(e: int, order: str) -> nn.Module:
-        return UNAFAutoregressive(features, e, hidden, embed, integrand, nodes, bound, order, residual, activation)
-
-    return _flow(lambda e: _made_stack(lambda i, order: layer(e, order), features, depth, permutation),
-                 features, context, conditional_base, embedding, standardize_context)
+    return _made_flow(lambda e, order: UNAFAutoregressive(features, e, hidden, embed, integrand, nodes, bound, order,
+                                                          residual, activation),
+                      features, context, depth, permutation, conditional_base, embedding, standardize_context)
 
 
 @FLOWS.register("SOS", tolerance=_TOLERANCE, test_kwargs={"depth": 2, "hidden": (16, 16), "squares": 2, "degree": 1,
@@ -150,24 +123,14 @@ def SOS(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
     ``log|det dz/dx| = sum_i log`` of the integrand at ``x_i``. See `SOSAutoregressive`. Stacked layers multiply
     the degrees, so keep ``degree`` and ``depth`` small (or standardise the data) to keep the latents moderate.
 
+    ``features``, ``context``, ``depth``, ``hidden``, ``residual``, ``permutation``, ``conditional_base``,
+    ``embedding`` and ``standardize_context`` are as in `MAF`.
+
     Args:
-        features: Number of features ``D``.
-        context: Number of context features (0: unconditional).
-        depth: Number of autoregressive layers.
-        hidden: Hidden layer sizes of each MADE.
         squares: Number of squared polynomials per feature.
         degree: Degree of each squared polynomial.
         eps: Smallest slope of each layer's map, in (0, 1).
-        residual: Make each entry of ``hidden`` a residual block of the MADE (all widths equal).
         activation: Activation of the MADEs: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
-        permutation: What mixes the features between layers: ``"reverse"`` (alternate the MADE orders),
-            ``"random"`` (a fixed random permutation), ``"lu"`` (a learned `LULinear`) or ``"none"``.
-        conditional_base: Draw the base from a `ConditionalDiagNormal` on the context instead of N(0, I)
-            (needs ``context > 0``).
-        embedding: A context embedding network trained with the flow: layer widths such as ``[64, 16]`` or
-            any ``nn.Module`` mapping ``(batch, context)`` to ``(batch, e)``; ``None``: the raw context (see `Flow`).
-        standardize_context: Standardise the context inside the flow with statistics fitted at `exactflow.fit`
-            (see `Flow.fit_context`).
 
     Returns:
         The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
@@ -183,9 +146,6 @@ def SOS(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
         (torch.Size([5]), torch.Size([3, 2]))
     """
     check_sizes(features, context, hidden, depth=depth, squares=squares)
-
-    def layer(e: int, order: str) -> nn.Module:
-        return SOSAutoregressive(features, e, hidden, squares, degree, eps, order, residual, activation)
-
-    return _flow(lambda e: _made_stack(lambda i, order: layer(e, order), features, depth, permutation),
-                 features, context, conditional_base, embedding, standardize_context)
+    return _made_flow(lambda e, order: SOSAutoregressive(features, e, hidden, squares, degree, eps, order, residual,
+                                                         activation),
+                      features, context, depth, permutation, conditional_base, embedding, standardize_context)
