@@ -149,14 +149,11 @@ class CircularSplineCoupling(SplineKernelCoupling):
     inverts the splines in closed form with the same ``p`` (from ``z_id = x_id``). Angles are read modulo
     ``2 pi``; the transformed ones come out in ``[-pi, pi)``.
 
+    The coupling's arguments (``context``, ``mask``, ``flip``, ``hidden``, ``activation``) are those of
+    `RQSplineCoupling`, with angles for features.
+
     Args:
         features: Number of angles ``D`` (at least 2).
-        context: Number of context features given to the conditioner (0: unconditional).
-        mask: Which angles pass through unchanged: ``"half"``, ``"alternating"`` (= ``"checkerboard"``) or a
-            boolean tensor of shape ``(D,)``, True where fixed.
-        flip: Swap the fixed and the transformed parts.
-        hidden: Hidden layer sizes of the MLP conditioner.
-        activation: Activation of the MLP: ``"relu"``, ``"tanh"``, ``"silu"``, ``"elu"`` or ``"gelu"``.
         bins: Number of spline bins ``K``.
         rotation: Follow every spline by a learned rotation.
 
