@@ -32,12 +32,13 @@ def ResidualFlow(features: int, context: int = 0, depth: int = 4, hidden: Sequen
     The final ActNorm (``actnorm=True``, the default) sets ``loc`` and ``log_scale`` to the mean and log-std of
     the blocks' output on the first training batch, so training starts with the latent standardised; both are
     trained afterwards. Without it the blocks must learn the data's location and scale themselves, and with
-    ``Lip(g) < 1`` each block changes scale by a factor in ``(1 - Lip(g), 1 + Lip(g))`` only, which is slow to
-    learn: in 2-D (``depth=4``, ``hidden=(32, 32)``, Adam lr 2e-3, batch 256, 200 steps, 2 seeds) the test NLL
-    went from 3.19 to 3.10 nats on two moons, 3.45 to 3.17 on 8 Gaussians and 4.46 to 4.26 on the checkerboard
-    (the fixed-scale ``ElementwiseAffine`` in its place gained nothing: it is the data-dependent start that
-    helps). ``actnorm=False`` gives the blocks alone. The ActNorm is affine, so log-dets stay exact and the
-    inverse stays the blocks' fixed-point iterations.
+    ``Lip(g) < 1`` each block changes lengths by a factor in ``(1 - Lip(g), 1 + Lip(g))`` only, which is slow to
+    learn: in 2-D (``depth=4``, ``hidden=(32, 32)``, Adam lr 2e-3, batch 256, 200 steps, mean of 3 seeds;
+    docs/benchmarks.md, "Newer families beside their peers") the test NLL went from 3.196 to 3.109 nats on two
+    moons, 3.458 to 3.173 on 8 Gaussians and 4.452 to 4.260 on the checkerboard, at about the same CPU time per step. A
+    zero-initialised ``ElementwiseAffine`` in its place gained nothing: the data-dependent start is what helps.
+    ``actnorm=False`` gives the blocks alone. The ActNorm is affine, so log-dets stay exact and the inverse
+    stays the blocks' fixed-point iterations.
 
     Args:
         features: Number of features ``D``.
