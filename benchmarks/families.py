@@ -38,6 +38,7 @@ from torch import nn
 import exactflow
 from exactflow.bases import ResampledBase
 from exactflow.data import registry as datasets
+from exactflow.transforms.residual import LipschitzMLP
 
 HIDDEN = (64, 64)
 DATASETS = ("moons", "8gaussians", "checkerboard")
@@ -98,12 +99,41 @@ def grid_mass(log_prob: Callable[[torch.Tensor], torch.Tensor], half_width: floa
     return (lp.exp().sum() * h * h).item()
 
 
-def _normflows_residual(depth: int, hidden: tuple[int, ...]) -> nn.Module:
-    import normflows as nf
+class _NormflowsResidual(nn.Module):
+    """normflows' residual flow: ``depth`` blocks ``x + g(x)``, ``g`` its ``LipschitzMLP([2, *hidden, 2])`` (bound
+    0.97 per layer), on a fixed N(0, I).
 
-    flows = [nf.flows.Residual(nf.nets.LipschitzMLP([2, *hidden, 2], lipschitz_const=0.97), reduce_memory=True)
-             for _ in range(depth)]
-    return nf.NormalizingFlow(nf.distributions.DiagGaussian(2, trainable=False), flows)
+    normflows' ``InducedNormLinear.forward`` divides its weight by ``max(1, sigma / 0.97)`` with
+    ``sigma = u^T W v`` from power-iteration vectors that it does not update itself (``compute_weight(update=
+    False)``); they move only when ``nf.utils.update_lipschitz(model, n)`` runs, as normflows' own examples do
+    after every optimiser step. With ``update=0`` (as before) nothing runs it, so ``u, v`` stay those of the
+    initial weights and the bound is not enforced; with ``update=n``, `after_step` runs ``n`` power iterations
+    per layer after every step (timed with the step)."""
+
+    def __init__(self, depth: int, hidden: tuple[int, ...], update: int = 0) -> None:
+        super().__init__()
+        import normflows as nf
+
+        flows = [nf.flows.Residual(nf.nets.LipschitzMLP([2, *hidden, 2], lipschitz_const=0.97), reduce_memory=True)
+                 for _ in range(depth)]
+        self.flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(2, trainable=False), flows)
+        self.update = update
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return self.flow.log_prob(x)
+
+    def after_step(self) -> None:
+        if self.update:
+            import normflows as nf
+
+            nf.utils.update_lipschitz(self.flow, self.update)
+
+    def layer_weights(self) -> list[torch.Tensor]:
+        """The weights its linear layers use now."""
+        import normflows as nf
+
+        return [m.compute_weight(update=False) for m in self.modules()
+                if isinstance(m, nf.nets.lipschitz.InducedNormLinear)]
 
 
 def _normflows_realnvp_gmm(depth: int) -> nn.Module:
@@ -135,9 +165,10 @@ def _ef(name: str, **kwargs: object) -> Callable[[], nn.Module]:
 #: group -> {row name: factory}. The first rows are exactflow's, then the peers. A preset not registered in this
 #: checkout (e.g. before NAF/UNAF/SOS land) is left out of its group by `groups`.
 GROUPS: dict[str, dict[str, tuple[str | None, Callable[[], nn.Module]]]] = {
-    "residual": {  # 4 blocks x + g(x), g an MLP 2 -> 32 -> 32 -> 2, Lipschitz bound 0.97
+    "residual": {  # 4 blocks x + g(x), g an MLP 2 -> 32 -> 32 -> 2, Lipschitz bound 0.97 (exactflow: + ActNorm)
         "exactflow ResidualFlow": ("ResidualFlow", _ef("ResidualFlow", depth=4, hidden=(32, 32))),
-        "normflows Residual (LipschitzMLP)": (None, lambda: _normflows_residual(4, (32, 32))),
+        "normflows Residual (LipschitzMLP)": (None, lambda: _NormflowsResidual(4, (32, 32))),
+        "normflows Residual + update_lipschitz(5) per step": (None, lambda: _NormflowsResidual(4, (32, 32), 5)),
     },
     "sylvester": {  # 8 Householder-Sylvester layers, M = D = 2 hidden units, 2 reflections each
         "exactflow Sylvester (householder)": ("Sylvester", _ef("Sylvester", depth=8, kind="householder")),
@@ -200,6 +231,24 @@ def pyro_check(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
             "mass_autograd": grid_mass(model.log_prob_autograd)}
 
 
+def residual_weights(model: nn.Module) -> list[torch.Tensor]:
+    """The weights every Lipschitz-bounded linear layer of a residual flow uses now (none for other models)."""
+    if isinstance(model, _NormflowsResidual):
+        return model.layer_weights()
+    return [w for m in model.modules() if isinstance(m, LipschitzMLP) for w in m.weights()]
+
+
+def residual_check(model: nn.Module) -> dict[str, float]:
+    """For a residual flow: the largest spectral norm of the weights its layers use (the bound is 0.97), and its
+    density's mass on a grid (1 for a density; above 1 when the map folds, i.e. is not invertible)."""
+    model.eval()
+    with torch.no_grad():
+        sigma = max(torch.linalg.matrix_norm(w.detach().double(), ord=2).item() for w in residual_weights(model))
+    mass = grid_mass(model.log_prob)
+    model.train()
+    return {"max_sigma": sigma, "mass": mass}
+
+
 def test_nll(model: nn.Module, x: torch.Tensor, calibrate: int) -> float:
     model.eval()
     base = getattr(model, "base", None)
@@ -235,6 +284,9 @@ def run_group(makers: dict[str, Callable[[], nn.Module]], data: object, seed: in
             opts[name].zero_grad()
             loss.backward()
             opts[name].step()
+            after = getattr(models[name], "after_step", None)
+            if after is not None:
+                after()
         cpu[name] += time.thread_time() - start
         done[name] += 1
 
@@ -249,6 +301,8 @@ def run_group(makers: dict[str, Callable[[], nn.Module]], data: object, seed: in
     for name, m in models.items():
         if isinstance(m, _PyroSylvester) and name not in dead:
             out[name].update({f"steps_{k}": v for k, v in pyro_check(m, data.test).items()})
+        if residual_weights(m) and name not in dead:
+            out[name].update({f"steps_{k}": v for k, v in residual_check(m).items()})
     budget = max(cpu.values())
     while True:
         behind = [n for n in models if n not in dead and cpu[n] < budget]
@@ -265,6 +319,8 @@ def run_group(makers: dict[str, Callable[[], nn.Module]], data: object, seed: in
                          params=sum(p.numel() for p in m.parameters()))
         if isinstance(m, _PyroSylvester) and name not in dead:
             out[name].update({f"time_{k}": v for k, v in pyro_check(m, data.test).items()})
+        if residual_weights(m) and name not in dead:
+            out[name].update({f"time_{k}": v for k, v in residual_check(m).items()})
     return out
 
 
@@ -308,6 +364,22 @@ def pyro_report(records: list[dict]) -> str:
             lines.append(f"| {r['data']} | {r['seed']} | {steps} | {r[f'{when}_nll']:.3f}{rerun} | "
                          f"{r[f'{when}_nll_autograd']:.3f} | {r[f'{when}_mass_own']:.3f} | "
                          f"{r[f'{when}_mass_autograd']:.3f} |")
+    return "\n".join([*lines, ""])
+
+
+def residual_report(records: list[dict]) -> str:
+    """A table of the residual rows: each layer's largest spectral norm and the density's grid mass, per run."""
+    rows = [r for r in records if "steps_max_sigma" in r]
+    if not rows:
+        return ""
+    lines = ["**Residual flows: largest spectral norm of a layer's weight (bound 0.97) and the density's grid mass**",
+             "", "| data | model | seed | steps | largest spectral norm | grid mass |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        for when, steps in (("steps", r["steps"]), ("time", r["time_steps"])):
+            if when == "time" and steps == r["steps"]:
+                continue
+            lines.append(f"| {r['data']} | {r['model']} | {r['seed']} | {steps} | {r[f'{when}_max_sigma']:.3f} | "
+                         f"{r[f'{when}_mass']:.3f} |")
     return "\n".join([*lines, ""])
 
 
@@ -390,7 +462,7 @@ def main(argv: list[str] | None = None) -> str:
             if args.json:
                 with open(args.json, "w") as f:
                     json.dump({"args": vars(args), "torch": torch.__version__, "records": records}, f, indent=1)
-        text = report(records) + "\n" + pyro_report(records)
+        text = report(records) + "\n" + pyro_report(records) + "\n" + residual_report(records)
         print(text)
         return text
     torch.set_num_threads(1)
@@ -408,7 +480,7 @@ def main(argv: list[str] | None = None) -> str:
                 if args.json:
                     with open(args.json, "w") as f:
                         json.dump({"args": vars(args), "torch": torch.__version__, "records": records}, f, indent=1)
-    text = report(records) + "\n" + pyro_report(records)
+    text = report(records) + "\n" + pyro_report(records) + "\n" + residual_report(records)
     print(text)
     return text
 

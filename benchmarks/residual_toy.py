@@ -17,6 +17,9 @@ normflows' equivalent of ``ResidualFlow(2, depth=K, hidden=(h, h))``::
     model = nf.NormalizingFlow(nf.distributions.DiagGaussian(2, trainable=False), flows)
 
 (its ``LipschitzMLP`` applies a Swish before each linear layer and bounds spectral norms by power iteration.)
+exactflow's preset ends with its default ActNorm after the blocks. normflows' power-iteration vectors move only
+when ``nf.utils.update_lipschitz`` runs, which this script does not call, so its bound is not enforced during
+training (docs/benchmarks.md, "Newer families beside their peers", measures what that does).
 """
 
 from __future__ import annotations

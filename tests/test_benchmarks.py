@@ -165,10 +165,15 @@ def test_families_benchmark_runs_every_group_on_a_tiny_setting(monkeypatch):
             records.append({"group": group, "data": "moons", "seed": 0, "model": model, "steps": 2, **r})
             if model.startswith("Pyro"):  # a normalised density keeps its grid mass near 1 (2 steps from init)
                 assert abs(r["steps_mass_autograd"] - 1) < 0.05 and math.isfinite(r["steps_nll_autograd"])
+            if group == "residual":  # exactflow's bound holds exactly (float32 rounding); 2 steps from init
+                assert abs(r["steps_mass"] - 1) < 0.05
+                if model.startswith("exactflow"):
+                    assert r["steps_max_sigma"] <= 0.97 * (1 + 1e-6)
     text = families.report(records)
     assert {"residual", "sylvester", "splines", "bases"} <= {r["group"] for r in records}
     assert text.count("| moons |") == len(records)
     assert "| moons | 0 | 2 |" in families.pyro_report(records)
+    assert "| moons | exactflow ResidualFlow | 0 | 2 |" in families.residual_report(records)
 
 
 def test_families_benchmark_refuses_an_unknown_group(monkeypatch):
