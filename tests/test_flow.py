@@ -132,6 +132,19 @@ def test_actnorm_flag_survives_reload():
     assert torch.equal(b.loc, before)
 
 
+def test_actnorm_keeps_unit_scale_for_a_feature_constant_in_its_first_batch():
+    """A first batch of one row (or a constant column) cannot tell a scale: ActNorm centres and keeps scale 1."""
+    from exactflow.transforms.normalization import ActNorm
+
+    one = ActNorm(3)
+    z, ladj = one(torch.tensor([[1.0, -2.0, 3.0]]))
+    assert torch.equal(one.log_scale.detach(), torch.zeros(3)) and torch.equal(ladj, torch.zeros(1))
+    assert torch.equal(z, torch.zeros(1, 3))
+    column = ActNorm(2)
+    column(torch.stack([torch.full((64,), 7.0), 3 * torch.randn(64)], 1))
+    assert column.log_scale[0].item() == 0.0 and column.log_scale[1].item() == pytest.approx(math.log(3), abs=0.3)
+
+
 def test_log_prob_units_match_gaussian_log_density():
     flow = Flow(flows["RealNVP"](features=2, depth=1, hidden=(4,)).transform, StandardNormal(2))
     x = torch.zeros(1, 2)

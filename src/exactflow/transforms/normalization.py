@@ -106,7 +106,8 @@ class ActNorm(Bijection):
     with ``positions = H W`` on images and 1 on vectors; latent -> data is ``x = z exp(log_scale) + loc``.
 
     Data-dependent initialisation: the first forward call in training mode sets ``loc`` and
-    ``log_scale`` to that batch's mean and log-std, so z starts standardised. The ``initialized``
+    ``log_scale`` to that batch's mean and log-std, so z starts standardised; a feature that is constant in
+    that batch (a batch of one row, say) keeps unit scale rather than a scale of ``eps``. The ``initialized``
     flag is a buffer, saved in the state dict, so a reloaded model is not initialised again.
 
     Args:
@@ -139,7 +140,8 @@ class ActNorm(Bijection):
     def _initialize(self, x: Tensor) -> None:
         dims = _reduce_dims(x)
         self.loc.copy_(x.mean(dims))
-        self.log_scale.copy_(torch.log(x.std(dims, unbiased=False) + self.eps))
+        std = x.std(dims, unbiased=False)
+        self.log_scale.copy_(torch.where(std > 0, torch.log(std + self.eps), torch.zeros_like(std)))
         self.initialized.fill_(True)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
