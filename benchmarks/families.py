@@ -55,18 +55,13 @@ class _Zuko(nn.Module):
         return self.flow().log_prob(x)
 
 
-class _PyroSylvester(nn.Module):
-    """``depth`` Pyro Sylvester (Householder) layers used data -> latent on N(0, I).
+class _PyroNormalising(nn.Module):
+    """Pyro transforms ``self.layers`` used data -> latent on N(0, I): ``log p(x) = log N(T(x)) + log|det dT/dx|``.
 
-    Pyro's Sylvester transform has no inverse (it only serves samples it produced itself), so the only way it
-    scores given data exactly is as the normalising map: ``log p(x) = log N(T(x)) + log|det dT/dx|``.
-    exactflow's `Sylvester` runs the other way (latent -> data, as in the paper) and inverts numerically."""
+    Pyro's Sylvester and Polynomial transforms have no inverse (they only serve samples they produced themselves),
+    so the only way they score given data exactly is as the normalising map."""
 
-    def __init__(self, depth: int, reflections: int) -> None:
-        super().__init__()
-        from pyro.distributions.transforms import Sylvester
-
-        self.layers = nn.ModuleList(Sylvester(2, count_transforms=reflections) for _ in range(depth))
+    layers: nn.ModuleList
 
     def latent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``T(x)`` and the log-det Pyro's layers report for it."""
@@ -78,14 +73,56 @@ class _PyroSylvester(nn.Module):
         return x, ladj
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """The density; NaN, not an error, where the map overflows (the run then counts the model as diverged)."""
         z, ladj = self.latent(x)
-        return torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1) + ladj
+        return torch.distributions.Normal(0.0, 1.0, validate_args=False).log_prob(z).sum(-1) + ladj
 
     def log_prob_autograd(self, x: torch.Tensor) -> torch.Tensor:
         """The same map's density with ``log|det dT/dx|`` from the autograd Jacobian instead of Pyro's formula."""
         z = self.latent(x)[0]
         jac = torch.func.vmap(torch.func.jacrev(lambda v: self.latent(v[None])[0][0]))(x)
-        return torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1) + torch.linalg.slogdet(jac).logabsdet
+        normal = torch.distributions.Normal(0.0, 1.0, validate_args=False)
+        return normal.log_prob(z).sum(-1) + torch.linalg.slogdet(jac).logabsdet
+
+
+class _PyroSylvester(_PyroNormalising):
+    """``depth`` Pyro Sylvester (Householder) layers used data -> latent on N(0, I). exactflow's `Sylvester` runs
+    the other way (latent -> data, as in the paper) and inverts numerically."""
+
+    def __init__(self, depth: int, reflections: int) -> None:
+        super().__init__()
+        from pyro.distributions.transforms import Sylvester
+
+        self.layers = nn.ModuleList(Sylvester(2, count_transforms=reflections) for _ in range(depth))
+
+
+class _PyroPolynomial(_PyroNormalising):
+    """``depth`` Pyro sum-of-squares `Polynomial` layers (Jaini et al. 2019) used data -> latent on N(0, I):
+    ``z_i = c_i + int_0^{x_i} sum_k (sum_{l <= degree} a_ikl t^l)^2 dt``, ``squares`` squares, the ``a_i`` from
+    Pyro's `AutoRegressiveNN` (ReLU, hidden sizes ``hidden``) on ``x_<i``; the orders alternate between layers
+    (natural, reversed, ...), as exactflow's ``permutation="reverse"`` does. Its log-det, ``sum_i log`` of the
+    integrand at ``x_i``, is that of the map (the layer is triangular). With ``train``, the layers see
+    ``(x - mean) / std`` (fixed, per feature, from ``train``) and the log-det gains ``-sum_i log std_i``, as
+    behind `exactflow.standardize`."""
+
+    def __init__(self, depth: int, hidden: tuple[int, ...], squares: int, degree: int,
+                 train: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("loc", torch.zeros(2) if train is None else train.double().mean(0).float())
+        self.register_buffer("scale", torch.ones(2) if train is None else train.double().std(0).float())
+        from pyro.distributions.transforms import Polynomial
+        from pyro.nn import AutoRegressiveNN
+
+        def layer(i: int) -> nn.Module:
+            order = torch.tensor([0, 1]) if i % 2 == 0 else torch.tensor([1, 0])
+            arn = AutoRegressiveNN(2, list(hidden), param_dims=[(degree + 1) * squares], permutation=order)
+            return Polynomial(arn, input_dim=2, count_degree=degree, count_sum=squares)
+
+        self.layers = nn.ModuleList(layer(i) for i in range(depth))
+
+    def latent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z, ladj = super().latent((x - self.loc) / self.scale)
+        return z, ladj - self.scale.log().sum()
 
 
 def grid_mass(log_prob: Callable[[torch.Tensor], torch.Tensor], half_width: float = 10.0, n: int = 500) -> float:
@@ -149,8 +186,8 @@ def _normflows_realnvp_gmm(depth: int) -> nn.Module:
     return nf.NormalizingFlow(nf.distributions.GaussianMixture(8, 2), layers)
 
 
-def _zuko(name: str, **kwargs: object) -> Callable[[], nn.Module]:
-    def make() -> nn.Module:
+def _zuko(name: str, **kwargs: object) -> Callable[[torch.Tensor], nn.Module]:
+    def make(train: torch.Tensor) -> nn.Module:
         import zuko
 
         return _Zuko(getattr(zuko.flows, name)(2, **kwargs))
@@ -158,21 +195,28 @@ def _zuko(name: str, **kwargs: object) -> Callable[[], nn.Module]:
     return make
 
 
-def _ef(name: str, **kwargs: object) -> Callable[[], nn.Module]:
-    return lambda: exactflow.build(name, features=2, **kwargs)
+def _ef(name: str, standardise: bool = False, **kwargs: object) -> Callable[[torch.Tensor], nn.Module]:
+    """exactflow's preset ``name``; with ``standardise``, behind `exactflow.standardize` fitted to the training set
+    (the flow models the standardised data, its ``log_prob`` stays in the data's units)."""
+
+    def make(train: torch.Tensor) -> nn.Module:
+        flow = exactflow.build(name, features=2, **kwargs)
+        return exactflow.standardize(flow, train) if standardise else flow
+
+    return make
 
 
 #: group -> {row name: factory}. The first rows are exactflow's, then the peers. A preset not registered in this
 #: checkout (e.g. before NAF/UNAF/SOS land) is left out of its group by `groups`.
-GROUPS: dict[str, dict[str, tuple[str | None, Callable[[], nn.Module]]]] = {
+GROUPS: dict[str, dict[str, tuple[str | None, Callable[[torch.Tensor], nn.Module]]]] = {
     "residual": {  # 4 blocks x + g(x), g an MLP 2 -> 32 -> 32 -> 2, Lipschitz bound 0.97 (exactflow: + ActNorm)
         "exactflow ResidualFlow": ("ResidualFlow", _ef("ResidualFlow", depth=4, hidden=(32, 32))),
-        "normflows Residual (LipschitzMLP)": (None, lambda: _NormflowsResidual(4, (32, 32))),
-        "normflows Residual + update_lipschitz(5) per step": (None, lambda: _NormflowsResidual(4, (32, 32), 5)),
+        "normflows Residual (LipschitzMLP)": (None, lambda train: _NormflowsResidual(4, (32, 32))),
+        "normflows Residual + update_lipschitz(5) per step": (None, lambda train: _NormflowsResidual(4, (32, 32), 5)),
     },
     "sylvester": {  # 8 Householder-Sylvester layers, M = D = 2 hidden units, 2 reflections each
         "exactflow Sylvester (householder)": ("Sylvester", _ef("Sylvester", depth=8, kind="householder")),
-        "Pyro Sylvester (data -> latent)": (None, lambda: _PyroSylvester(8, 2)),
+        "Pyro Sylvester (data -> latent)": (None, lambda train: _PyroSylvester(8, 2)),
     },
     "splines": {  # 3 coupling splines, 8 bins, MLP 2x64 (exactflow on [-5, 5] with linear tails)
         **{f"exactflow NSF spline={s}": ("NSF", _ef("NSF", depth=3, hidden=HIDDEN, bins=8, bound=5.0, spline=s))
@@ -184,22 +228,26 @@ GROUPS: dict[str, dict[str, tuple[str | None, Callable[[], nn.Module]]]] = {
                                                                base="GaussianMixture")),
         "exactflow RealNVP + ResampledBase": ("RealNVP", _ef("RealNVP", depth=8, hidden=HIDDEN, mask="half",
                                                              base="ResampledBase")),
-        "normflows RealNVP + GaussianMixture": (None, lambda: _normflows_realnvp_gmm(8)),
+        "normflows RealNVP + GaussianMixture": (None, lambda train: _normflows_realnvp_gmm(8)),
     },
-    "naf": {  # 3 layers, MADE 2x64; the transformers as in benchmarks/naf_toy.py (16 sigmoids / a 16-unit signal)
+    "naf": {  # 3 layers, MADE 2x64; the transformers as in benchmarks/naf_toy.py (16 sigmoids / a 16-unit signal);
+        # SOS: 3 squares of degree 2 (exactflow's defaults) in both libraries, on standardised data in both (raw,
+        # 3 stacked degree-5 maps overflow float32 at initialisation on the checkerboard, in both libraries)
         "exactflow NAF": ("NAF", _ef("NAF", depth=3, hidden=HIDDEN, components=16)),
         "exactflow UNAF": ("UNAF", _ef("UNAF", depth=3, hidden=HIDDEN, embed=16, integrand=HIDDEN, nodes=33)),
-        "exactflow SOS": ("SOS", _ef("SOS", depth=3, hidden=HIDDEN)),
+        "exactflow SOS (standardised)": ("SOS", _ef("SOS", standardise=True, depth=3, hidden=HIDDEN)),
         "zuko NAF": (None, _zuko("NAF", transforms=3, signal=16, hidden_features=HIDDEN,
                                  network={"hidden_features": HIDDEN})),
         "zuko UNAF (log-det by quadrature)": (None, _zuko("UNAF", transforms=3, signal=16, hidden_features=HIDDEN,
                                                           network={"hidden_features": HIDDEN})),
+        "Pyro Polynomial (SOS, standardised)": (None, lambda train: _PyroPolynomial(3, HIDDEN, 3, 2, train)),
     },
 }
 
 
 #: the row an exactflow row is compared with, where it is not its group's first peer row (None: no peer)
-PEERS = {"exactflow UNAF": "zuko UNAF (log-det by quadrature)", "exactflow SOS": None}
+PEERS = {"exactflow UNAF": "zuko UNAF (log-det by quadrature)",
+         "exactflow SOS (standardised)": "Pyro Polynomial (SOS, standardised)"}
 
 
 def peer_of(model: str, group: str) -> str | None:
@@ -210,7 +258,7 @@ def peer_of(model: str, group: str) -> str | None:
     return next((k for k in GROUPS[group] if not k.startswith("exactflow")), None)
 
 
-def groups(names: list[str]) -> dict[str, dict[str, Callable[[], nn.Module]]]:
+def groups(names: list[str]) -> dict[str, dict[str, Callable[[torch.Tensor], nn.Module]]]:
     """The requested groups with the rows this checkout can build (exactflow presets must be registered)."""
     out = {}
     for g in names:
@@ -260,13 +308,13 @@ def test_nll(model: nn.Module, x: torch.Tensor, calibrate: int) -> float:
     return nll
 
 
-def run_group(makers: dict[str, Callable[[], nn.Module]], data: object, seed: int, steps: int, batch: int,
+def run_group(makers: dict[str, Callable[[torch.Tensor], nn.Module]], data: object, seed: int, steps: int, batch: int,
               lr: float, calibrate: int) -> dict[str, dict[str, float]]:
     """Train the group's models from ``seed`` (equal steps, then equal CPU time); return per-model results."""
     models, opts = {}, {}
     for name, make in makers.items():
         torch.manual_seed(seed)
-        models[name] = make()
+        models[name] = make(data.train)
         models[name].train()
         opts[name] = torch.optim.Adam(models[name].parameters(), lr=lr)
     cpu = dict.fromkeys(models, 0.0)
@@ -330,11 +378,11 @@ def recheck_pyro(records: list[dict], batch: int, lr: float) -> None:
     and the initial weights do not depend on the other models, so this is the model of the table; its own test
     NLL is compared with the recorded one)."""
     for r in records:
-        if not r["model"].startswith("Pyro") or "steps_nll_autograd" in r or not math.isfinite(r["time_nll"]):
+        if not r["model"].startswith("Pyro Sylvester") or "steps_nll_autograd" in r or not math.isfinite(r["time_nll"]):
             continue
         data = datasets[r["data"]]()
         torch.manual_seed(r["seed"])
-        model = GROUPS[r["group"]][r["model"]][1]()
+        model = GROUPS[r["group"]][r["model"]][1](data.train)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         gen = torch.Generator().manual_seed(10_000 + r["seed"])
         for i in range(r["time_steps"]):
