@@ -502,7 +502,10 @@ class SOSAutoregressive(MonotoneAutoregressive):
     by bisection, accurate to ``(hi - lo) 2^-iters`` per feature.
 
     The MADE's arguments (``features``, ``context``, ``hidden``, ``order``, ``residual``, ``activation``, ``seed``,
-    ``identity_init``) are those of `MaskedAutoregressive`, with ``identity_init=False`` by default.
+    ``identity_init``) are those of `MaskedAutoregressive`. ``identity_init=True`` by default: all-zero kernel
+    parameters give the identity (see `SOSPolynomial`), so a stack starts as the identity. From the MADE's random
+    initialisation instead, each layer is a random polynomial of degree ``2 degree + 1``, and a few stacked layers
+    overflow float32 already at initialisation on data a few units from the origin.
 
     Args:
         squares: Number of squared polynomials per feature.
@@ -524,7 +527,7 @@ class SOSAutoregressive(MonotoneAutoregressive):
 
     def __init__(self, features: int, context: int = 0, hidden: Sequence[int] = (64, 64), squares: int = 3,
                  degree: int = 2, eps: float = 1e-3, order: str | Tensor = "natural", residual: bool = False,
-                 activation: str = "relu", seed: int | None = None, identity_init: bool = False,
+                 activation: str = "relu", seed: int | None = None, identity_init: bool = True,
                  iters: int = 60) -> None:
         super().__init__(features, context, SOSPolynomial(squares, degree, eps, iters), hidden, order, residual,
                          activation, seed, identity_init)
