@@ -1,6 +1,8 @@
 """Conditional density estimation: the context pipeline (standardisation, embedding network), batched sampling
 for many contexts, log_prob grids, saving and loading, and the errors for wrong context shapes."""
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -216,19 +218,19 @@ def test_bad_embeddings_are_refused():
 
 
 def test_auto_builds_the_measured_conditional_default_and_keeps_the_unconditional_one():
-    from exactflow.flows.auto import (CLASSIC, CONDITIONAL_PRESET, CONDITIONAL_RECIPE, CONDITIONAL_SIZE, PRESET, SIZE,
-                                      conditional, recipe)
+    auto = importlib.import_module("exactflow.flows.auto")  # the module (exactflow.flows.auto is the function)
 
     flow = ef.build("auto", features=2, context=3)
-    assert flow.spec["flow"] == CONDITIONAL_PRESET and flow.standardizes_context
-    assert {k: flow.spec["kwargs"][k] for k in CONDITIONAL_SIZE} == CONDITIONAL_SIZE
-    assert flow.spec["auto"]["recipe"] == CONDITIONAL_RECIPE and recipe(flow) == {**CLASSIC, **CONDITIONAL_RECIPE}
+    assert flow.spec["flow"] == auto.CONDITIONAL_PRESET and flow.standardizes_context
+    assert {k: flow.spec["kwargs"][k] for k in auto.CONDITIONAL_SIZE} == auto.CONDITIONAL_SIZE
+    assert flow.spec["auto"]["recipe"] == auto.CONDITIONAL_RECIPE
+    assert auto.recipe(flow) == {**auto.CLASSIC, **auto.CONDITIONAL_RECIPE}  # what fit takes
     assert describe(rebuild(describe(flow))) == describe(flow)  # what a checkpoint does
     assert ef.build("auto", features=2, context=3, bound=5.0).spec["kwargs"]["bound"] == 5.0  # overrides win
     plain = ef.build("auto", features=2)
-    assert plain.spec["flow"] == PRESET and {k: plain.spec["kwargs"][k] for k in SIZE} == SIZE
+    assert plain.spec["flow"] == auto.PRESET and {k: plain.spec["kwargs"][k] for k in auto.SIZE} == auto.SIZE
     with pytest.raises(ValueError, match="context >= 1"):
-        conditional(2, 0)
+        auto.conditional(2, 0)
 
 
 def test_fit_trains_the_conditional_auto_flow_with_its_recipe():
