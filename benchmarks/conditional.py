@@ -1,6 +1,7 @@
 """Conditional density estimation at equal CPU time: exactflow's conditional NSF and MAF against zuko's and nflows'.
 
-Three tasks whose true conditional density p(x | c) is known in closed form, sampled exactly:
+Four tasks whose true conditional density p(x | c) is known in closed form, sampled exactly (the first three
+chose exactflow's conditional default, ``benchmarks/conditional_sweep.py``; ``hetero-t`` was held out):
 
 - ``linear-gaussian``: x in R^2 given c in R^3, ``x = A u + b + L eps`` with ``u`` the context rescaled to
   [-1, 1]; the context is drawn on the simulator's own scales (uniform on [-1, 1], [0, 10] and [-20, 20]).
@@ -10,6 +11,10 @@ Three tasks whose true conditional density p(x | c) is known in closed form, sam
   ``a ~ U(-pi/2, pi/2)``, ``r ~ N(0.1, 0.01^2)``, ``x = (r cos a + 0.25, r sin a) + (-|t1 + t2|, -t1 + t2)/sqrt 2``;
   a crescent whose place depends on theta, with density ``N(r; 0.1, 0.01^2) / (pi r)`` (r the distance to the
   crescent's centre, on its right half).
+- ``hetero-t``: x in R^2 given c in R^2 (uniform on [-2, 2] x [0, 4]), heavy-tailed and heteroscedastic:
+  ``x = m(u) + R diag(s(u)) t`` with ``u`` the context rescaled to [-1, 1], ``t`` two independent Student-t(3)
+  draws, ``m(u) = (sin 2 u1 + u2 / 2, u1 u2)``, ``s(u) = (0.3 exp(u2 / 2), 0.2 + 0.4 u1^2)`` and ``R`` a
+  rotation by 30 degrees.
 
 Score: the expected NLL gap to the truth, ``mean over test pairs of log p(x | c) - log q(x | c)`` (nats, >= 0 in
 expectation: the conditional KL averaged over c), on 4096 fresh test pairs, mean and standard error over seeds.
@@ -21,6 +26,9 @@ for the splines. Each library is used as its documentation shows: zuko's ``NSF``
 and nflows' conditional transforms take the context as the simulator gives it; exactflow's presets use their
 defaults, which standardise the context inside the flow (fitted on the training context, as ``exactflow.fit``
 does; its cost is inside the budget). ``exactflow NSF (raw context)`` turns that off, to show what it buys.
+``exactflow auto`` is the recommended use instead: ``exactflow.build("auto", features=D, context=C)`` trained by
+``exactflow.fit`` with its own recipe (`fit_recommended`: the last tenth of the training pairs validates, the
+best validation weights of the EMA are kept), for the same CPU time.
 Models: exactflow ``NSF`` (coupling, LU mixing) and ``MAF``; zuko ``NSF`` (autoregressive splines) and ``MAF``;
 nflows spline couplings (alternating masks, LU mixing, residual conditioner of one block) and MAF (reversal
 between layers, residual MADE).
@@ -28,17 +36,19 @@ between layers, residual MADE).
 Speed: training steps per CPU-second, and the CPU time to draw 100 samples for each of 100 contexts (batched in
 every library), each as a ratio to exactflow's NSF or MAF of the same kind.
 
-    python benchmarks/conditional.py --budget 8 --seeds 0 1 2     # the table in docs/benchmarks.md
+    python benchmarks/conditional.py --budget 10 --seeds 0 1 2 --out benchmarks/results/conditional.jsonl  # docs
     python benchmarks/conditional.py --budget 0.3 --seeds 0 --tasks mixture --train 512   # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -134,17 +144,51 @@ def _two_moons() -> Task:
     return Task("two-moons", 2, 2, prior, given, log_prob)
 
 
-TASKS = {t.name: t for t in (_linear_gaussian(), _mixture(), _two_moons())}
+def _hetero_t() -> Task:
+    low, high = torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 4.0])
+    angle = math.pi / 6
+    rotation = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    noise = torch.distributions.StudentT(3.0)
+
+    def loc_scale(c: Tensor) -> tuple[Tensor, Tensor]:
+        u = 2 * (c - low) / (high - low) - 1
+        loc = torch.stack([torch.sin(2 * u[:, 0]) + 0.5 * u[:, 1], u[:, 0] * u[:, 1]], dim=1)
+        scale = torch.stack([0.3 * torch.exp(0.5 * u[:, 1]), 0.2 + 0.4 * u[:, 0] ** 2], dim=1)
+        return loc, scale
+
+    def prior(n: int, g: torch.Generator) -> Tensor:
+        return low + (high - low) * torch.rand(n, 2, generator=g)
+
+    def given(c: Tensor, g: torch.Generator) -> Tensor:
+        loc, scale = loc_scale(c)
+        # Student-t(3) = N(0, 1) / sqrt(chi2_3 / 3), drawn from the generator
+        t = torch.randn(len(c), 2, generator=g) / torch.sqrt(torch.randn(len(c), 2, 3, generator=g).pow(2).mean(2))
+        return loc + (scale * t) @ rotation.T
+
+    def log_prob(x: Tensor, c: Tensor) -> Tensor:
+        loc, scale = loc_scale(c)
+        t = ((x - loc) @ rotation) / scale
+        return (noise.log_prob(t) - torch.log(scale)).sum(1)
+
+    return Task("hetero-t", 2, 2, prior, given, log_prob)
+
+
+TASKS = {t.name: t for t in (_linear_gaussian(), _mixture(), _two_moons(), _hetero_t())}
+#: Tasks never used to choose exactflow's conditional default (`exactflow.flows.auto`); the others tuned it.
+HELD_OUT = ("hetero-t",)
 
 
 # ---------------------------------------------------------------------------------------------- models
 
 class Model:
-    """``log_prob(x, c) -> (n,)`` and ``sample(n, C) -> (n, m, d)`` over a library's flow."""
+    """``log_prob(x, c) -> (n,)`` and ``sample(n, C) -> (n, m, d)`` over a library's flow. ``fit(x, c, budget,
+    seed) -> steps``, when given, trains it instead of the shared loop of `train` (exactflow's recommended use)."""
 
-    def __init__(self, module: nn.Module, log_prob: Callable, sample: Callable, prepare: Callable | None = None):
+    def __init__(self, module: nn.Module, log_prob: Callable, sample: Callable, prepare: Callable | None = None,
+                 fit: Callable[[Tensor, Tensor, float, int], int] | None = None):
         self.module, self.log_prob, self.sample = module, log_prob, sample
         self.prepare = prepare or (lambda c: None)
+        self.fit = fit
 
 
 def _exactflow(name: str, **options: object) -> Callable[[Task], Model]:
@@ -156,6 +200,22 @@ def _exactflow(name: str, **options: object) -> Callable[[Task], Model]:
         return Model(flow, flow.log_prob, flow.sample, prepare)
 
     return make
+
+
+def fit_recommended(flow: nn.Module, x: Tensor, c: Tensor, budget: float, seed: int, **recipe: object) -> int:
+    """``exactflow.fit`` as its documentation recommends, within ``budget`` CPU-seconds: the last tenth of the
+    training pairs is the validation split (the best validation weights are restored), every setting not in
+    ``recipe`` is the flow's own recipe (the measured one for ``"auto"``); returns the number of steps."""
+    n = len(x) - len(x) // 10
+    history = exactflow.fit(flow, (x[:n], c[:n]), (x[n:], c[n:]), steps=10**9, seed=seed, progress=False,
+                            time_budget=budget, clock=time.thread_time, **recipe)
+    return history.step[-1] if history.step else 0
+
+
+def _exactflow_auto(task: Task) -> Model:
+    flow = exactflow.build("auto", features=task.features, context=task.context)
+    return Model(flow, flow.log_prob, flow.sample, fit=lambda x, c, budget, seed: fit_recommended(flow, x, c,
+                                                                                                   budget, seed))
 
 
 def _zuko(name: str) -> Callable[[Task], Model]:
@@ -201,6 +261,7 @@ def _nflows(name: str) -> Callable[[Task], Model]:
 
 
 MODELS: dict[str, Callable[[Task], Model]] = {
+    "exactflow auto": _exactflow_auto,
     "exactflow NSF": _exactflow("NSF"),
     "exactflow NSF (raw context)": _exactflow("NSF", standardize_context=False),
     "exactflow MAF": _exactflow("MAF"),
@@ -214,9 +275,14 @@ MODELS: dict[str, Callable[[Task], Model]] = {
 # ------------------------------------------------------------------------------------------ measuring
 
 def train(model: Model, x: Tensor, c: Tensor, budget: float, seed: int, batch: int = 256) -> tuple[int, float]:
-    """Adam (lr 1e-3) on mini-batches until ``budget`` CPU-seconds of this thread are spent; (steps, seconds)."""
+    """Adam (lr 1e-3) on mini-batches until ``budget`` CPU-seconds of this thread are spent (or the model's own
+    ``fit`` for that budget); (steps, seconds)."""
     gen = torch.Generator().manual_seed(seed)
     start = time.thread_time()
+    if model.fit is not None:
+        steps = model.fit(x, c, budget, seed)
+        model.module.eval()
+        return steps, time.thread_time() - start
     model.prepare(c)
     opt = torch.optim.Adam(model.module.parameters(), lr=1e-3)
     model.module.train()
@@ -265,9 +331,16 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budget", type=float, default=8.0, help="CPU-seconds of training per model")
     parser.add_argument("--train", type=int, default=10000, help="simulated training pairs per seed")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON lines of the runs: each run is appended, and runs already there are reused")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
+    done: dict[str, dict] = {}
+    if args.out is not None and args.out.exists():
+        for line in args.out.read_text().splitlines():
+            run = json.loads(line)
+            done[json.dumps(run["key"])] = run
     warm = TASKS[args.tasks[0]].simulate(512, torch.Generator().manual_seed(0))
     for name in args.models:  # first calls (allocations, lazy imports) outside every measurement
         train(MODELS[name](TASKS[args.tasks[0]]), *warm, budget=0.05, seed=0)
@@ -282,24 +355,30 @@ def main(argv: list[str] | None = None) -> str:
             xt, ct = task.simulate(TEST, g)
             order = args.models[seed % len(args.models):] + args.models[: seed % len(args.models)]
             for name in order:  # interleaved, the starting model rotating with the seed
-                torch.manual_seed(seed)
-                model = MODELS[name](task)
-                steps, seconds = train(model, x, c, args.budget, seed)
-                value = gap(model, task, xt, ct)
-                contexts = ct[:100]
-                t_draw = sampling_time(model, contexts)
-                gaps.setdefault((task_name, name), []).append(value)
-                speed.setdefault((task_name, name), []).append(steps / seconds)
-                draw.setdefault((task_name, name), []).append(t_draw)
-                print(f"seed {seed} {task_name:16s} {name:28s} gap {value:8.4f}  {steps:5d} steps "
-                      f"({steps / seconds:6.1f}/s)  sample 100x{len(contexts)} {1e3 * t_draw:7.1f} ms", flush=True)
+                key = [name, task_name, seed, args.budget, args.train]
+                run = done.get(json.dumps(key))
+                if run is None:
+                    torch.manual_seed(seed)
+                    model = MODELS[name](task)
+                    steps, seconds = train(model, x, c, args.budget, seed)
+                    run = {"key": key, "gap": gap(model, task, xt, ct), "steps": steps, "seconds": seconds,
+                           "draw": sampling_time(model, ct[:100])}
+                    if args.out is not None:
+                        with args.out.open("a") as f:
+                            f.write(json.dumps(run) + "\n")
+                gaps.setdefault((task_name, name), []).append(run["gap"])
+                speed.setdefault((task_name, name), []).append(run["steps"] / run["seconds"])
+                draw.setdefault((task_name, name), []).append(run["draw"])
+                print(f"seed {seed} {task_name:16s} {name:28s} gap {run['gap']:8.4f}  {run['steps']:5d} steps "
+                      f"({run['steps'] / run['seconds']:6.1f}/s)  sample 100x100 {1e3 * run['draw']:7.1f} ms",
+                      flush=True)
 
     header = ("| model | " + " | ".join(args.tasks)
               + " | train steps/s (x exactflow) | sample 100 x 100 ms (x exactflow) |")
     lines = [header, "|---" * (len(args.tasks) + 3) + "|"]
     for name in args.models:
         cells = [_mean_se(gaps[(t, name)]) for t in args.tasks]
-        ref = "exactflow " + ("NSF" if "NSF" in name else "MAF")
+        ref = "exactflow " + ("NSF" if "NSF" in name or name == "exactflow auto" else "MAF")
         ref = ref if ref in args.models else name
         rate = statistics.fmean(statistics.fmean(speed[(t, name)]) for t in args.tasks)
         rate_ref = statistics.fmean(statistics.fmean(speed[(t, ref)]) for t in args.tasks)

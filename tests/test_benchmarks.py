@@ -66,7 +66,7 @@ def test_eager_floor_script_runs():
 
 
 
-@pytest.mark.parametrize("task", ["linear-gaussian", "mixture", "two-moons"])
+@pytest.mark.parametrize("task", ["linear-gaussian", "mixture", "two-moons", "hetero-t"])
 def test_conditional_tasks_sample_their_stated_density(task, monkeypatch):
     """For one context, the true density integrates to 1 on a grid around the simulator's draws, and its mean
     there matches the mean of 20000 draws (within 5 standard errors)."""
@@ -91,14 +91,30 @@ def test_conditional_tasks_sample_their_stated_density(task, monkeypatch):
     assert ((mean - x.mean(0)).abs() < 5 * se + 1e-3).all(), (mean, x.mean(0))
 
 
-def test_conditional_benchmark_runs_on_a_tiny_setting(monkeypatch, capsys):
+def test_conditional_benchmark_runs_on_a_tiny_setting(monkeypatch, capsys, tmp_path):
     monkeypatch.syspath_prepend(str(ROOT))
     from benchmarks.conditional import main
 
-    table = main(["--budget", "0.1", "--seeds", "0", "--tasks", "mixture", "--train", "256",
-                  "--models", "exactflow NSF", "zuko MAF", "nflows NSF"])
+    argv = ["--budget", "0.1", "--seeds", "0", "--tasks", "mixture", "--train", "256",
+            "--models", "exactflow auto", "exactflow NSF", "zuko MAF", "nflows NSF", "--out", str(tmp_path / "r.jsonl")]
+    table = main(argv)
     assert table.splitlines()[0].startswith("| model | mixture |")
-    assert len(table.splitlines()) == 5
+    assert len(table.splitlines()) == 6
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 4
+    assert main(argv) == table  # the runs in --out are reused, not run again
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 4
+
+
+def test_conditional_sweep_runs_on_a_tiny_setting(monkeypatch, capsys, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.conditional_sweep import main
+
+    argv = ["--budget", "0.1", "--seeds", "0", "--tasks", "mixture", "hetero-t", "--train", "256",
+            "--candidates", "nsf-d3", "maf-res-d3", "--out", str(tmp_path / "s.jsonl")]
+    table = main(argv)
+    assert table.splitlines()[0] == "| candidate | mixture | hetero-t | mean over tuning tasks | seeds |"
+    assert len(table.splitlines()) == 4 and len((tmp_path / "s.jsonl").read_text().splitlines()) == 4
+    assert main([*argv, "--table"]) == table
 
 
 def test_density_tasks_have_splits_and_true_densities(monkeypatch):

@@ -1,6 +1,8 @@
 """Conditional density estimation: the context pipeline (standardisation, embedding network), batched sampling
 for many contexts, log_prob grids, saving and loading, and the errors for wrong context shapes."""
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -213,3 +215,28 @@ def test_bad_embeddings_are_refused():
         context_embedding(3, nn.Flatten(0))
     with pytest.raises(ValueError, match=r"failed on a context of shape \(2, 3\)"):
         context_embedding(3, nn.Linear(5, 4))
+
+
+def test_auto_builds_the_measured_conditional_default_and_keeps_the_unconditional_one():
+    auto = importlib.import_module("exactflow.flows.auto")  # the module (exactflow.flows.auto is the function)
+
+    flow = ef.build("auto", features=2, context=3)
+    assert flow.spec["flow"] == auto.CONDITIONAL_PRESET and flow.standardizes_context
+    assert {k: flow.spec["kwargs"][k] for k in auto.CONDITIONAL_SIZE} == auto.CONDITIONAL_SIZE
+    assert flow.spec["auto"]["recipe"] == auto.CONDITIONAL_RECIPE
+    assert auto.recipe(flow) == {**auto.CLASSIC, **auto.CONDITIONAL_RECIPE}  # what fit takes
+    assert describe(rebuild(describe(flow))) == describe(flow)  # what a checkpoint does
+    assert ef.build("auto", features=2, context=3, bound=5.0).spec["kwargs"]["bound"] == 5.0  # overrides win
+    plain = ef.build("auto", features=2)
+    assert plain.spec["flow"] == auto.PRESET and {k: plain.spec["kwargs"][k] for k in auto.SIZE} == auto.SIZE
+    with pytest.raises(ValueError, match="context >= 1"):
+        auto.conditional(2, 0)
+
+
+def test_fit_trains_the_conditional_auto_flow_with_its_recipe():
+    x, c = _data(512)
+    flow = ef.build("auto", features=2, context=2, depth=2, hidden=(16,))
+    before = flow.log_prob(x, c).mean()
+    history = ef.fit(flow, (x[:448], c[:448]), (x[448:], c[448:]), steps=40, eval_every=20, progress=False)
+    assert history.lr[-1] == flow.spec["auto"]["recipe"]["lr"]  # constant lr 1e-2: the recipe, not CLASSIC's
+    assert bool(flow.context_fitted) and flow.log_prob(x, c).mean() > before
