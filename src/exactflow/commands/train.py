@@ -262,9 +262,10 @@ def train(args: argparse.Namespace) -> dict:
             extra["hidden"] = list(args.hidden)
         if args.flow != "auto" and args.flow not in flows:
             raise ValueError(f"unknown flow {args.flow!r}; available: auto, {', '.join(sorted(flows))}")
-        from ..flows.auto import PRESET
+        from ..flows.auto import CONDITIONAL_PRESET, PRESET
 
-        preset = flows[PRESET if args.flow == "auto" else args.flow]
+        auto_preset = PRESET if ds.context is None else CONDITIONAL_PRESET  # the options are checked against it
+        preset = flows[auto_preset if args.flow == "auto" else args.flow]
         noise = getattr(args, "noise", None)
         if noise is not None:
             if "noise" not in inspect.signature(preset.factory).parameters:
