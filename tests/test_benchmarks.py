@@ -148,6 +148,22 @@ def test_defaults_sweep_runs_one_stage(monkeypatch, tmp_path):
     assert (tmp_path / "sweep.md").read_text() == text and len((tmp_path / "sweep.jsonl").read_text().splitlines()) == 4
 
 
+def test_defaults_sweep_appends_a_later_stage_from_auto(monkeypatch, tmp_path):
+    """``--start auto --append``: the stage starts from the first sweep's winner, its report becomes a section of
+    the existing markdown (kept once on a rerun), and the held-out table compares the start with the winner."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.defaults_sweep import AUTO, main
+
+    (tmp_path / "sweep.md").write_text("the first sweep\n")
+    argv = ["--budget", "0.1", "--tasks", "moons", "--seeds", "0", "--stages", "tails-confirm", "--start", "auto",
+            "--append", "--out", str(tmp_path / "sweep"), "--held-out", "8gaussians"]
+    for _ in range(2):
+        text = main(argv)
+    md = (tmp_path / "sweep.md").read_text()
+    assert md.startswith("the first sweep\n") and md.count("## Stages tails-confirm from auto, 0.1 s, seeds 0") == 1
+    assert json.dumps(AUTO) in text and "| start (auto before) | winner |" in text and text.strip() in md
+
+
 def test_equal_time_table_runs(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(ROOT))
     from benchmarks.equal_time import main

@@ -1,4 +1,5 @@
-"""Learned base distributions: Gaussian mixtures (plain and conditional) and a resampled (LARS) Gaussian.
+"""Learned base distributions: Gaussian mixtures (plain and conditional), a resampled (LARS) Gaussian and a
+Student-t with learned degrees of freedom (heavy tails).
 
 A flow's transform is a diffeomorphism, so it cannot change the topology of its base: a flow on N(0, I) needs
 steep, ill-conditioned maps to put almost no mass between the modes of multimodal data. A base that is itself
@@ -7,6 +8,9 @@ multimodal, or that has learned to cut mass away, removes that burden. Each clas
 `exactflow.registry.BASES`, so a flow using it is saved and rebuilt by the checkpoint code. Give one to a preset
 with ``exactflow.build("RealNVP", features=2, base="GaussianMixture")`` (or ``base=GaussianMixture(2, ...)``), or
 to a built flow with `exactflow.flows.set_base`.
+
+A flow with Lipschitz layers (affine, or splines with linear tails) maps a Gaussian base to light-tailed
+densities only (Jaini et al. 2020), so heavy-tailed data needs a heavy-tailed base: `StudentT`.
 
 Components are diagonal Gaussians (a full Cholesky factor per component would cost ``D^2`` parameters and a
 triangular solve per component; the flow's transform can already rotate and shear, so diagonal components are
@@ -27,7 +31,7 @@ from .nets import MLP
 from .registry import BASES
 from .validation import check_sizes
 
-__all__ = ["GaussianMixture", "ConditionalGaussianMixture", "ResampledBase"]
+__all__ = ["GaussianMixture", "ConditionalGaussianMixture", "ResampledBase", "StudentT"]
 
 
 def _shape(event_shape: int | Sequence[int], name: str) -> tuple[int, ...]:
@@ -159,6 +163,72 @@ class GaussianMixture(nn.Module):
     def as_torch(self, context: Tensor | None = None) -> torch.distributions.Distribution:
         """This mixture as ``torch.distributions.MixtureSameFamily`` (batch shape ``()``)."""
         return _torch_mixture(torch.log_softmax(self.logits, -1), self.loc, self.log_scale, self.event_shape)
+
+
+@BASES.register("StudentT", conditional=False)
+class StudentT(nn.Module):
+    """Independent standard Student-t coordinates, each with its own learned degrees of freedom (tail-adaptive).
+
+        p(z) = prod_{i=1..D} c(nu_i) (1 + z_i^2 / nu_i)^(-(nu_i + 1) / 2),
+        c(nu) = Gamma((nu + 1) / 2) / (Gamma(nu / 2) sqrt(nu pi)),    nu_i = exp(log_df_i),
+
+    over ``event_shape`` (flattened to ``D`` features). Each coordinate's tail falls as ``|z|^-(nu_i + 1)``: small
+    ``nu_i`` give heavy tails, and ``nu_i -> inf`` recovers N(0, 1), so the base learns per feature how heavy the tails
+    of the data are, which a flow with linear tails (splines, affine maps) cannot change (Jaini et al. 2020). The
+    location and scale are left to the flow's transform. ``rsample`` draws ``z_i = eps_i / sqrt(g_i / nu_i)`` with
+    ``eps_i ~ N(0, 1)``, ``g_i ~ chi^2(nu_i)`` (`torch.distributions.StudentT`, reparameterised in ``nu``).
+
+    Args:
+        event_shape: Shape of one sample (an int ``D`` for vectors).
+        df: Initial degrees of freedom of every coordinate (> 0; the default 30 starts close to N(0, I)).
+        trainable: Learn the degrees of freedom (``False``: a buffer, saved but fixed).
+
+    References:
+        P. Jaini, I. Kobyzev, Y. Yu, M. Brubaker. Tails of Lipschitz triangular flows (ICML 2020).
+        https://arxiv.org/abs/1907.04481
+
+    Examples:
+        >>> base = StudentT(2, df=4.0)
+        >>> z = base.rsample(5)
+        >>> z.shape, base.log_prob(z).shape
+        (torch.Size([5, 2]), torch.Size([5]))
+        >>> torch.allclose(base.log_prob(z), base.as_torch().log_prob(z))
+        True
+    """
+
+    def __init__(self, event_shape: int | tuple[int, ...], df: float = 30.0, trainable: bool = True) -> None:
+        super().__init__()
+        self.event_shape = _shape(event_shape, "StudentT")
+        if not isinstance(df, (int, float)) or isinstance(df, bool) or not 0 < df < math.inf:
+            raise ValueError(f"StudentT: df (the initial degrees of freedom) must be positive and finite, got {df!r}")
+        self.register_buffer("_ref", torch.zeros(()))
+        log_df = torch.full(self.event_shape, math.log(df))
+        if trainable:
+            self.log_df = nn.Parameter(log_df)
+        else:
+            self.register_buffer("log_df", log_df)
+
+    @property
+    def df(self) -> Tensor:
+        """The degrees of freedom ``nu = exp(log_df)``, shape ``event_shape``."""
+        return torch.exp(self.log_df)
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """log p(z) for ``z`` of shape ``(batch, *event)``; shape ``(batch,)``. ``context`` is ignored."""
+        _check_z("StudentT", z, self.event_shape)
+        nu = self.df
+        half = 0.5 * (nu + 1)
+        log_norm = torch.lgamma(half) - torch.lgamma(0.5 * nu) - 0.5 * (torch.log(nu) + math.log(math.pi))
+        log_p = log_norm - half * torch.log1p(z.square() / nu)
+        return log_p.flatten(z.dim() - len(self.event_shape)).sum(-1)
+
+    def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
+        """``n`` samples ``(n, *event)``, reparameterised in the degrees of freedom."""
+        return self.as_torch().rsample((_sample_count(n),))
+
+    def as_torch(self, context: Tensor | None = None) -> torch.distributions.Distribution:
+        """This density as ``torch.distributions.Independent(StudentT(nu), len(event_shape))`` (batch shape ``()``)."""
+        return torch.distributions.Independent(torch.distributions.StudentT(self.df), len(self.event_shape))
 
 
 @BASES.register("ConditionalGaussianMixture", test_kwargs={"context": 2, "components": 3, "hidden": (8,)})

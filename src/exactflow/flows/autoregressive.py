@@ -18,7 +18,7 @@ from ..nets import context_embedding
 from ..registry import FLOWS
 from ..transforms.autoregressive import MaskedAffineAutoregressive
 from ..transforms.bnaf import BNAF as BNAFLayer
-from ..transforms.coupling import CouplingChain
+from ..transforms.coupling import AffineCoupling, CouplingChain
 from ..transforms.linear import LULinear, Permutation, Reverse
 from ..transforms.normalization import BatchNorm
 from ..transforms.splines import RQSplineAutoregressive, RQSplineCoupling
@@ -208,7 +208,7 @@ def IAF(features: int, context: int = 0, depth: int = 5, hidden: Sequence[int] =
 def NSF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] = (64, 64), bins: int = 8,
         bound: float = 5.0, mask: str = "half", permutation: str = "lu", conditional_base: bool = False,
         embedding: Sequence[int] | nn.Module | None = None, standardize_context: bool = True,
-        spline: str = "rational-quadratic") -> Flow:
+        spline: str = "rational-quadratic", affine: str = "none") -> Flow:
     """Neural spline flow, coupling form (Durkan et al. 2019): one pass both ways.
 
     ``depth`` rational-quadratic spline couplings (``bins`` bins on ``[-bound, bound]``, identity tails; or the
@@ -234,6 +234,10 @@ def NSF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
         spline: The spline of every coupling: ``"rational-quadratic"`` (`RQSplineCoupling`), ``"linear"``,
             ``"quadratic"`` (Müller et al. 2019) or ``"cubic"`` (Durkan et al. 2019, cubic-spline flows; inverse
             by bisection), see `exactflow.transforms.splines_polynomial`.
+        affine: Affine couplings (`AffineCoupling`, same ``hidden``, log-scales bounded by 3) added to the splines,
+            whose tails are the identity: ``"none"``; ``"ends"``: two (both halves) on the data side, before the
+            first spline; ``"interleaved"``: one before every spline coupling, on the same half. Their scale and
+            shift act on the whole line, tails included (a scale that depends on the other features, as in a funnel).
 
     Returns:
         The flow, a `Flow` on N(0, I) (or the conditional base); ``flow.spec`` records the call.
@@ -251,11 +255,24 @@ def NSF(features: int, context: int = 0, depth: int = 3, hidden: Sequence[int] =
         True
     """
     check_sizes(features, context, hidden, depth=depth, bins=bins)
+    if affine not in ("none", "ends", "interleaved"):
+        raise ValueError(f"unknown affine {affine!r}: use 'none', 'ends' or 'interleaved'")
     coupling = _spline_layers(spline)[0]
-    return _flow(lambda e: _stack(lambda i: coupling(features, e, mask=mask, flip=i % 2 == 1, hidden=hidden,
-                                                     bins=bins, bound=bound),
-                                  features, depth, permutation),
-                 features, context, conditional_base, embedding, standardize_context, CouplingChain)
+
+    def layers(e: int) -> list[nn.Module]:
+        def affine_layer(flip: bool) -> nn.Module:
+            return AffineCoupling(features, e, mask=mask, flip=flip, hidden=hidden)
+
+        def spline_layer(i: int) -> list[nn.Module]:
+            layer = coupling(features, e, mask=mask, flip=i % 2 == 1, hidden=hidden, bins=bins, bound=bound)
+            return [affine_layer(i % 2 == 1), layer] if affine == "interleaved" else [layer]
+
+        out = [affine_layer(False), affine_layer(True)] if affine == "ends" else []
+        for step in _stack(spline_layer, features, depth, permutation):
+            out.extend(step if isinstance(step, list) else [step])
+        return out
+
+    return _flow(layers, features, context, conditional_base, embedding, standardize_context, CouplingChain)
 
 
 @FLOWS.register("NSFAutoregressive", renamed={"transforms": "depth"},
