@@ -260,5 +260,5 @@ def test_the_last_morph_panel_and_frame_are_titled_samples(tmp_path, monkeypatch
         monkeypatch.setattr(plots, name,
                             lambda *args, _name=name, _f=original: titles[_name].append(args[-1]) or _f(*args))
     plots.morph(tiny_flow(), tmp_path / "morph.png", gif=tmp_path / "morph.gif", n=50, frames_per_layer=1)
-    assert titles["_panel"][0] == "Gaussian" and titles["_panel"][-1] == "samples"
+    assert titles["_panel"][0] == "base draws" and titles["_panel"][-1] == "samples"
     assert titles["_frame"][-1] == "samples" and "data" not in titles["_panel"] + titles["_frame"]

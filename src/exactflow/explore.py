@@ -459,7 +459,7 @@ def _figure_2d(flow: Flow, data: Tensor, history: History | dict | None, n: int,
         h = heat[j]
         bound = float(h.abs().nan_to_num().quantile(0.99)) or 1.0
         term = "log p_z(x_L)" if j == 0 else f"log|det| of T_{j} ({names[j - 1]})"
-        point = "Gaussian draw" if direction == "g" else one
+        point = "base draw" if direction == "g" else one
         root = stage_density[s].sqrt()  # a square-root colour scale: the tails show beside the points
         density = go.Heatmap(x=_f32(mx), y=_f32(my), z=_f32(root), showscale=False, hoverinfo="skip", zsmooth="best",
                              colorscale=[[0, "#E5ECF6"], [1, "#2a3f5f"]], zmin=0,
@@ -474,7 +474,7 @@ def _figure_2d(flow: Flow, data: Tensor, history: History | dict | None, n: int,
                              hovertemplate=f"{term}<br>x=(%{{x:.3f}}, %{{y:.3f}})<br>%{{z:.3f}}<extra></extra>")
         return [density, scatter, heatmap]
 
-    labels = {"g": ["Gaussian"] + [f"after {names[L - k]}^-1 (T_{L - k + 1})" for k in range(1, L + 1)],
+    labels = {"g": ["base draws"] + [f"after {names[L - k]}^-1 (T_{L - k + 1})" for k in range(1, L + 1)],
               "n": [what] + [f"after {names[j - 1]} (T_{j})" for j in range(1, L + 1)]}
     first = frame_traces("g", 0)
     fig.add_trace(first[0], row=1, col=1)
@@ -509,11 +509,11 @@ def _figure_2d(flow: Flow, data: Tensor, history: History | dict | None, n: int,
     few = L <= 6
     fig.update_layout(
         sliders=[_slider([f"g{k}" for k in range(L + 1)],
-                         [("Gaussian" if k == 0 else f"{k} {names[L - k]}") if few else str(k) for k in range(L + 1)],
-                         "generate (Gaussian \u2192 data), layers inverted: ", 0.08, 0.38, 1.0),
+                         [("base" if k == 0 else f"{k} {names[L - k]}") if few else str(k) for k in range(L + 1)],
+                         "generate (base \u2192 data), layers inverted: ", 0.08, 0.38, 1.0),
                  _slider([f"n{k}" for k in range(L + 1)],
                          [(what if k == 0 else f"{k} {names[k - 1]}") if few else str(k) for k in range(L + 1)],
-                         f"normalise ({what} \u2192 Gaussian), layers applied: ", 0.6, 0.38, 1.0)],
+                         f"normalise ({what} \u2192 base), layers applied: ", 0.6, 0.38, 1.0)],
         updatemenus=[_play("g", 0.0, 1.0), _play("n", 0.52, 1.0)],
         height=900, width=1350, margin={"t": 150, "l": 40, "r": 40, "b": 40}, hovermode="closest",
         title={"text": f"exactflow explorer: {L} layer(s), {sum(p.numel() for p in flow.parameters())} parameters"
@@ -525,7 +525,7 @@ def _figure_2d(flow: Flow, data: Tensor, history: History | dict | None, n: int,
         fig.layout[f"xaxis{suffix}"].update(range=list(rng[:2]))
         fig.layout[f"yaxis{suffix}"].update(range=list(rng[2:]), scaleanchor=f"x{suffix}", scaleratio=1)
     paths = {"stages": L + 1, "scatter": 1, "path": 2,
-             "dirs": {"g": {"labels": labels["g"], "points": _b64(generate), "what": "Gaussian draw", "n": m},
+             "dirs": {"g": {"labels": labels["g"], "points": _b64(generate), "what": "base draw", "n": m},
                       "n": {"labels": labels["n"], "points": _b64(normalise), "what": one,
                             "n": int(normalise[0].shape[0])}}}
     return fig, paths

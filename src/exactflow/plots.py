@@ -179,7 +179,7 @@ def morph(flow: Flow, path: str | Path, gif: str | Path | None = None, n: int = 
     axes = fig.subplots(rows, cols, squeeze=False).flatten()
     for i, ax in enumerate(axes):
         if i < k:
-            _panel(ax, points[i], colour, "Gaussian" if i == 0 else f"after layer {i}" if i < k - 1 else "samples")
+            _panel(ax, points[i], colour, "base draws" if i == 0 else f"after layer {i}" if i < k - 1 else "samples")
         else:
             ax.axis("off")
     written = [_save(fig, path)]
