@@ -1,6 +1,7 @@
 """The generic contract, parametrised over every registry entry: plain, inverted, conditional."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -9,6 +10,9 @@ from exactflow import Inverse, backend
 from exactflow.flows import registry as flows
 from exactflow.testing import check_bijection, check_flow, randomize_, warm_up
 from exactflow.transforms import registry as transforms
+
+# on randomised parameters every parameter must move the output: a zero gradient here is a wiring error
+pytestmark = pytest.mark.filterwarnings("error::exactflow.testing.DeadParameterWarning")
 
 CONTEXT = 3
 DEFAULT_SIZE = {"vector": {"features": 5}, "image": {"shape": (4, 4, 4)}}
@@ -105,3 +109,20 @@ def test_the_readme_recipe_holds_for_default_size_flows(name):
     is judged by its residual in the latent space, not by the inverse's condition number)."""
     flow = randomize_(flows[name](features=4), 0.1)
     check_flow(flow, torch.randn(16, 4, dtype=torch.float64))
+
+
+def test_a_dead_relu_network_warns_but_the_maths_still_checks():
+    """A trained coupling whose hidden ReLU units are all off has zero gradients for those weights: the check warns
+    (naming the parameter) and goes on; the contract above turns that warning into an error."""
+    from exactflow.testing import DeadParameterWarning
+    from exactflow.transforms.coupling import AffineCoupling
+
+    layer = randomize_(AffineCoupling(2, hidden=(8,)), 0.3)
+    with torch.no_grad():
+        layer.net[0].bias.fill_(-100.0)  # every hidden unit off for inputs of order 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_bijection(layer, torch.randn(16, 2, dtype=torch.float64))
+    dead = [str(w.message) for w in caught if issubclass(w.category, DeadParameterWarning)]
+    assert any("net.0.weight" in m for m in dead) and not any("net.2.bias" in m for m in dead), dead
+

@@ -8,7 +8,10 @@ take is compared with that reference: with and without autograd, in inference mo
 size threshold, after a weight update through ``.data`` and through ``load_state_dict``, and on a copy made
 inside inference mode. ``check_flow(flow, x)`` checks a `Flow` likewise. Both work on a copy
 (the module given keeps its dtype and train/eval mode) and raise ``AssertionError`` naming the object and the
-failed property.
+failed property. A parameter whose gradient is identically zero on the batch (it has no effect on those rows: a
+trained network's ReLU units that are off on all of them, say) is not an error of the maths: it gets a
+`DeadParameterWarning` and the checks go on. exactflow's own contract, on randomised parameters, turns that
+warning into an error.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -25,11 +29,15 @@ from . import backend
 from .core import Bijection
 from .distributions import Flow
 
-__all__ = ["check_bijection", "check_flow", "randomize_", "warm_up"]
+__all__ = ["CheckError", "DeadParameterWarning", "check_bijection", "check_flow", "randomize_", "warm_up"]
 
 
 class CheckError(AssertionError):
-    pass
+    """A check failed: the message names the object and the property."""
+
+
+class DeadParameterWarning(UserWarning):
+    """A parameter's gradient is identically zero on the checked batch: it does not affect those rows."""
 
 
 #: float32 against float64: float32 rounds at 6e-8 relative; a check's values pass through at most a few hundred
@@ -100,7 +108,9 @@ def _grads(name: str, module: nn.Module, loss: Tensor, inputs: dict[str, Tensor]
             raise CheckError(f"{name}: non-finite gradient for {label}")
     for (label, _p), g in zip(params, grads, strict=False):
         if not g.any():
-            raise CheckError(f"{name}: gradient for parameter {label} is identically zero")
+            warnings.warn(DeadParameterWarning(
+                f"{name}: gradient for parameter {label} is identically zero on this batch: it has no effect on "
+                "these rows (e.g. ReLU units that are off on all of them); the other checks go on"), stacklevel=4)
 
 
 def check_bijection(
