@@ -214,3 +214,16 @@ def test_families_benchmark_refuses_an_unknown_group(monkeypatch):
 
     with pytest.raises(ValueError, match="unknown group 'glow'"):
         groups(["glow"])
+
+
+def test_dead_units_benchmark_runs_on_a_tiny_setting(monkeypatch, tmp_path):
+    """Every coupling network of `auto` (two affine, four spline) is measured, each of its two hidden layers."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.dead_units import main
+
+    text = main(["--tasks", "banana", "--seeds", "0", "--steps", "5", "--recipes", "default", "cosine",
+                 "--json", str(tmp_path / "d.json")])
+    assert "| banana | 5 | default |" in text and "| banana | 5 | cosine |" in text
+    rows = json.loads((tmp_path / "d.json").read_text())
+    assert [n["kind"] for n in rows[0]["nets"]] == ["AffineCoupling"] * 2 + ["RQSplineCoupling"] * 4
+    assert all(len(n["dead"]) == 2 and all(0.0 <= d <= 1.0 for d in n["dead"]) for r in rows for n in r["nets"])
