@@ -12,7 +12,10 @@ drawn separately) and the tuning tasks of ``benchmarks/tasks.py``. Recipes: the 
 constant lr 1e-2, batch 512, clip 5, EMA 0.999), the same at lr 3e-3, with a 100-step linear warm-up, and with
 a cosine schedule; each changes one setting of the default.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src:. python -m benchmarks.dead_units --steps 300 1500 --seeds 0 1 2
+    python benchmarks/dead_units.py --steps 300 --seeds 0 1 2 --json benchmarks/results/dead_units_300.json
+    python benchmarks/dead_units.py --steps 1500 --seeds 0 --tasks moons mixture-4d funnel-4d manifold-4d \
+        --recipes default "lr 3e-3" "warmup 100" --json benchmarks/results/dead_units_1500.json
+    python benchmarks/dead_units.py --table benchmarks/results/dead_units_*.json   # the table again
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,10 +31,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-import exactflow
-from exactflow import backend
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(ROOT))
 
-from .tasks import TUNING, load
+import exactflow  # noqa: E402
+from benchmarks.tasks import TUNING, load  # noqa: E402
+from exactflow import backend  # noqa: E402
 
 #: one setting of the default recipe changed per variant (the rest comes from the flow's recipe)
 RECIPES: dict[str, dict[str, Any]] = {
